@@ -1,0 +1,526 @@
+"""The asyncio limiter: the shared core, a FIFO of futures, and one timer.
+
+This is the only core module that imports asyncio. The scheduler decides; this module only
+makes waiters wait (a future each), arms the single timer for the head waiter, and turns the
+scheduler's verdicts into results and exceptions.
+
+Event loops. A limiter may be created outside any loop, and may move from one loop to the
+next (one ``asyncio.run`` after another, one test after another) whenever nobody is waiting.
+Waiting in two loops at once raises RuntimeError. Its methods are not thread-safe: call them
+from the loop's thread (use ``SyncTokenBucket`` for threads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+from ._clock import MONOTONIC, Clock, Timer
+from ._errors import AcquireTimeout, LimiterClosed
+from ._gcra import check_tokens, seconds_to_ns
+from ._rate import Rate, RateLike
+from ._scheduler import GRANTED, QUEUED, Scheduler, Statistics, Waiter
+
+__all__ = ["Reservation", "TokenBucket", "TokenBucketRateLimiter"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# The fast path recognises the default arguments by identity: cheaper than validating them.
+_ONE = 1
+_ZERO = 0
+
+
+def check_priority(priority: object) -> int:
+    """Return ``priority`` if it is an int; raise TypeError naming it."""
+    if type(priority) is not int:
+        raise TypeError(f"priority must be an int, not {type(priority).__name__} {priority!r}")
+    return priority
+
+
+def check_timeout(timeout: float | None) -> int | None:
+    """Return a timeout in ns (None for no timeout, also for +inf); raise for bad values."""
+    if timeout is None or timeout == float("inf"):
+        return None
+    return seconds_to_ns(timeout, "timeout")
+
+
+class _AsyncWaiter(Waiter):
+    __slots__ = ("deadline", "future")
+
+    def __init__(self, tokens: int, priority: int, future: asyncio.Future[None]) -> None:
+        super().__init__(tokens, priority)
+        self.future = future
+        self.deadline: Timer | None = None
+
+    def abandoned(self) -> bool:
+        # A task cancelled while waiting cancels this future at once; its except-handler
+        # runs later. Skipping it here keeps a cancelled waiter from holding up the queue.
+        return self.future.cancelled()
+
+
+class TokenBucket(Scheduler):
+    """An asyncio token bucket: ``rate`` tokens per second, bursts up to ``capacity``.
+
+    ===================  ===========================================================
+    ``acquire(n)``       waits until n tokens are granted (FIFO), or raises
+    ``try_acquire(n)``   never waits: True if granted now, else False
+    ``reserve(n)``       queues now, returns a Reservation: its ``delay``, awaitable,
+                         cancellable
+    ``async with``       one token; ``take(n)`` for n, optionally refunded on error
+    ``@limiter``         decorates an async function: one token per call
+    ``refund(n)``        gives tokens back; ``charge(n)`` takes them after the fact
+    ===================  ===========================================================
+
+    Waiters are served strictly first-come first-served within a priority class (a higher
+    ``priority`` is served first); a newcomer never overtakes a waiter, even when tokens are
+    free. Only the head waiter has a timer. A timeout that cannot be met is refused at once
+    with ``AcquireTimeout`` (a ``TimeoutError``); a refused, timed-out or cancelled call
+    consumes nothing. ``close()`` wakes every waiter with ``LimiterClosed``.
+
+    Raises ValueError/TypeError at once for a rate, capacity, token count, priority or
+    timeout that is not allowed, naming the value.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_clock",
+        "_closed",
+        "_gate",
+        "_loop",
+        "_now_ns",
+        "_timer",
+        "_timer_when",
+        "name",
+    )
+
+    def __init__(
+        self,
+        rate: RateLike,
+        capacity: int | None = None,
+        *,
+        initial: int | None = None,
+        clock: Clock | None = None,
+        name: str | None = None,
+    ) -> None:
+        rate = Rate.of(rate)
+        clock = MONOTONIC if clock is None else clock
+        super().__init__(
+            rate, rate.default_capacity if capacity is None else capacity, clock.now_ns(), initial
+        )
+        self._clock = clock
+        self._now_ns = clock.now_ns
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: Timer | None = None
+        self._timer_when = 0
+        self.name = name
+        # The fast path grants when ``tat - now <= _gate``: the burst while nobody waits and
+        # the limiter is open, -1 otherwise (so it falls through to the queue).
+        self._gate = self._burst
+
+    # -- acquiring -----------------------------------------------------------------------
+
+    async def acquire(
+        self, tokens: int = 1, *, timeout: float | None = None, priority: int = 0
+    ) -> bool:
+        """Wait until ``tokens`` are granted, in arrival order; return True.
+
+        Raises AcquireTimeout (nothing consumed) if they cannot be granted within
+        ``timeout`` seconds (refused at once when the plan already says so), LimiterClosed
+        after close(), ValueError/TypeError for bad arguments. Cancellation consumes nothing.
+        """
+        if tokens is _ONE and timeout is None and priority is _ZERO:
+            # Fast path: one token, nobody waiting. Same arithmetic as Gcra.try_take, inlined
+            # because a method call would double the cost (checked by a differential test).
+            now = self._now_ns() * self._scale
+            tat = self._tat
+            if tat < now:
+                tat = now
+            tat += self._cost
+            if tat - now <= self._gate:
+                self._tat = tat
+                self._granted += 1
+                return True
+        _, waiter, _ = self._admit(tokens, timeout, priority)
+        if waiter is not None:
+            await self._wait(waiter)
+        return True
+
+    def try_acquire(self, tokens: int = 1, *, priority: int = 0) -> bool:
+        """Take ``tokens`` if they can be granted now without overtaking a waiter.
+
+        Never waits. Shorthand for a reservation with a maximum wait of 0.
+        """
+        try:
+            self._admit(tokens, 0, priority)
+        except AcquireTimeout:
+            return False
+        return True
+
+    def reserve(
+        self, tokens: int = 1, *, priority: int = 0, max_wait: float | None = None
+    ) -> Reservation:
+        """Queue for ``tokens`` now and return the Reservation at once.
+
+        ``reservation.delay`` says how long it is expected to wait; ``await reservation``
+        waits for the grant; ``reservation.cancel()`` withdraws it (a granted reservation's
+        tokens go back as far as that is still correct). Raises AcquireTimeout if the
+        expected wait exceeds ``max_wait``. Must be called in a running loop if it must wait.
+        """
+        mark, waiter, delay_ns = self._admit(tokens, max_wait, priority)
+        return Reservation(self, tokens, mark, waiter, delay_ns / 1e9)
+
+    def take(
+        self,
+        tokens: int = 1,
+        *,
+        refund_on_error: bool = False,
+        timeout: float | None = None,
+        priority: int = 0,
+    ) -> _Take:
+        """Return an async context manager that acquires ``tokens`` on entry.
+
+        With ``refund_on_error=True``, a block that raises an Exception gives its tokens
+        back (the call it guarded is taken not to have happened).
+        """
+        check_tokens(tokens, limit=self._capacity)
+        return _Take(self, tokens, refund_on_error, timeout, priority)
+
+    def _admit(
+        self, tokens: int, timeout: float | None, priority: int
+    ) -> tuple[int, _AsyncWaiter | None, int]:
+        """Grant now, or queue, or refuse: the one engine behind every verb.
+
+        Returns (refund mark, None, 0) when granted now, or (0, waiter, expected ns) when
+        queued. Raises AcquireTimeout when the expected wait exceeds ``timeout``.
+        """
+        if self._closed:
+            raise LimiterClosed(f"{self!r} is closed")
+        check_tokens(tokens, limit=self._capacity)
+        check_priority(priority)
+        max_wait = check_timeout(timeout)
+        now = self._now_ns()
+        delay, ahead = self.plan(now, tokens, priority)
+        if delay == 0 and ahead == 0:
+            return self.grant_now(now, tokens), None, 0
+        if max_wait is not None and delay > max_wait:
+            self.reject()
+            raise AcquireTimeout(
+                f"{tokens} token(s) would be granted in {delay / 1e9:.6f}s, "
+                f"beyond the timeout of {timeout}s",
+                delay / 1e9,
+            )
+        loop = asyncio.get_running_loop()
+        if self._waiting and loop is not self._loop:
+            raise RuntimeError(
+                f"{self!r} has waiters in another event loop; a limiter serves one loop at "
+                "a time (it may move to a new loop once nobody waits)"
+            )
+        self._loop = loop
+        waiter = _AsyncWaiter(tokens, priority, loop.create_future())
+        if self.enqueue(waiter, now):
+            self._arm()
+        self._gate = -1
+        if max_wait is not None:
+            waiter.deadline = self._clock.call_at(
+                loop, now + max_wait, functools.partial(self._expire, waiter, timeout)
+            )
+        return 0, waiter, delay
+
+    async def _wait(self, waiter: _AsyncWaiter) -> None:
+        """Wait for a queued waiter's grant; on cancellation, withdraw it or refund it."""
+        try:
+            await waiter.future
+        except asyncio.CancelledError:
+            # Queued: it leaves the queue having consumed nothing. Granted but cancelled
+            # before it could run: its tokens go back. Either way the plan is redone.
+            if self.cancel(waiter, self._now_ns()):
+                self._replan()
+            raise
+        finally:
+            if waiter.deadline is not None:
+                waiter.deadline.cancel()
+
+    # -- the timer -----------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        """(Re-)arm the one timer for the head waiter's due time, or disarm it."""
+        when = self.head_due_ns()
+        timer = self._timer
+        if when is None:
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
+            return
+        if timer is not None:
+            if self._timer_when == when:
+                return
+            timer.cancel()
+        assert self._loop is not None
+        self._timer_when = when
+        self._timer = self._clock.call_at(self._loop, when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        # The timer was armed for the head's due time: treat a (rounding-)early firing as on
+        # time rather than re-arming a timer for a few nanoseconds.
+        now = max(self._now_ns(), self._timer_when)
+        for waiter in self.release_due(now):
+            waiter.future.set_result(None)  # type: ignore[attr-defined]
+        self._replan()
+
+    def _replan(self) -> None:
+        self._arm()
+        self._gate = self._burst if not self._waiting and not self._closed else -1
+
+    def _expire(self, waiter: _AsyncWaiter, timeout: float | None) -> None:
+        if waiter.state != QUEUED:
+            return
+        was_head = self.time_out(waiter)
+        if not waiter.future.done():
+            waiter.future.set_exception(
+                AcquireTimeout(f"{waiter.tokens} token(s) not granted within {timeout}s")
+            )
+        if was_head or not self._waiting:
+            self._replan()
+
+    # -- settling accounts ---------------------------------------------------------------
+
+    def refund(self, tokens: int) -> float:
+        """Give back ``tokens`` taken earlier; return how many went back.
+
+        At most the tokens granted since the bucket was last full go back, and never above
+        the capacity, so a refund cannot open a burst. Waiters are re-planned.
+        """
+        check_tokens(tokens)
+        returned = self.give_back(self._now_ns(), tokens, None)
+        self._replan()
+        return returned
+
+    def charge(self, tokens: int) -> None:
+        """Take ``tokens`` now without waiting, even into debt (later callers wait it off).
+
+        For settling a cost known only after the call, e.g. the tokens an LLM reply used.
+        """
+        if self._closed:
+            raise LimiterClosed(f"{self!r} is closed")
+        check_tokens(tokens)
+        self.charge_now(self._now_ns(), tokens)
+        self._replan()
+
+    def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
+        """Change the rate (and capacity; default: unchanged) now, carrying the balance over.
+
+        The tokens available now stay available, capped at the new capacity; debt stays
+        debt. Waiters keep their order and are re-planned at the new rate. Raises ValueError
+        if a queued request asks for more than the new capacity.
+        """
+        rate = Rate.of(rate)
+        capacity = self._capacity if capacity is None else capacity
+        largest = max((w.tokens for w in self._queued()), default=0)
+        if type(capacity) is int and largest > capacity:
+            raise ValueError(f"capacity={capacity} is below a queued request for {largest} tokens")
+        self.reconfigure(self._now_ns(), rate, capacity)
+        self._replan()
+
+    def _queued(self) -> list[Waiter]:
+        return [w for entry in self._queues.values() for w in entry[0] if w.state == QUEUED]  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """Refuse every later call and wake every waiter with LimiterClosed. Idempotent."""
+        self._closed = True
+        self._gate = -1
+        for waiter in self.drain():
+            future: asyncio.Future[None] = waiter.future  # type: ignore[attr-defined]
+            if not future.done():
+                future.set_exception(LimiterClosed(f"{self!r} was closed while waiting"))
+        self._arm()
+
+    @property
+    def closed(self) -> bool:
+        """True after close()."""
+        return self._closed
+
+    # -- reading -------------------------------------------------------------------------
+
+    def available(self) -> float:
+        """Return the tokens available now (negative while in debt)."""
+        return self.tokens_at(self._now_ns())
+
+    def full_in(self) -> float:
+        """Return seconds until the bucket is full again (0.0 when full)."""
+        return self.full_in_ns(self._now_ns()) / 1e9
+
+    def statistics(self) -> Statistics:
+        """Return a snapshot of the counters: granted, rejected, timed out, waits..."""
+        return self.snapshot()
+
+    def __repr__(self) -> str:
+        name = f" {self.name!r}" if self.name else ""
+        closed = " closed" if self._closed else ""
+        return (
+            f"<{type(self).__name__}{name} {self.describe(self._now_ns())} "
+            f"waiting={self._waiting}{closed}>"
+        )
+
+    # -- sugar ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> TokenBucket:
+        await self.acquire()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    def __call__(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        """Decorate an async function so that each call first acquires one token."""
+        return self.limit()(func)
+
+    def limit(
+        self, tokens: int = 1, *, timeout: float | None = None, priority: int = 0
+    ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]:
+        """Return a decorator for async functions: each call acquires ``tokens`` first."""
+        check_tokens(tokens, limit=self._capacity)
+        check_priority(priority)
+        check_timeout(timeout)
+
+        def decorate(func: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+            if not inspect.iscoroutinefunction(func):
+                raise TypeError(
+                    f"{func!r} is not an async function; decorate sync functions with "
+                    "a SyncTokenBucket"
+                )
+
+            @functools.wraps(func)
+            async def limited(*args: P.args, **kwargs: P.kwargs) -> R:
+                await self.acquire(tokens, timeout=timeout, priority=priority)
+                return await func(*args, **kwargs)
+
+            return limited
+
+        return decorate
+
+
+class TokenBucketRateLimiter(TokenBucket):
+    """The seed snippet's class, done right: ``TokenBucketRateLimiter(rate=5, capacity=5)``.
+
+    Code written for it (``async with limiter:``, ``await limiter.acquire(tokens)``) works
+    unchanged but for the import. ``rate`` is tokens per second.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, rate: RateLike, capacity: int, **kwargs: Any) -> None:
+        super().__init__(rate, capacity, **kwargs)
+
+    @property
+    def tokens(self) -> float:
+        """The tokens available now, as the seed's attribute of that name meant."""
+        return self.available()
+
+
+class Reservation:
+    """A place in a limiter's queue, returned by ``reserve()``.
+
+    ``delay`` is the wait expected when it was made; ``await reservation`` waits for the
+    grant; ``cancel()`` withdraws it.
+    """
+
+    __slots__ = ("_limiter", "_mark", "_waiter", "delay", "tokens")
+
+    def __init__(
+        self,
+        limiter: TokenBucket,
+        tokens: int,
+        mark: int,
+        waiter: _AsyncWaiter | None,
+        delay: float,
+    ) -> None:
+        self._limiter = limiter
+        self._mark = mark
+        self._waiter = waiter
+        self.tokens = tokens
+        self.delay = delay
+
+    @property
+    def granted(self) -> bool:
+        """True once the tokens are granted (at once, or when the wait is over)."""
+        return self._waiter is None or self._waiter.state == GRANTED
+
+    @property
+    def cancelled(self) -> bool:
+        """True after cancel(), a timeout or close()."""
+        waiter = self._waiter
+        return self._mark < 0 or (waiter is not None and waiter.state not in (QUEUED, GRANTED))
+
+    def __await__(self) -> Generator[Any, None, None]:
+        if self._waiter is not None:
+            yield from self._limiter._wait(self._waiter).__await__()
+
+    def cancel(self) -> None:
+        """Withdraw: leave the queue, or give a granted reservation's tokens back."""
+        limiter = self._limiter
+        if self._waiter is None:
+            if self._mark >= 0:
+                limiter._cancelled += 1
+                limiter.give_back(limiter._now_ns(), self.tokens, self._mark)
+                self._mark = -1
+        elif limiter.cancel(self._waiter, limiter._now_ns()):
+            limiter._replan()
+        if self._waiter is not None and not self._waiter.future.done():
+            self._waiter.future.cancel()
+        limiter._replan()
+
+    def __repr__(self) -> str:
+        state = "granted" if self.granted else "cancelled" if self.cancelled else "queued"
+        return f"<Reservation tokens={self.tokens} delay={self.delay:.6f}s {state}>"
+
+
+class _Take:
+    """The async context manager returned by ``TokenBucket.take()``."""
+
+    __slots__ = ("_limiter", "_mark", "_priority", "_refund_on_error", "_timeout", "_tokens")
+
+    def __init__(
+        self,
+        limiter: TokenBucket,
+        tokens: int,
+        refund_on_error: bool,
+        timeout: float | None,
+        priority: int,
+    ) -> None:
+        self._limiter = limiter
+        self._tokens = tokens
+        self._refund_on_error = refund_on_error
+        self._timeout = timeout
+        self._priority = priority
+        self._mark = 0
+
+    async def __aenter__(self) -> None:
+        limiter = self._limiter
+        mark, waiter, _ = limiter._admit(self._tokens, self._timeout, self._priority)
+        if waiter is not None:
+            await limiter._wait(waiter)
+            mark = waiter.mark
+        self._mark = mark
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._refund_on_error and exc_type is not None and issubclass(exc_type, Exception):
+            limiter = self._limiter
+            limiter.give_back(limiter._now_ns(), self._tokens, self._mark)
+            limiter._replan()

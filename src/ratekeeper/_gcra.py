@@ -1,0 +1,187 @@
+"""The arithmetic of the token bucket, as GCRA on exact integers.
+
+Pure: no clock reads, no I/O, no asyncio, no threads. Every method takes the time as an
+argument (``now_ns``, integer nanoseconds of some monotonic clock) and changes nothing but
+this object's fields.
+
+Units. The rate's emission interval is an exact fraction ``cost / scale`` nanoseconds per
+token. The core counts time in units of ``1/scale`` ns, so one token costs exactly ``cost``
+units, a full bucket spans ``burst = capacity * cost`` units, and ``tat`` (the theoretical
+arrival time: when the bucket will be full again) is an integer. Nothing is ever rounded
+while tokens come and go, so nothing drifts.
+
+The rules it keeps:
+- n tokens may go at ``now`` iff ``max(tat, now) + n*cost - burst <= now``; taking them sets
+  ``tat = max(tat, now) + n*cost``. A refused call changes nothing.
+- ``charge`` takes tokens without the check: the balance may go below zero (debt) and later
+  callers wait for it to be paid back.
+- ``refund`` gives tokens back. Undoing a known grant (by its mark) never gives back more
+  than is provably still outstanding: tokens granted after it keep their cost, and a grant
+  that time has already paid back returns nothing (see ``refund_at``). So cancelling a grant
+  can never open a burst.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from ._rate import NS_PER_SECOND, Rate
+
+__all__ = ["Gcra", "check_capacity", "check_tokens"]
+
+
+def check_tokens(tokens: object, what: str = "tokens", limit: int | None = None) -> int:
+    """Return ``tokens`` if it is an int >= 1 (and <= limit); raise TypeError/ValueError."""
+    if type(tokens) is not int:  # bools and floats are refused, not coerced
+        raise TypeError(f"{what} must be an int >= 1, not {type(tokens).__name__} {tokens!r}")
+    if tokens < 1:
+        raise ValueError(f"{what} must be >= 1, got {tokens}")
+    if limit is not None and tokens > limit:
+        raise ValueError(
+            f"{what}={tokens} exceeds the capacity {limit}: such a request could never be "
+            f"granted; ask for at most {limit}, or use a larger capacity"
+        )
+    return tokens
+
+
+def check_capacity(capacity: object) -> int:
+    """Return ``capacity`` if it is an int >= 1; raise TypeError/ValueError naming it."""
+    if type(capacity) is not int:
+        raise TypeError(
+            f"capacity must be an int >= 1 (the burst size in tokens), "
+            f"not {type(capacity).__name__} {capacity!r}"
+        )
+    if capacity < 1:
+        raise ValueError(f"capacity must be >= 1 (the burst size in tokens), got {capacity}")
+    return capacity
+
+
+class Gcra:
+    """The state of one token bucket and the decisions on it, in exact integer units."""
+
+    __slots__ = ("_burst", "_capacity", "_cost", "_granted", "_rate", "_scale", "_tat")
+
+    def __init__(self, rate: Rate, capacity: int, now_ns: int, initial: int | None = None) -> None:
+        self._granted = 0  # tokens granted or charged since creation (never decreases)
+        self._configure(rate, capacity)
+        if initial is None:
+            initial = capacity
+        elif type(initial) is not int or not 0 <= initial <= capacity:
+            raise ValueError(
+                f"initial must be an int from 0 to capacity={capacity}, got {initial!r}"
+            )
+        self._tat = now_ns * self._scale + (capacity - initial) * self._cost
+
+    def _configure(self, rate: Rate, capacity: int) -> None:
+        self._rate = rate
+        self._capacity = check_capacity(capacity)
+        self._scale = rate.ns_per_token.denominator
+        self._cost = rate.ns_per_token.numerator
+        self._burst = self._capacity * self._cost
+
+    # -- reading -------------------------------------------------------------------------
+
+    @property
+    def rate(self) -> Rate:
+        """The current rate."""
+        return self._rate
+
+    @property
+    def capacity(self) -> int:
+        """The current capacity (burst size) in tokens."""
+        return self._capacity
+
+    def tokens_at(self, now_ns: int) -> float:
+        """Return the tokens available at ``now_ns``; negative while in debt."""
+        ahead = self._tat - now_ns * self._scale
+        if ahead <= 0:
+            return float(self._capacity)
+        return (self._burst - ahead) / self._cost
+
+    def full_in_ns(self, now_ns: int) -> int:
+        """Return nanoseconds until the bucket is full again (0 when it is full)."""
+        ahead = self._tat - now_ns * self._scale
+        return -(-ahead // self._scale) if ahead > 0 else 0
+
+    def wait_ns(self, now_ns: int, tokens: int, ahead: int = 0) -> int:
+        """Return nanoseconds until ``ahead + tokens`` tokens can have been granted (ceil)."""
+        due = self._tat + (ahead + tokens) * self._cost - self._burst - now_ns * self._scale
+        return -(-due // self._scale) if due > 0 else 0
+
+    # -- deciding ------------------------------------------------------------------------
+
+    def try_take(self, now_ns: int, tokens: int) -> bool:
+        """Take ``tokens`` if they are there at ``now_ns``; return whether they were taken."""
+        now = now_ns * self._scale
+        tat = self._tat
+        if tat < now:
+            tat = now
+        tat += tokens * self._cost
+        if tat - now > self._burst:
+            return False
+        self._tat = tat
+        self._granted += tokens
+        return True
+
+    def _commit_units(self, at: int, tokens: int) -> int:
+        """Take ``tokens`` at time ``at`` (units) unconditionally; return the grant's mark.
+
+        The mark is ``_granted`` after this grant: ``refund_at`` uses it to tell which tokens were
+        granted after this one.
+        """
+        if self._tat < at:
+            self._tat = at  # the bucket is full at ``at``: it cannot hold more
+        self._tat += tokens * self._cost
+        self._granted += tokens
+        return self._granted
+
+    def charge_at(self, now_ns: int, tokens: int) -> int:
+        """Take ``tokens`` now even if that puts the bucket in debt; return the grant's mark."""
+        return self._commit_units(now_ns * self._scale, tokens)
+
+    def refund_at(self, now_ns: int, tokens: int, mark: int | None = None) -> float:
+        """Give back up to ``tokens`` taken earlier; return how many went back (may be partial).
+
+        With ``mark`` (returned when the grant being undone was made) the refund is exact if
+        nothing was granted since; tokens granted since were all granted by ``now`` at the
+        latest, so the bucket cannot honestly hold more than ``capacity - later`` now, and it
+        is never made to. That bound also returns nothing for a grant that time has already
+        paid back. Without a mark the caller vouches that ``tokens`` of the outstanding ones
+        went unused. Tokens never go above the capacity.
+        """
+        now = now_ns * self._scale
+        tat = self._tat
+        if tat <= now:
+            return 0.0  # full: nothing is outstanding
+        later = 0 if mark is None else max(self._granted - mark, 0)
+        new_tat = max(tat - tokens * self._cost, now + later * self._cost)
+        if new_tat >= tat:
+            return 0.0
+        self._tat = new_tat
+        return (tat - new_tat) / self._cost
+
+    def reconfigure(self, now_ns: int, rate: Rate, capacity: int) -> None:
+        """Change rate and capacity at ``now_ns``, carrying the balance over.
+
+        The tokens available now stay available (capped at the new capacity); debt stays debt
+        in tokens. Refund marks of earlier grants stay valid (their later tokens are counted
+        at the new cost).
+        """
+        balance = Fraction(self._burst - max(self._tat - now_ns * self._scale, 0), self._cost)
+        self._configure(rate, capacity)
+        balance = min(balance, Fraction(self._capacity))
+        deficit_units = (self._capacity - balance) * self._cost  # exact in the new units
+        self._tat = now_ns * self._scale + -(-deficit_units.numerator // deficit_units.denominator)
+
+    def describe(self, now_ns: int) -> str:
+        """Return 'RATE capacity=C tokens=T' for repr()."""
+        return f"{self._rate} capacity={self._capacity} tokens={self.tokens_at(now_ns):.3g}"
+
+
+def seconds_to_ns(seconds: float, what: str) -> int:
+    """Convert a finite, >= 0 number of seconds to integer ns (rounded up); raise if invalid."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds, not {type(seconds).__name__}")
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(f"{what} must be a finite number of seconds >= 0, got {seconds!r}")
+    return -int(-seconds * NS_PER_SECOND // 1)

@@ -1,0 +1,290 @@
+"""Who goes next: the FIFO, priority-classed queue of waiters on top of the GCRA arithmetic.
+
+Pure like the arithmetic: no clock reads, no I/O, no asyncio, no threads. The asyncio and
+thread limiters differ only in how a waiter waits and how the single timer is armed; the
+decisions about order, timing, timeouts and statistics are all made here, once.
+
+Order. Waiters are served strictly in arrival order within a priority class, and a class is
+served only when every higher class is empty. A newcomer never overtakes a waiter of its own
+or a higher class, even when tokens are free (no barging), so a large request is never starved
+by a stream of small ones. What strict order costs: a large request at the head holds back
+smaller ones behind it that would fit now, and sustained load in a higher class starves the
+lower classes for as long as it lasts.
+
+Timing. Only the head waiter has a due time; the adapter arms one timer for it. When the timer
+fires, the head is granted at its theoretical due time, not at the (slightly late) moment the
+timer fired, so a saturated limiter runs at its exact rate; the late-firing slack credited is
+capped at one token's interval, so the envelope is never exceeded by more than one token.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from ._gcra import Gcra
+
+__all__ = ["QUEUED", "GRANTED", "REMOVED", "Scheduler", "Statistics", "Waiter"]
+
+QUEUED, GRANTED, REMOVED = 0, 1, 2
+
+
+class Waiter:
+    """One queued request: how many tokens, its class, and the adapter's payload."""
+
+    __slots__ = ("enqueued_ns", "mark", "priority", "state", "tokens")
+
+    def __init__(self, tokens: int, priority: int) -> None:
+        self.tokens = tokens
+        self.priority = priority
+        self.state = QUEUED
+        self.enqueued_ns = 0
+        self.mark = 0  # refund mark, set when granted
+
+    def abandoned(self) -> bool:
+        """Return True if nobody will take this grant any more (adapters override)."""
+        return False
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """A snapshot of what a limiter has done. Wait times are in seconds."""
+
+    granted: int
+    """Acquisitions granted (immediately or after waiting)."""
+    granted_tokens: int
+    """Tokens granted or charged, including any refunded later."""
+    rejected: int
+    """Requests refused at once: a failed try, or a timeout that could not be met."""
+    timed_out: int
+    """Waiters whose timeout passed while they were queued."""
+    cancelled: int
+    """Waiters cancelled while queued, or after their grant (their tokens went back)."""
+    waiting: int
+    """Waiters queued now."""
+    waiting_tokens: int
+    """Tokens those waiters ask for."""
+    refunded_tokens: float
+    """Tokens given back (by refund, cancellation or a failed ``take`` block)."""
+    total_wait: float
+    """Sum of the waits of granted waiters."""
+    max_wait: float
+    """Longest wait of a granted waiter."""
+
+    @property
+    def mean_wait(self) -> float:
+        """Mean wait over all grants, immediate ones included."""
+        return self.total_wait / self.granted if self.granted else 0.0
+
+
+class Scheduler(Gcra):
+    """A token bucket with a queue: FIFO per priority class, one due time for the head."""
+
+    __slots__ = (
+        "_cancelled",
+        "_excess",
+        "_levels",
+        "_max_wait_ns",
+        "_queues",
+        "_refunded",
+        "_rejected",
+        "_timed_out",
+        "_total_wait_ns",
+        "_waiting",
+        "_waiting_tokens",
+    )
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        # priority -> [deque of waiters (removed ones skipped lazily), live count, live tokens]
+        self._queues: dict[int, list[object]] = {}
+        self._levels: list[int] = []  # priorities with live waiters, highest first
+        self._waiting = 0
+        self._waiting_tokens = 0
+        # Grants are counted as tokens (``_granted``, which the fast paths bump by one); the
+        # number of grants is that minus this excess (extra tokens of larger grants, charges).
+        self._excess = 0
+        self._rejected = 0
+        self._timed_out = 0
+        self._cancelled = 0
+        self._refunded = 0.0
+        self._total_wait_ns = 0
+        self._max_wait_ns = 0
+
+    # -- planning ------------------------------------------------------------------------
+
+    def _tokens_ahead(self, priority: int) -> int:
+        """Tokens queued in classes served before or with ``priority``."""
+        if not self._waiting:
+            return 0
+        ahead = 0
+        for level in self._levels:
+            if level < priority:
+                break
+            ahead += self._queues[level][2]  # type: ignore[operator]
+        return ahead
+
+    def plan(self, now_ns: int, tokens: int, priority: int) -> tuple[int, int]:
+        """Return (ns until a newcomer would be granted, tokens queued ahead of it).
+
+        It may be granted now only if both are 0: the tokens are there and nobody it must
+        queue behind is waiting (no barging, even when tokens are free).
+        """
+        ahead = self._tokens_ahead(priority)
+        return self.wait_ns(now_ns, tokens, ahead), ahead
+
+    def grant_now(self, now_ns: int, tokens: int) -> int:
+        """Grant a newcomer that ``plan`` found may go now; return its refund mark."""
+        self._excess += tokens - 1
+        return self._commit_units(now_ns * self._scale, tokens)
+
+    def enqueue(self, waiter: Waiter, now_ns: int) -> bool:
+        """Queue ``waiter``; return True if it became the head (the timer must be re-armed)."""
+        waiter.enqueued_ns = now_ns
+        priority = waiter.priority
+        entry = self._queues.get(priority)
+        if entry is None:
+            entry = self._queues[priority] = [deque(), 0, 0]
+            self._levels.append(priority)
+            self._levels.sort(reverse=True)
+        entry[0].append(waiter)  # type: ignore[attr-defined]
+        entry[1] += 1  # type: ignore[operator]
+        entry[2] += waiter.tokens  # type: ignore[operator]
+        self._waiting += 1
+        self._waiting_tokens += waiter.tokens
+        return self._levels[0] == priority and entry[1] == 1
+
+    def charge_now(self, now_ns: int, tokens: int) -> int:
+        """Charge ``tokens`` (debt allowed); counted in granted tokens, not in grants."""
+        self._excess += tokens
+        return self.charge_at(now_ns, tokens)
+
+    def reject(self) -> None:
+        """Count a request refused at once."""
+        self._rejected += 1
+
+    # -- the head ------------------------------------------------------------------------
+
+    def head(self) -> Waiter | None:
+        """Return the live waiter that is served next, dropping removed ones on the way."""
+        while self._levels:
+            queue: deque[Waiter] = self._queues[self._levels[0]][0]  # type: ignore[assignment]
+            while queue:
+                waiter = queue[0]
+                if waiter.state == QUEUED:
+                    return waiter
+                queue.popleft()
+            # Unreachable while the live count is right; kept so a bug cannot spin.
+            del self._queues[self._levels.pop(0)]  # pragma: no cover
+        return None
+
+    def head_due_ns(self) -> int | None:
+        """Return when (ns) the head may be granted, or None if nobody waits."""
+        waiter = self.head()
+        if waiter is None:
+            return None
+        due = self._tat + waiter.tokens * self._cost - self._burst
+        return -(-due // self._scale)
+
+    def release_due(self, now_ns: int) -> list[Waiter]:
+        """Grant every waiter, in order, whose tokens are due by ``now_ns``; return them.
+
+        Each is granted at its theoretical due time (at most one token's interval before now),
+        so late timers do not slow a saturated limiter down.
+        """
+        granted: list[Waiter] = []
+        now = now_ns * self._scale
+        floor = now - self._cost
+        while (waiter := self.head()) is not None:
+            if waiter.abandoned():
+                self.remove(waiter)
+                self._cancelled += 1
+                continue
+            due = self._tat + waiter.tokens * self._cost - self._burst
+            if due > now:
+                break
+            self._unlink(waiter)
+            waiter.state = GRANTED
+            waiter.mark = self._commit_units(max(due, floor), waiter.tokens)
+            waited = now_ns - waiter.enqueued_ns
+            self._excess += waiter.tokens - 1
+            self._total_wait_ns += waited
+            if waited > self._max_wait_ns:
+                self._max_wait_ns = waited
+            granted.append(waiter)
+        return granted
+
+    # -- leaving the queue ---------------------------------------------------------------
+
+    def _unlink(self, waiter: Waiter) -> None:
+        """Take a live waiter out of the counts (its deque slot is dropped lazily)."""
+        entry = self._queues[waiter.priority]
+        entry[1] -= 1  # type: ignore[operator]
+        entry[2] -= waiter.tokens  # type: ignore[operator]
+        self._waiting -= 1
+        self._waiting_tokens -= waiter.tokens
+        if entry[1] == 0:
+            del self._queues[waiter.priority]
+            self._levels.remove(waiter.priority)
+
+    def remove(self, waiter: Waiter) -> bool:
+        """Take a queued waiter out (it consumed nothing); return True if it was the head."""
+        if waiter.state != QUEUED:
+            return False
+        was_head = self.head() is waiter
+        self._unlink(waiter)
+        waiter.state = REMOVED
+        return was_head
+
+    def cancel(self, waiter: Waiter, now_ns: int) -> bool:
+        """Withdraw a waiter: dequeue it, or refund its grant; return True if the plan changed."""
+        if waiter.state == QUEUED:
+            self._cancelled += 1
+            return self.remove(waiter)
+        if waiter.state == GRANTED:
+            waiter.state = REMOVED
+            self._cancelled += 1
+            self._refunded += self.refund_at(now_ns, waiter.tokens, waiter.mark)
+            return True
+        return False
+
+    def time_out(self, waiter: Waiter) -> bool:
+        """Withdraw a queued waiter whose timeout passed; return True if it was the head."""
+        if waiter.state != QUEUED:
+            return False
+        self._timed_out += 1
+        return self.remove(waiter)
+
+    def drain(self) -> list[Waiter]:
+        """Remove every queued waiter (for close()); return them in service order."""
+        out: list[Waiter] = []
+        for level in list(self._levels):
+            queue: deque[Waiter] = self._queues[level][0]  # type: ignore[assignment]
+            out.extend(w for w in queue if w.state == QUEUED)
+        for waiter in out:
+            self._unlink(waiter)
+            waiter.state = REMOVED
+        return out
+
+    def give_back(self, now_ns: int, tokens: int, mark: int | None) -> float:
+        """Refund and count it; return the tokens that went back."""
+        returned = self.refund_at(now_ns, tokens, mark)
+        self._refunded += returned
+        return returned
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def snapshot(self) -> Statistics:
+        """Return the statistics as a frozen value."""
+        return Statistics(
+            granted=self._granted - self._excess,
+            granted_tokens=self._granted,
+            rejected=self._rejected,
+            timed_out=self._timed_out,
+            cancelled=self._cancelled,
+            waiting=self._waiting,
+            waiting_tokens=self._waiting_tokens,
+            refunded_tokens=self._refunded,
+            total_wait=self._total_wait_ns / 1e9,
+            max_wait=self._max_wait_ns / 1e9,
+        )

@@ -1,0 +1,329 @@
+"""The blocking limiter for threads: the shared core under one lock, a FIFO of wake-locks.
+
+The scheduler decides; this module only makes threads wait. Each waiting thread blocks on a
+lock of its own. Only the head waiter sleeps with a timeout (until its due time): when it
+wakes it grants itself and every waiter due with it, and wakes the new head to take over the
+timer. No thread polls, and the shared lock is never held while anyone sleeps.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import ParamSpec, TypeVar
+
+from ._asyncio import check_priority, check_timeout
+from ._clock import MONOTONIC, Clock
+from ._errors import AcquireTimeout, LimiterClosed
+from ._gcra import check_tokens
+from ._rate import Rate, RateLike
+from ._scheduler import GRANTED, QUEUED, Scheduler, Statistics, Waiter
+
+__all__ = ["SyncTokenBucket"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _ThreadWaiter(Waiter):
+    __slots__ = ("signalled", "wake")
+
+    def __init__(self, tokens: int, priority: int) -> None:
+        super().__init__(tokens, priority)
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        self.signalled = False
+
+
+class SyncTokenBucket(Scheduler):
+    """A thread-safe, blocking token bucket with the asyncio limiter's API and guarantees.
+
+    ``acquire(n, timeout=)`` blocks until granted (FIFO among threads, higher ``priority``
+    first), ``try_acquire(n)`` never blocks, ``with limiter:`` takes one token, ``@limiter``
+    decorates sync functions. A timeout that cannot be met is refused at once; a refused or
+    timed-out call consumes nothing.
+    """
+
+    __slots__ = ("__weakref__", "_clock", "_closed", "_lock", "_now_ns", "name")
+
+    def __init__(
+        self,
+        rate: RateLike,
+        capacity: int | None = None,
+        *,
+        initial: int | None = None,
+        clock: Clock | None = None,
+        name: str | None = None,
+    ) -> None:
+        rate = Rate.of(rate)
+        clock = MONOTONIC if clock is None else clock
+        super().__init__(
+            rate, rate.default_capacity if capacity is None else capacity, clock.now_ns(), initial
+        )
+        self._clock = clock
+        self._now_ns = clock.now_ns
+        self._lock = threading.Lock()
+        self._closed = False
+        self.name = name
+
+    def acquire(self, tokens: int = 1, *, timeout: float | None = None, priority: int = 0) -> bool:
+        """Block until ``tokens`` are granted, in arrival order; return True.
+
+        Raises AcquireTimeout (nothing consumed) if they cannot be granted within
+        ``timeout`` seconds (refused at once when the plan already says so), LimiterClosed
+        after close(), ValueError/TypeError for bad arguments.
+        """
+        self._wait(self._admit(tokens, timeout, priority)[1], timeout)
+        return True
+
+    def try_acquire(self, tokens: int = 1, *, priority: int = 0) -> bool:
+        """Take ``tokens`` if they can be granted now without overtaking a waiter.
+
+        Never blocks (beyond the short internal lock). Shorthand for an acquire with a
+        maximum wait of 0.
+        """
+        check_tokens(tokens, limit=self._capacity)
+        check_priority(priority)
+        with self._lock:
+            if self._closed:
+                raise LimiterClosed(f"{self!r} is closed")
+            now = self._now_ns()
+            delay, ahead = self.plan(now, tokens, priority)
+            if delay == 0 and ahead == 0:
+                self.grant_now(now, tokens)
+                return True
+            self.reject()
+            return False
+
+    def _admit(
+        self, tokens: int, timeout: float | None, priority: int
+    ) -> tuple[int, _ThreadWaiter | None]:
+        """Grant now (mark, None), or queue (0, waiter); raise AcquireTimeout on refusal."""
+        check_tokens(tokens, limit=self._capacity)
+        check_priority(priority)
+        max_wait = check_timeout(timeout)
+        with self._lock:
+            if self._closed:
+                raise LimiterClosed(f"{self!r} is closed")
+            now = self._now_ns()
+            delay, ahead = self.plan(now, tokens, priority)
+            if delay == 0 and ahead == 0:
+                return self.grant_now(now, tokens), None
+            if max_wait is not None and delay > max_wait:
+                self.reject()
+                raise AcquireTimeout(
+                    f"{tokens} token(s) would be granted in {delay / 1e9:.6f}s, "
+                    f"beyond the timeout of {timeout}s",
+                    delay / 1e9,
+                )
+            waiter = _ThreadWaiter(tokens, priority)
+            if self.enqueue(waiter, now):
+                self._wake_head_locked()
+            # The deadline is kept on the waiter's own stack, in _wait.
+            waiter.enqueued_ns = now
+            return 0, waiter
+
+    def _wait(self, waiter: _ThreadWaiter | None, timeout: float | None) -> int:
+        """Block until ``waiter`` is granted; return its refund mark."""
+        if waiter is None:
+            return self._granted
+        max_wait = check_timeout(timeout)
+        deadline = None if max_wait is None else waiter.enqueued_ns + max_wait
+        clock = self._clock
+        while True:
+            with self._lock:
+                if waiter.signalled:
+                    waiter.signalled = False
+                if waiter.state == GRANTED:
+                    return waiter.mark
+                if waiter.state != QUEUED:
+                    raise LimiterClosed(f"{self!r} was closed while waiting")
+                now = self._now_ns()
+                if deadline is not None and now >= deadline:
+                    if self.time_out(waiter):
+                        self._wake_head_locked()
+                    raise AcquireTimeout(f"{waiter.tokens} token(s) not granted within {timeout}s")
+                wake_at = deadline
+                if self.head() is waiter:
+                    due = self.head_due_ns()
+                    assert due is not None
+                    if due <= now:
+                        self._release_locked(now)
+                        continue
+                    wake_at = due if deadline is None else min(due, deadline)
+            if clock.wait(waiter.wake, wake_at):
+                continue
+
+    def _release_locked(self, now: int) -> None:
+        for granted in self.release_due(now):
+            self._signal(granted)  # type: ignore[arg-type]
+        self._wake_head_locked()
+
+    def _wake_head_locked(self) -> None:
+        head = self.head()
+        if head is not None:
+            self._signal(head)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _signal(waiter: _ThreadWaiter) -> None:
+        if not waiter.signalled:
+            waiter.signalled = True
+            waiter.wake.release()
+
+    # -- settling accounts ---------------------------------------------------------------
+
+    def refund(self, tokens: int) -> float:
+        """Give back ``tokens`` taken earlier; return how many went back (see TokenBucket)."""
+        check_tokens(tokens)
+        with self._lock:
+            returned = self.give_back(self._now_ns(), tokens, None)
+            self._wake_head_locked()
+        return returned
+
+    def charge(self, tokens: int) -> None:
+        """Take ``tokens`` now without waiting, even into debt (later callers wait it off)."""
+        check_tokens(tokens)
+        with self._lock:
+            if self._closed:
+                raise LimiterClosed(f"{self!r} is closed")
+            self.charge_now(self._now_ns(), tokens)
+            self._wake_head_locked()
+
+    def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
+        """Change rate (and capacity) now, carrying the balance over (see TokenBucket)."""
+        rate = Rate.of(rate)
+        with self._lock:
+            capacity = self._capacity if capacity is None else capacity
+            largest = max(
+                (w.tokens for e in self._queues.values() for w in e[0] if w.state == QUEUED),  # type: ignore[attr-defined]
+                default=0,
+            )
+            if type(capacity) is int and largest > capacity:
+                raise ValueError(
+                    f"capacity={capacity} is below a queued request for {largest} tokens"
+                )
+            self.reconfigure(self._now_ns(), rate, capacity)
+            self._wake_head_locked()
+
+    def close(self) -> None:
+        """Refuse every later call and wake every waiter with LimiterClosed. Idempotent."""
+        with self._lock:
+            self._closed = True
+            for waiter in self.drain():
+                self._signal(waiter)  # type: ignore[arg-type]
+
+    @property
+    def closed(self) -> bool:
+        """True after close()."""
+        return self._closed
+
+    # -- reading -------------------------------------------------------------------------
+
+    def available(self) -> float:
+        """Return the tokens available now (negative while in debt)."""
+        with self._lock:
+            return self.tokens_at(self._now_ns())
+
+    def full_in(self) -> float:
+        """Return seconds until the bucket is full again (0.0 when full)."""
+        with self._lock:
+            return self.full_in_ns(self._now_ns()) / 1e9
+
+    def statistics(self) -> Statistics:
+        """Return a snapshot of the counters."""
+        with self._lock:
+            return self.snapshot()
+
+    def __repr__(self) -> str:
+        name = f" {self.name!r}" if self.name else ""
+        closed = " closed" if self._closed else ""
+        return (
+            f"<{type(self).__name__}{name} {self.describe(self._now_ns())} "
+            f"waiting={self._waiting}{closed}>"
+        )
+
+    # -- sugar ---------------------------------------------------------------------------
+
+    def __enter__(self) -> SyncTokenBucket:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    def take(
+        self,
+        tokens: int = 1,
+        *,
+        refund_on_error: bool = False,
+        timeout: float | None = None,
+        priority: int = 0,
+    ) -> _SyncTake:
+        """Return a context manager that acquires ``tokens`` on entry (see TokenBucket.take)."""
+        check_tokens(tokens, limit=self._capacity)
+        return _SyncTake(self, tokens, refund_on_error, timeout, priority)
+
+    def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
+        """Decorate a function so that each call first acquires one token."""
+        return self.limit()(func)
+
+    def limit(
+        self, tokens: int = 1, *, timeout: float | None = None, priority: int = 0
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Return a decorator: each call of the function acquires ``tokens`` first."""
+        check_tokens(tokens, limit=self._capacity)
+        check_priority(priority)
+        check_timeout(timeout)
+
+        def decorate(func: Callable[P, R]) -> Callable[P, R]:
+            @functools.wraps(func)
+            def limited(*args: P.args, **kwargs: P.kwargs) -> R:
+                self.acquire(tokens, timeout=timeout, priority=priority)
+                return func(*args, **kwargs)
+
+            return limited
+
+        return decorate
+
+
+class _SyncTake:
+    __slots__ = ("_limiter", "_mark", "_priority", "_refund_on_error", "_timeout", "_tokens")
+
+    def __init__(
+        self,
+        limiter: SyncTokenBucket,
+        tokens: int,
+        refund_on_error: bool,
+        timeout: float | None,
+        priority: int,
+    ) -> None:
+        self._limiter = limiter
+        self._tokens = tokens
+        self._refund_on_error = refund_on_error
+        self._timeout = timeout
+        self._priority = priority
+        self._mark = 0
+
+    def __enter__(self) -> None:
+        limiter = self._limiter
+        mark, waiter = limiter._admit(self._tokens, self._timeout, self._priority)
+        self._mark = limiter._wait(waiter, self._timeout) if waiter is not None else mark
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._refund_on_error and exc_type is not None and issubclass(exc_type, Exception):
+            limiter = self._limiter
+            with limiter._lock:
+                limiter.give_back(limiter._now_ns(), self._tokens, self._mark)
+                limiter._wake_head_locked()
