@@ -24,10 +24,19 @@ The rules it keeps:
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import NamedTuple
 
 from ._rate import NS_PER_SECOND, Rate
 
-__all__ = ["Gcra", "check_capacity", "check_tokens"]
+__all__ = ["Decision", "Gcra", "check_capacity", "check_tokens"]
+
+
+class Decision(NamedTuple):
+    """The answer to "may these tokens go?": granted, after how long, and the refund mark."""
+
+    granted: bool
+    wait_ns: int
+    mark: int
 
 
 def check_tokens(tokens: object, what: str = "tokens", limit: int | None = None) -> int:
@@ -122,6 +131,25 @@ class Gcra:
         self._tat = tat
         self._granted += tokens
         return True
+
+    def reserve_at(self, now_ns: int, tokens: int, max_wait_ns: int | None = None) -> Decision:
+        """Reserve ``tokens`` for the earliest time they can go, if that is within max_wait.
+
+        Returns Decision(granted, wait_ns, mark): when granted, the tokens are taken now for
+        use ``wait_ns`` from now (0: at once); when not, nothing changed and ``wait_ns`` says
+        how long the wait would have been. Shorthand for try_take when ``max_wait_ns`` is 0.
+        """
+        now = now_ns * self._scale
+        tat = self._tat
+        if tat < now:
+            tat = now
+        due = tat + tokens * self._cost - self._burst - now
+        wait_ns = -(-due // self._scale) if due > 0 else 0
+        if max_wait_ns is not None and wait_ns > max_wait_ns:
+            return Decision(False, wait_ns, 0)
+        # For tokens <= capacity the grant time is never after max(tat, now), so committing
+        # at ``now`` is committing at the grant time.
+        return Decision(True, wait_ns, self._commit_units(now, tokens))
 
     def _commit_units(self, at: int, tokens: int) -> int:
         """Take ``tokens`` at time ``at`` (units) unconditionally; return the grant's mark.
