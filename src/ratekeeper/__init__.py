@@ -4,18 +4,23 @@ A pure, clock-injected GCRA core in exact integers; an asyncio limiter (``TokenB
 a thread-safe blocking one (``SyncTokenBucket``) on top of it.
 """
 
+import logging
+
 from ._asyncio import Reservation, TokenBucket, TokenBucketRateLimiter
 from ._clock import Clock, LoopClock, MonotonicClock
 from ._errors import AcquireTimeout, BackendUnavailable, LimiterClosed, RateKeeperError
 from ._rate import Rate
-from ._scheduler import Statistics
+from ._scheduler import WAIT_BUCKETS, Event, Listener, Statistics
 from ._threading import SyncTokenBucket
 
 __all__ = [
     "AcquireTimeout",
     "BackendUnavailable",
+    "WAIT_BUCKETS",
     "Clock",
+    "Event",
     "LimiterClosed",
+    "Listener",
     "LoopClock",
     "MonotonicClock",
     "Rate",
@@ -28,3 +33,7 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# The library logs under "ratekeeper.*" and prints nothing unless the application configures
+# logging.
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -23,7 +23,7 @@ from ._clock import MONOTONIC, Clock, Timer
 from ._errors import AcquireTimeout, LimiterClosed
 from ._gcra import check_tokens, seconds_to_ns
 from ._rate import Rate, RateLike
-from ._scheduler import GRANTED, QUEUED, Scheduler, Statistics, Waiter
+from ._scheduler import GRANTED, QUEUED, Listener, Scheduler, Statistics, Waiter
 
 __all__ = ["Reservation", "TokenBucket", "TokenBucketRateLimiter"]
 
@@ -95,7 +95,6 @@ class TokenBucket(Scheduler):
         "_now_ns",
         "_timer",
         "_timer_when",
-        "name",
     )
 
     def __init__(
@@ -106,6 +105,7 @@ class TokenBucket(Scheduler):
         initial: int | None = None,
         clock: Clock | None = None,
         name: str | None = None,
+        on_event: Listener | None = None,
     ) -> None:
         rate = Rate.of(rate)
         clock = MONOTONIC if clock is None else clock
@@ -118,10 +118,12 @@ class TokenBucket(Scheduler):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: Timer | None = None
         self._timer_when = 0
-        self.name = name
-        # The fast path grants when ``tat - now <= _gate``: the burst while nobody waits and
-        # the limiter is open, -1 otherwise (so it falls through to the queue).
+        self._name = name
+        # The fast path grants when ``tat - now <= _gate``: the burst while nobody waits, the
+        # limiter is open and no event listener is set; -1 otherwise (the full path runs).
         self._gate = self._burst
+        if on_event is not None:
+            self.on_event = on_event
 
     # -- acquiring -----------------------------------------------------------------------
 
@@ -209,7 +211,7 @@ class TokenBucket(Scheduler):
         if delay == 0 and ahead == 0:
             return self.grant_now(now, tokens), None, 0
         if max_wait is not None and delay > max_wait:
-            self.reject()
+            self.reject(now, tokens)
             raise AcquireTimeout(
                 f"{tokens} token(s) would be granted in {delay / 1e9:.6f}s, "
                 f"beyond the timeout of {timeout}s",
@@ -276,12 +278,16 @@ class TokenBucket(Scheduler):
 
     def _replan(self) -> None:
         self._arm()
-        self._gate = self._burst if not self._waiting and not self._closed else -1
+        self._listener_changed()
+
+    def _listener_changed(self) -> None:
+        open_ = not self._waiting and not self._closed and self._listener is None
+        self._gate = self._burst if open_ else -1
 
     def _expire(self, waiter: _AsyncWaiter, timeout: float | None) -> None:
         if waiter.state != QUEUED:
             return
-        was_head = self.time_out(waiter)
+        was_head = self.time_out(waiter, self._now_ns())
         if not waiter.future.done():
             waiter.future.set_exception(
                 AcquireTimeout(f"{waiter.tokens} token(s) not granted within {timeout}s")
@@ -361,7 +367,7 @@ class TokenBucket(Scheduler):
         return self.snapshot()
 
     def __repr__(self) -> str:
-        name = f" {self.name!r}" if self.name else ""
+        name = f" {self._name!r}" if self._name else ""
         closed = " closed" if self._closed else ""
         return (
             f"<{type(self).__name__}{name} {self.describe(self._now_ns())} "

@@ -20,13 +20,48 @@ capped at one token's interval, so the envelope is never exceeded by more than o
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._gcra import Gcra
 
-__all__ = ["QUEUED", "GRANTED", "REMOVED", "Scheduler", "Statistics", "Waiter"]
+__all__ = [
+    "GRANTED",
+    "QUEUED",
+    "REMOVED",
+    "WAIT_BUCKETS",
+    "Event",
+    "Listener",
+    "Scheduler",
+    "Statistics",
+    "Waiter",
+]
 
 QUEUED, GRANTED, REMOVED = 0, 1, 2
+
+# Upper bounds (seconds) of the wait-time histogram kept by every limiter (+inf is implied).
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_WAIT_BUCKETS_NS = tuple(round(b * 1e9) for b in WAIT_BUCKETS)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing a limiter did, for logging and tracing.
+
+    ``kind`` is one of "granted", "rejected", "timed_out", "cancelled", "charged",
+    "refunded". ``time`` is the limiter clock's reading in seconds; ``wait`` is how long the
+    caller waited (0.0 for an immediate grant or a refusal); ``tokens`` is the amount
+    (for "refunded", the tokens that actually went back, which may be fractional).
+    """
+
+    kind: str
+    time: float
+    tokens: float
+    wait: float
+    limiter: str | None
+
+
+Listener = Callable[[Event], None]
 
 
 class Waiter:
@@ -70,6 +105,9 @@ class Statistics:
     """Sum of the waits of granted waiters."""
     max_wait: float
     """Longest wait of a granted waiter."""
+    wait_histogram: tuple[tuple[float, int], ...] = ()
+    """Cumulative counts of grants by wait: ((upper bound s, grants waiting <= it), ...),
+    bounds as in WAIT_BUCKETS, then (inf, all grants). Immediate grants count as 0 s."""
 
     @property
     def mean_wait(self) -> float:
@@ -84,12 +122,15 @@ class Scheduler(Gcra):
         "_cancelled",
         "_excess",
         "_levels",
+        "_listener",
         "_max_wait_ns",
+        "_name",
         "_queues",
         "_refunded",
         "_rejected",
         "_timed_out",
         "_total_wait_ns",
+        "_wait_counts",
         "_waiting",
         "_waiting_tokens",
     )
@@ -110,6 +151,36 @@ class Scheduler(Gcra):
         self._refunded = 0.0
         self._total_wait_ns = 0
         self._max_wait_ns = 0
+        self._wait_counts = [0] * (len(_WAIT_BUCKETS_NS) + 1)  # waited grants per bucket
+        self._listener: Listener | None = None
+        self._name: str | None = None
+
+    # -- events --------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str | None:
+        """The limiter's name (in repr, events and metrics labels), or None."""
+        return self._name
+
+    @property
+    def on_event(self) -> Listener | None:
+        """The callback that receives an Event for each grant, refusal, timeout, etc."""
+        return self._listener
+
+    @on_event.setter
+    def on_event(self, listener: Listener | None) -> None:
+        if listener is not None and not callable(listener):
+            raise TypeError(f"on_event must be callable or None, not {listener!r}")
+        self._listener = listener
+        self._listener_changed()
+
+    def _listener_changed(self) -> None:
+        """Let an adapter turn its fast path off while someone listens (hook)."""
+
+    def _emit(self, kind: str, now_ns: int, tokens: float, wait_ns: int = 0) -> None:
+        listener = self._listener
+        if listener is not None:
+            listener(Event(kind, now_ns / 1e9, tokens, wait_ns / 1e9, self._name))
 
     # -- planning ------------------------------------------------------------------------
 
@@ -136,6 +207,8 @@ class Scheduler(Gcra):
     def grant_now(self, now_ns: int, tokens: int) -> int:
         """Grant a newcomer that ``plan`` found may go now; return its refund mark."""
         self._excess += tokens - 1
+        if self._listener is not None:
+            self._emit("granted", now_ns, tokens)
         return self._commit_units(now_ns * self._scale, tokens)
 
     def enqueue(self, waiter: Waiter, now_ns: int) -> bool:
@@ -157,11 +230,13 @@ class Scheduler(Gcra):
     def charge_now(self, now_ns: int, tokens: int) -> int:
         """Charge ``tokens`` (debt allowed); counted in granted tokens, not in grants."""
         self._excess += tokens
+        self._emit("charged", now_ns, tokens)
         return self.charge_at(now_ns, tokens)
 
-    def reject(self) -> None:
+    def reject(self, now_ns: int = 0, tokens: int = 0) -> None:
         """Count a request refused at once."""
         self._rejected += 1
+        self._emit("rejected", now_ns, tokens)
 
     # -- the head ------------------------------------------------------------------------
 
@@ -207,12 +282,25 @@ class Scheduler(Gcra):
             waiter.state = GRANTED
             waiter.mark = self._commit_units(max(due, floor), waiter.tokens)
             waited = now_ns - waiter.enqueued_ns
+            if waited < 0:
+                waited = 0  # granted at its due time, a hair before the clock got there
             self._excess += waiter.tokens - 1
             self._total_wait_ns += waited
             if waited > self._max_wait_ns:
                 self._max_wait_ns = waited
+            self._count_wait(waited)
+            if self._listener is not None:
+                self._emit("granted", now_ns, waiter.tokens, waited)
             granted.append(waiter)
         return granted
+
+    def _count_wait(self, waited_ns: int) -> None:
+        index = 0
+        for bound in _WAIT_BUCKETS_NS:
+            if waited_ns <= bound:
+                break
+            index += 1
+        self._wait_counts[index] += 1
 
     # -- leaving the queue ---------------------------------------------------------------
 
@@ -240,19 +328,22 @@ class Scheduler(Gcra):
         """Withdraw a waiter: dequeue it, or refund its grant; return True if the plan changed."""
         if waiter.state == QUEUED:
             self._cancelled += 1
+            self._emit("cancelled", now_ns, waiter.tokens, now_ns - waiter.enqueued_ns)
             return self.remove(waiter)
         if waiter.state == GRANTED:
             waiter.state = REMOVED
             self._cancelled += 1
-            self._refunded += self.refund_at(now_ns, waiter.tokens, waiter.mark)
+            self._emit("cancelled", now_ns, waiter.tokens, now_ns - waiter.enqueued_ns)
+            self.give_back(now_ns, waiter.tokens, waiter.mark)
             return True
         return False
 
-    def time_out(self, waiter: Waiter) -> bool:
+    def time_out(self, waiter: Waiter, now_ns: int = 0) -> bool:
         """Withdraw a queued waiter whose timeout passed; return True if it was the head."""
         if waiter.state != QUEUED:
             return False
         self._timed_out += 1
+        self._emit("timed_out", now_ns, waiter.tokens, now_ns - waiter.enqueued_ns)
         return self.remove(waiter)
 
     def drain(self) -> list[Waiter]:
@@ -270,14 +361,24 @@ class Scheduler(Gcra):
         """Refund and count it; return the tokens that went back."""
         returned = self.refund_at(now_ns, tokens, mark)
         self._refunded += returned
+        if returned:
+            self._emit("refunded", now_ns, returned)
         return returned
 
     # -- reporting -----------------------------------------------------------------------
 
     def snapshot(self) -> Statistics:
         """Return the statistics as a frozen value."""
+        granted = self._granted - self._excess
+        waited = sum(self._wait_counts)
+        cumulative = granted - waited  # immediate grants waited 0 s
+        histogram = []
+        for bound, count in zip(WAIT_BUCKETS, self._wait_counts, strict=False):
+            cumulative += count
+            histogram.append((bound, cumulative))
+        histogram.append((float("inf"), granted))
         return Statistics(
-            granted=self._granted - self._excess,
+            granted=granted,
             granted_tokens=self._granted,
             rejected=self._rejected,
             timed_out=self._timed_out,
@@ -287,4 +388,5 @@ class Scheduler(Gcra):
             refunded_tokens=self._refunded,
             total_wait=self._total_wait_ns / 1e9,
             max_wait=self._max_wait_ns / 1e9,
+            wait_histogram=tuple(histogram),
         )

@@ -19,7 +19,7 @@ from ._clock import MONOTONIC, Clock
 from ._errors import AcquireTimeout, LimiterClosed
 from ._gcra import check_tokens
 from ._rate import Rate, RateLike
-from ._scheduler import GRANTED, QUEUED, Scheduler, Statistics, Waiter
+from ._scheduler import GRANTED, QUEUED, Listener, Scheduler, Statistics, Waiter
 
 __all__ = ["SyncTokenBucket"]
 
@@ -46,7 +46,7 @@ class SyncTokenBucket(Scheduler):
     timed-out call consumes nothing.
     """
 
-    __slots__ = ("__weakref__", "_clock", "_closed", "_lock", "_now_ns", "name")
+    __slots__ = ("__weakref__", "_clock", "_closed", "_lock", "_now_ns")
 
     def __init__(
         self,
@@ -56,6 +56,7 @@ class SyncTokenBucket(Scheduler):
         initial: int | None = None,
         clock: Clock | None = None,
         name: str | None = None,
+        on_event: Listener | None = None,
     ) -> None:
         rate = Rate.of(rate)
         clock = MONOTONIC if clock is None else clock
@@ -66,7 +67,9 @@ class SyncTokenBucket(Scheduler):
         self._now_ns = clock.now_ns
         self._lock = threading.Lock()
         self._closed = False
-        self.name = name
+        self._name = name
+        if on_event is not None:
+            self.on_event = on_event
 
     def acquire(self, tokens: int = 1, *, timeout: float | None = None, priority: int = 0) -> bool:
         """Block until ``tokens`` are granted, in arrival order; return True.
@@ -94,7 +97,7 @@ class SyncTokenBucket(Scheduler):
             if delay == 0 and ahead == 0:
                 self.grant_now(now, tokens)
                 return True
-            self.reject()
+            self.reject(now, tokens)
             return False
 
     def _admit(
@@ -142,7 +145,7 @@ class SyncTokenBucket(Scheduler):
                     raise LimiterClosed(f"{self!r} was closed while waiting")
                 now = self._now_ns()
                 if deadline is not None and now >= deadline:
-                    if self.time_out(waiter):
+                    if self.time_out(waiter, now):
                         self._wake_head_locked()
                     raise AcquireTimeout(f"{waiter.tokens} token(s) not granted within {timeout}s")
                 wake_at = deadline
@@ -237,7 +240,7 @@ class SyncTokenBucket(Scheduler):
             return self.snapshot()
 
     def __repr__(self) -> str:
-        name = f" {self.name!r}" if self.name else ""
+        name = f" {self._name!r}" if self._name else ""
         closed = " closed" if self._closed else ""
         return (
             f"<{type(self).__name__}{name} {self.describe(self._now_ns())} "
