@@ -271,7 +271,10 @@ class TokenBucket(Scheduler):
         self._timer = None
         # The timer was armed for the head's due time: treat a (rounding-)early firing as on
         # time rather than re-arming a timer for a few nanoseconds.
-        now = max(self._now_ns(), self._timer_when)
+        self._release(max(self._now_ns(), self._timer_when))
+
+    def _release(self, now: int) -> None:
+        """Grant every waiter due by ``now`` (waking each once), then re-plan."""
         for waiter in self.release_due(now):
             waiter.future.set_result(None)  # type: ignore[attr-defined]
         self._replan()
@@ -287,7 +290,14 @@ class TokenBucket(Scheduler):
     def _expire(self, waiter: _AsyncWaiter, timeout: float | None) -> None:
         if waiter.state != QUEUED:
             return
-        was_head = self.time_out(waiter, self._now_ns())
+        now = self._now_ns()
+        due = self.head_due_ns()
+        if due is not None and due <= now:
+            # The head timer is due at this very moment too: grants come before timeouts.
+            self._release(now)
+            if waiter.state != QUEUED:
+                return
+        was_head = self.time_out(waiter, now)
         if not waiter.future.done():
             waiter.future.set_exception(
                 AcquireTimeout(f"{waiter.tokens} token(s) not granted within {timeout}s")

@@ -144,18 +144,18 @@ class SyncTokenBucket(Scheduler):
                 if waiter.state != QUEUED:
                     raise LimiterClosed(f"{self!r} was closed while waiting")
                 now = self._now_ns()
-                if deadline is not None and now >= deadline:
-                    if self.time_out(waiter, now):
-                        self._wake_head_locked()
-                    raise AcquireTimeout(f"{waiter.tokens} token(s) not granted within {timeout}s")
                 wake_at = deadline
                 if self.head() is waiter:
                     due = self.head_due_ns()
                     assert due is not None
-                    if due <= now:
+                    if due <= now:  # due: grant it (and whoever is due with it) first
                         self._release_locked(now)
                         continue
                     wake_at = due if deadline is None else min(due, deadline)
+                if deadline is not None and now >= deadline:
+                    if self.time_out(waiter, now):
+                        self._wake_head_locked()
+                    raise AcquireTimeout(f"{waiter.tokens} token(s) not granted within {timeout}s")
             if clock.wait(waiter.wake, wake_at):
                 continue
 

@@ -1,0 +1,375 @@
+"""Prometheus metrics for ratekeeper limiters: a pull-based ``prometheus_client`` collector.
+
+Needs the optional extra: ``pip install 'ratekeeper[prometheus]'``.
+
+The rule it keeps: nothing on the limiter's hot path. Limiters count what they do in
+``statistics()`` whether or not anyone looks; this collector only reads those counters when
+Prometheus scrapes, so attaching it adds no work to ``acquire()`` and a limiter without a
+collector pays nothing at all (``benchmarks/bench_metrics.py`` measures both)::
+
+    from prometheus_client import start_http_server
+    from ratekeeper import TokenBucket
+    from ratekeeper.metrics import register
+
+    api = TokenBucket("100/s", 20, name="api")
+    register(api)                 # into prometheus_client.REGISTRY
+    start_http_server(9100)
+
+Published per limiter, labelled ``limiter="<its name>"`` (``ratekeeper`` is the default
+namespace)::
+
+    ratekeeper_granted_total               counter    acquisitions granted
+    ratekeeper_granted_tokens_total        counter    tokens granted or charged
+    ratekeeper_rejected_total              counter    refused at once (a failed try, a timeout)
+    ratekeeper_timed_out_total             counter    waiters whose timeout passed in the queue
+    ratekeeper_cancelled_total             counter    waiters cancelled (queued or just granted)
+    ratekeeper_refunded_tokens_total       counter    tokens given back
+    ratekeeper_wait_seconds                histogram  wait of each grant (0 for immediate ones)
+    ratekeeper_max_wait_seconds            gauge      longest wait so far
+    ratekeeper_waiting                     gauge      waiters queued now
+    ratekeeper_waiting_tokens              gauge      tokens those waiters ask for
+    ratekeeper_tokens_available            gauge      tokens in the bucket now (< 0: debt)
+    ratekeeper_capacity_tokens             gauge      the burst size
+    ratekeeper_rate_tokens_per_second      gauge      the refill rate
+    ratekeeper_backend_errors_total        counter    only for limiters whose statistics
+                                                      have a ``backend_errors`` field
+
+Scrapes usually come from the exporter's own thread. A thread limiter's snapshot is taken
+under its lock; an asyncio limiter's counters are read without one (they are plain integers,
+and the collector keeps the histogram it publishes well-formed: cumulative, never above its
+count), so a scrape may see one in-flight grant counted in one metric and not yet in another.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+try:
+    from prometheus_client.metrics_core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
+    from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
+except ImportError as exc:  # pragma: no cover  (the test extra installs it)
+    raise ImportError(
+        "ratekeeper.metrics needs prometheus_client: pip install 'ratekeeper[prometheus]'"
+    ) from exc
+
+from ._scheduler import Statistics
+
+__all__ = ["LimiterCollector", "register"]
+
+_log = logging.getLogger("ratekeeper.metrics")
+
+_LABELS = ("limiter",)
+
+
+class Observable(Protocol):
+    """What the collector reads: any limiter with ``statistics()`` (the rest is optional).
+
+    ``available()``, ``capacity`` and ``rate`` are published when present and not
+    asynchronous; a ``backend_errors`` field of the statistics is published when present.
+    """
+
+    def statistics(self) -> Statistics: ...
+
+
+class LimiterCollector(Collector):
+    """A Prometheus collector publishing the ``statistics()`` of the limiters added to it.
+
+    Limiters are held by weak reference where they allow it: a limiter that is garbage
+    collected disappears from the metrics. Each needs a distinct label value, its ``name``
+    or the one given to ``add()``. Register the collector in a registry yourself
+    (``registry.register(collector)``) or through ``register()``.
+
+    Raises ValueError for a limiter without a name, or a name already in use.
+    """
+
+    def __init__(self, *limiters: Observable, namespace: str = "ratekeeper") -> None:
+        if not namespace or not namespace.replace("_", "a").isalnum():
+            raise ValueError(
+                f"namespace must be a metric name prefix like 'ratekeeper', got {namespace!r}"
+            )
+        self._prefix = namespace + "_"
+        self._lock = threading.Lock()
+        self._limiters: dict[str, Callable[[], Observable | None]] = {}
+        for limiter in limiters:
+            self.add(limiter)
+
+    # -- the set of limiters ---------------------------------------------------------------
+
+    def add(self, limiter: Observable, name: str | None = None) -> None:
+        """Publish ``limiter`` under the label ``limiter=name`` (default: its ``name``).
+
+        Raises ValueError if there is no name, or another limiter has it; TypeError if the
+        object has no ``statistics()``.
+        """
+        if not callable(getattr(limiter, "statistics", None)):
+            raise TypeError(f"{limiter!r} has no statistics() method: it is not a limiter")
+        label = getattr(limiter, "name", None) if name is None else name
+        if not isinstance(label, str) or not label:
+            raise ValueError(
+                f"{limiter!r} needs a name for its metrics label: create it with "
+                "name='...' or pass add(limiter, name='...')"
+            )
+        try:
+            ref: Callable[[], Observable | None] = weakref.ref(limiter)
+        except TypeError:  # no __weakref__ slot: hold it strongly
+            ref = _Strong(limiter)
+        with self._lock:
+            current = self._limiters.get(label)
+            if current is not None and current() is not None:
+                raise ValueError(f"a limiter named {label!r} is already published")
+            for other, other_ref in self._limiters.items():
+                if other_ref() is limiter:
+                    raise ValueError(f"{limiter!r} is already published as {other!r}")
+            self._limiters[label] = ref
+
+    def remove(self, limiter_or_name: Observable | str) -> None:
+        """Stop publishing a limiter, given itself or its label. Raises KeyError if unknown."""
+        with self._lock:
+            if isinstance(limiter_or_name, str):
+                del self._limiters[limiter_or_name]
+                return
+            for label, ref in self._limiters.items():
+                if ref() is limiter_or_name:
+                    del self._limiters[label]
+                    return
+        raise KeyError(limiter_or_name)
+
+    def names(self) -> list[str]:
+        """Return the labels of the limiters published now, sorted."""
+        return sorted(label for label, _ in self._live())
+
+    def _live(self) -> list[tuple[str, Observable]]:
+        with self._lock:
+            entries = list(self._limiters.items())
+        live: list[tuple[str, Observable]] = []
+        dead: list[str] = []
+        for label, ref in entries:
+            limiter = ref()
+            if limiter is None:
+                dead.append(label)
+            else:
+                live.append((label, limiter))
+        if dead:
+            with self._lock:
+                for label in dead:
+                    current = self._limiters.get(label)
+                    if current is not None and current() is None:
+                        del self._limiters[label]
+        return live
+
+    # -- the Collector protocol ------------------------------------------------------------
+
+    def describe(self) -> Iterable[Metric]:
+        """Yield the metric families without samples (lets a registry catch name clashes)."""
+        return _Families(self._prefix).all(with_backend_errors=True)
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield the metric families with one set of samples per live limiter."""
+        families = _Families(self._prefix)
+        for label, limiter in sorted(self._live(), key=lambda item: item[0]):
+            try:
+                stats = limiter.statistics()
+            except Exception:
+                # A scrape must not fail for every limiter because one cannot report (a
+                # closed backend, say): the others are still published.
+                _log.warning("statistics() of limiter %r failed; skipped", label, exc_info=True)
+                continue
+            if not isinstance(stats, Statistics) and inspect.isawaitable(stats):
+                _close(stats)
+                _log.warning("statistics() of limiter %r is asynchronous; skipped", label)
+                continue
+            families.add(label, limiter, stats)
+        return families.all(with_backend_errors=families.backend_errors.samples != [])
+
+    def __repr__(self) -> str:
+        return f"<LimiterCollector {self._prefix[:-1]!r} limiters={self.names()}>"
+
+
+class _Families:
+    """One scrape's metric families, filled limiter by limiter."""
+
+    def __init__(self, p: str) -> None:
+        labels = _LABELS
+        self.granted = CounterMetricFamily(
+            p + "granted", "Acquisitions granted, at once or after waiting.", labels=labels
+        )
+        self.granted_tokens = CounterMetricFamily(
+            p + "granted_tokens",
+            "Tokens granted or charged, including any refunded later.",
+            labels=labels,
+        )
+        self.rejected = CounterMetricFamily(
+            p + "rejected",
+            "Requests refused at once: a failed try, or a timeout that could not be met.",
+            labels=labels,
+        )
+        self.timed_out = CounterMetricFamily(
+            p + "timed_out", "Waiters whose timeout passed while queued.", labels=labels
+        )
+        self.cancelled = CounterMetricFamily(
+            p + "cancelled", "Waiters cancelled while queued, or after their grant.", labels=labels
+        )
+        self.refunded_tokens = CounterMetricFamily(
+            p + "refunded_tokens",
+            "Tokens given back by refund, cancellation or a failed block.",
+            labels=labels,
+        )
+        self.wait = HistogramMetricFamily(
+            p + "wait_seconds",
+            "Time each grant waited in the queue (0 for immediate grants).",
+            labels=labels,
+        )
+        self.max_wait = GaugeMetricFamily(
+            p + "max_wait_seconds", "Longest wait of a grant so far.", labels=labels
+        )
+        self.waiting = GaugeMetricFamily(p + "waiting", "Waiters queued now.", labels=labels)
+        self.waiting_tokens = GaugeMetricFamily(
+            p + "waiting_tokens", "Tokens the queued waiters ask for.", labels=labels
+        )
+        self.available = GaugeMetricFamily(
+            p + "tokens_available",
+            "Tokens in the bucket now (negative while in debt).",
+            labels=labels,
+        )
+        self.capacity = GaugeMetricFamily(
+            p + "capacity_tokens", "The bucket's capacity (burst size).", labels=labels
+        )
+        self.rate = GaugeMetricFamily(
+            p + "rate_tokens_per_second", "The refill rate.", labels=labels
+        )
+        self.backend_errors = CounterMetricFamily(
+            p + "backend_errors", "Calls that failed to reach the shared backend.", labels=labels
+        )
+
+    def all(self, *, with_backend_errors: bool) -> list[Metric]:
+        families: list[Metric] = [
+            self.granted,
+            self.granted_tokens,
+            self.rejected,
+            self.timed_out,
+            self.cancelled,
+            self.refunded_tokens,
+            self.wait,
+            self.max_wait,
+            self.waiting,
+            self.waiting_tokens,
+            self.available,
+            self.capacity,
+            self.rate,
+        ]
+        if with_backend_errors:
+            families.append(self.backend_errors)
+        return families
+
+    def add(self, label: str, limiter: Observable, stats: Statistics) -> None:
+        labels = [label]
+        self.granted.add_metric(labels, stats.granted)
+        self.granted_tokens.add_metric(labels, stats.granted_tokens)
+        self.rejected.add_metric(labels, stats.rejected)
+        self.timed_out.add_metric(labels, stats.timed_out)
+        self.cancelled.add_metric(labels, stats.cancelled)
+        self.refunded_tokens.add_metric(labels, stats.refunded_tokens)
+        self.wait.add_metric(
+            labels, _buckets(stats.wait_histogram, stats.granted), stats.total_wait
+        )
+        self.max_wait.add_metric(labels, stats.max_wait)
+        self.waiting.add_metric(labels, stats.waiting)
+        self.waiting_tokens.add_metric(labels, stats.waiting_tokens)
+        backend_errors = getattr(stats, "backend_errors", None)
+        if isinstance(backend_errors, (int, float)) and not isinstance(backend_errors, bool):
+            self.backend_errors.add_metric(labels, backend_errors)
+        available = _read_number(limiter, "available", label)
+        if available is not None:
+            self.available.add_metric(labels, available)
+        capacity = _read_number(limiter, "capacity", label)
+        if capacity is not None:
+            self.capacity.add_metric(labels, capacity)
+        per_second = getattr(getattr(limiter, "rate", None), "per_second", None)
+        if isinstance(per_second, (int, float)) and not isinstance(per_second, bool):
+            self.rate.add_metric(labels, per_second)
+
+
+class _Strong:
+    """A strong reference that looks like a weakref.ref (for objects without weakrefs)."""
+
+    __slots__ = ("_obj",)
+
+    def __init__(self, obj: Observable) -> None:
+        self._obj = obj
+
+    def __call__(self) -> Observable:
+        return self._obj
+
+
+def _buckets(histogram: Iterable[tuple[float, int]], granted: int) -> list[tuple[str, float]]:
+    """Return Prometheus buckets from a Statistics.wait_histogram, kept well-formed.
+
+    Cumulative counts never decrease and the +Inf bucket (the count) is last and largest,
+    even if the counters were read mid-update from another thread.
+    """
+    out: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in histogram:
+        running = max(running, count)
+        if math.isinf(bound):
+            break
+        out.append((repr(float(bound)), float(running)))
+    out.append(("+Inf", float(max(running, granted))))
+    return out
+
+
+def _read_number(limiter: object, attr: str, label: str) -> float | None:
+    """Return ``limiter.attr`` (called if a method) as a float, or None if it has none.
+
+    Asynchronous readers (a backend's ``available()`` that needs a round trip) cannot be
+    awaited in a scrape: they are skipped.
+    """
+    value: Any = getattr(limiter, attr, None)
+    if value is None:
+        return None
+    if callable(value):
+        try:
+            value = value()
+        except Exception:
+            _log.debug("%s() of limiter %r failed; skipped", attr, label, exc_info=True)
+            return None
+    if inspect.isawaitable(value):
+        _close(value)
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def register(
+    *limiters: Observable,
+    registry: CollectorRegistry | None = None,
+    namespace: str = "ratekeeper",
+) -> LimiterCollector:
+    """Publish ``limiters`` in ``registry`` (default: ``prometheus_client.REGISTRY``).
+
+    Shorthand for ``LimiterCollector(*limiters)`` registered there; returns the collector,
+    so more limiters can be ``add()``-ed later. Raises ValueError (from the registry) if
+    the namespace's metric names are registered already.
+    """
+    collector = LimiterCollector(*limiters, namespace=namespace)
+    (REGISTRY if registry is None else registry).register(collector)
+    return collector
+
+
+def _close(awaitable: object) -> None:
+    """Close a coroutine that will never be awaited, so Python does not warn about it."""
+    close = getattr(awaitable, "close", None)
+    if callable(close):
+        close()

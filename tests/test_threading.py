@@ -1,0 +1,170 @@
+"""The blocking limiter: FIFO among threads, timeouts, close, and virtual time."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from ratekeeper import AcquireTimeout, LimiterClosed, SyncTokenBucket
+from ratekeeper.testing import ManualClock
+
+
+def test_sequential_blocking_acquires_on_auto_advancing_clock() -> None:
+    clock = ManualClock(auto_advance=True)
+    limiter = SyncTokenBucket("5/s", 5, clock=clock)
+    times = []
+    for _ in range(8):
+        limiter.acquire()
+        times.append(round(clock.time(), 9))
+    assert times == [0.0] * 5 + [0.2, 0.4, 0.6]
+
+
+def test_try_acquire_and_timeouts_fail_fast() -> None:
+    clock = ManualClock(auto_advance=True)
+    limiter = SyncTokenBucket(5, 5, clock=clock)
+    assert limiter.try_acquire(5)
+    assert not limiter.try_acquire()
+    with pytest.raises(AcquireTimeout) as info:
+        limiter.acquire(2, timeout=0.3)
+    assert info.value.retry_after == pytest.approx(0.4)
+    assert clock.time() == 0
+    assert limiter.acquire(2, timeout=0.4)
+    assert clock.time() == pytest.approx(0.4)
+
+
+def test_threads_are_served_in_arrival_order() -> None:
+    limiter = SyncTokenBucket(200, 1)
+    limiter.acquire()
+    order: list[int] = []
+    threads = []
+    for i in range(10):
+        thread = threading.Thread(target=lambda i=i: (limiter.acquire(), order.append(i)))
+        thread.start()
+        threads.append(thread)
+        # Each thread must be queued before the next starts, so arrival order is known.
+        deadline = time.monotonic() + 5
+        while limiter.statistics().waiting + len(order) < i + 1 and time.monotonic() < deadline:
+            time.sleep(0.0005)
+    for thread in threads:
+        thread.join(10)
+    assert order == list(range(10))
+    assert limiter.statistics().waiting == 0
+
+
+def test_waiter_times_out_in_queue_and_consumes_nothing() -> None:
+    clock = ManualClock()
+    limiter = SyncTokenBucket(5, 1, clock=clock)
+    limiter.acquire()
+    errors: list[BaseException] = []
+
+    def low() -> None:
+        try:
+            limiter.acquire(timeout=0.3)
+        except AcquireTimeout as exc:
+            errors.append(exc)
+
+    low_thread = threading.Thread(target=low)
+    low_thread.start()
+    _wait_for(lambda: limiter.statistics().waiting == 1)
+    high = threading.Thread(target=lambda: limiter.acquire(priority=1))
+    high.start()
+    _wait_for(lambda: limiter.statistics().waiting == 2)
+    clock.advance(0.2)
+    high.join(5)
+    clock.advance(0.15)
+    low_thread.join(5)
+    assert len(errors) == 1
+    assert limiter.statistics().timed_out == 1
+    clock.advance(0.05)
+    assert limiter.try_acquire()
+
+
+def test_close_wakes_blocked_threads() -> None:
+    limiter = SyncTokenBucket(0.001, 1)
+    limiter.acquire()
+    errors: list[BaseException] = []
+
+    def blocked() -> None:
+        try:
+            limiter.acquire()
+        except LimiterClosed as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=blocked) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    _wait_for(lambda: limiter.statistics().waiting == 3)
+    limiter.close()
+    for thread in threads:
+        thread.join(5)
+    assert len(errors) == 3
+    with pytest.raises(LimiterClosed):
+        limiter.try_acquire()
+
+
+def test_refund_charge_set_rate_and_take() -> None:
+    clock = ManualClock(auto_advance=True)
+    limiter = SyncTokenBucket(5, 5, clock=clock)
+    limiter.charge(7)
+    assert limiter.available() == -2
+    assert limiter.refund(3) == 3
+    assert limiter.available() == 1
+    with pytest.raises(RuntimeError):
+        with limiter.take(1, refund_on_error=True):
+            raise RuntimeError
+    assert limiter.available() == 1
+    limiter.set_rate(10, 10)
+    assert limiter.available() == 1
+    assert limiter.full_in() == pytest.approx(0.9)
+
+
+def test_decorator_and_context_manager() -> None:
+    clock = ManualClock(auto_advance=True)
+    limiter = SyncTokenBucket(5, 2, clock=clock)
+
+    @limiter
+    def work(x: int) -> int:
+        return x + 1
+
+    with limiter:
+        pass
+    assert work(1) == 2
+    assert work(2) == 3
+    assert clock.time() == pytest.approx(0.2)
+    assert limiter.statistics().granted == 3
+
+
+def test_bad_arguments() -> None:
+    limiter = SyncTokenBucket(5, 5)
+    with pytest.raises(ValueError, match="exceeds the capacity 5"):
+        limiter.acquire(6)
+    with pytest.raises(TypeError, match="not bool"):
+        limiter.try_acquire(True)
+    with pytest.raises(ValueError, match="timeout"):
+        limiter.acquire(timeout=-0.5)
+
+
+def test_no_false_refusals_under_thread_contention() -> None:
+    limiter = SyncTokenBucket(1e9, 10**9)
+    refused = []
+
+    def hammer() -> None:
+        refused.append(sum(not limiter.try_acquire() for _ in range(5000)))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert refused == [0, 0, 0, 0]
+    assert limiter.statistics().granted == 20000
+
+
+def _wait_for(condition: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.001)
