@@ -6,18 +6,19 @@ a thread-safe blocking one (``SyncTokenBucket``) on top of it.
 
 import logging
 
-from ._asyncio import Reservation, TokenBucket, TokenBucketRateLimiter
+from ._asyncio import CompositeLimiter, Reservation, TokenBucket, TokenBucketRateLimiter
 from ._clock import Clock, LoopClock, MonotonicClock
 from ._errors import AcquireTimeout, BackendUnavailable, LimiterClosed, RateKeeperError
 from ._rate import Rate
 from ._scheduler import WAIT_BUCKETS, Event, Listener, Statistics
-from ._threading import SyncTokenBucket
+from ._threading import SyncCompositeLimiter, SyncTokenBucket
 
 __all__ = [
     "AcquireTimeout",
     "BackendUnavailable",
     "WAIT_BUCKETS",
     "Clock",
+    "CompositeLimiter",
     "Event",
     "LimiterClosed",
     "Listener",
@@ -27,6 +28,7 @@ __all__ = [
     "RateKeeperError",
     "Reservation",
     "Statistics",
+    "SyncCompositeLimiter",
     "SyncTokenBucket",
     "TokenBucket",
     "TokenBucketRateLimiter",

@@ -15,20 +15,30 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ._clock import MONOTONIC, Clock, Timer
 from ._errors import AcquireTimeout, LimiterClosed
 from ._gcra import check_tokens, seconds_to_ns
 from ._rate import Rate, RateLike
-from ._scheduler import GRANTED, QUEUED, Listener, Scheduler, Statistics, Waiter
+from ._scheduler import (
+    GRANTED,
+    QUEUED,
+    CompositeScheduler,
+    Listener,
+    Queue,
+    Scheduler,
+    Statistics,
+    Waiter,
+)
 
-__all__ = ["Reservation", "TokenBucket", "TokenBucketRateLimiter"]
+__all__ = ["CompositeLimiter", "Reservation", "TokenBucket", "TokenBucketRateLimiter"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+L = TypeVar("L", bound="_AsyncLimiter")
 
 # The fast path recognises the default arguments by identity: cheaper than validating them.
 _ONE = 1
@@ -63,97 +73,46 @@ class _AsyncWaiter(Waiter):
         return self.future.cancelled()
 
 
-class TokenBucket(Scheduler):
-    """An asyncio token bucket: ``rate`` tokens per second, bursts up to ``capacity``.
+class _AsyncLimiter(Queue):
+    """The asyncio adapter over a scheduler: futures for waiters, one timer for the head.
 
-    ===================  ===========================================================
-    ``acquire(n)``       waits until n tokens are granted (FIFO), or raises
-    ``try_acquire(n)``   never waits: True if granted now, else False
-    ``reserve(n)``       queues now, returns a Reservation: its ``delay``, awaitable,
-                         cancellable
-    ``async with``       one token; ``take(n)`` for n, optionally refunded on error
-    ``@limiter``         decorates an async function: one token per call
-    ``refund(n)``        gives tokens back; ``charge(n)`` takes them after the fact
-    ===================  ===========================================================
-
-    Waiters are served strictly first-come first-served within a priority class (a higher
-    ``priority`` is served first); a newcomer never overtakes a waiter, even when tokens are
-    free. Only the head waiter has a timer. A timeout that cannot be met is refused at once
-    with ``AcquireTimeout`` (a ``TimeoutError``); a refused, timed-out or cancelled call
-    consumes nothing. ``close()`` wakes every waiter with ``LimiterClosed``.
-
-    Raises ValueError/TypeError at once for a rate, capacity, token count, priority or
-    timeout that is not allowed, naming the value.
+    Shared by TokenBucket (one bucket) and CompositeLimiter (several limits at once); each
+    concrete class declares the fields below as slots and supplies ``_check``.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_clock",
-        "_closed",
-        "_gate",
-        "_loop",
-        "_now_ns",
-        "_timer",
-        "_timer_when",
-    )
+    if not TYPE_CHECKING:
+        __slots__ = ()
 
-    def __init__(
-        self,
-        rate: RateLike,
-        capacity: int | None = None,
-        *,
-        initial: int | None = None,
-        clock: Clock | None = None,
-        name: str | None = None,
-        on_event: Listener | None = None,
-    ) -> None:
-        rate = Rate.of(rate)
-        clock = MONOTONIC if clock is None else clock
-        super().__init__(
-            rate, rate.default_capacity if capacity is None else capacity, clock.now_ns(), initial
-        )
+    _clock: Clock
+    _now_ns: Callable[[], int]
+    _closed: bool
+    _loop: asyncio.AbstractEventLoop | None
+    _timer: Timer | None
+    _timer_when: int
+
+    def _init_adapter(self, clock: Clock, name: str | None, on_event: Listener | None) -> None:
         self._clock = clock
         self._now_ns = clock.now_ns
         self._closed = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: Timer | None = None
+        self._loop = None
+        self._timer = None
         self._timer_when = 0
         self._name = name
-        # The fast path grants when ``tat - now <= _gate``: the burst while nobody waits, the
-        # limiter is open and no event listener is set; -1 otherwise (the full path runs).
-        self._gate = self._burst
         if on_event is not None:
             self.on_event = on_event
 
-    # -- acquiring -----------------------------------------------------------------------
+    def _check(self, tokens: Any) -> Any:
+        """Validate a request's cost; return it in the scheduler's form."""
+        raise NotImplementedError
 
-    async def acquire(
-        self, tokens: int = 1, *, timeout: float | None = None, priority: int = 0
-    ) -> bool:
-        """Wait until ``tokens`` are granted, in arrival order; return True.
+    def _check_amount(self, tokens: Any) -> Any:
+        """Validate an amount to refund or charge (may exceed capacity)."""
+        raise NotImplementedError
 
-        Raises AcquireTimeout (nothing consumed) if they cannot be granted within
-        ``timeout`` seconds (refused at once when the plan already says so), LimiterClosed
-        after close(), ValueError/TypeError for bad arguments. Cancellation consumes nothing.
-        """
-        if tokens is _ONE and timeout is None and priority is _ZERO:
-            # Fast path: one token, nobody waiting. Same arithmetic as Gcra.try_take, inlined
-            # because a method call would double the cost (checked by a differential test).
-            now = self._now_ns() * self._scale
-            tat = self._tat
-            if tat < now:
-                tat = now
-            tat += self._cost
-            if tat - now <= self._gate:
-                self._tat = tat
-                self._granted += 1
-                return True
-        _, waiter, _ = self._admit(tokens, timeout, priority)
-        if waiter is not None:
-            await self._wait(waiter)
-        return True
+    def _cost_text(self, tokens: Any) -> str:
+        return f"{tokens} token(s)"
 
-    def try_acquire(self, tokens: int = 1, *, priority: int = 0) -> bool:
+    def try_acquire(self, tokens: Any = 1, *, priority: int = 0) -> bool:
         """Take ``tokens`` if they can be granted now without overtaking a waiter.
 
         Never waits. Shorthand for a reservation with a maximum wait of 0.
@@ -165,7 +124,7 @@ class TokenBucket(Scheduler):
         return True
 
     def reserve(
-        self, tokens: int = 1, *, priority: int = 0, max_wait: float | None = None
+        self, tokens: Any = 1, *, priority: int = 0, max_wait: float | None = None
     ) -> Reservation:
         """Queue for ``tokens`` now and return the Reservation at once.
 
@@ -175,11 +134,11 @@ class TokenBucket(Scheduler):
         expected wait exceeds ``max_wait``. Must be called in a running loop if it must wait.
         """
         mark, waiter, delay_ns = self._admit(tokens, max_wait, priority)
-        return Reservation(self, tokens, mark, waiter, delay_ns / 1e9)
+        return Reservation(self, self._check(tokens), mark, waiter, delay_ns / 1e9)
 
     def take(
         self,
-        tokens: int = 1,
+        tokens: Any = 1,
         *,
         refund_on_error: bool = False,
         timeout: float | None = None,
@@ -190,12 +149,11 @@ class TokenBucket(Scheduler):
         With ``refund_on_error=True``, a block that raises an Exception gives its tokens
         back (the call it guarded is taken not to have happened).
         """
-        check_tokens(tokens, limit=self._capacity)
-        return _Take(self, tokens, refund_on_error, timeout, priority)
+        return _Take(self, self._check(tokens), refund_on_error, timeout, priority)
 
     def _admit(
-        self, tokens: int, timeout: float | None, priority: int
-    ) -> tuple[int, _AsyncWaiter | None, int]:
+        self, tokens: Any, timeout: float | None, priority: int
+    ) -> tuple[Any, _AsyncWaiter | None, int]:
         """Grant now, or queue, or refuse: the one engine behind every verb.
 
         Returns (refund mark, None, 0) when granted now, or (0, waiter, expected ns) when
@@ -203,17 +161,17 @@ class TokenBucket(Scheduler):
         """
         if self._closed:
             raise LimiterClosed(f"{self!r} is closed")
-        check_tokens(tokens, limit=self._capacity)
+        tokens = self._check(tokens)
         check_priority(priority)
         max_wait = check_timeout(timeout)
         now = self._now_ns()
         delay, ahead = self.plan(now, tokens, priority)
-        if delay == 0 and ahead == 0:
+        if delay == 0 and not ahead:
             return self.grant_now(now, tokens), None, 0
         if max_wait is not None and delay > max_wait:
             self.reject(now, tokens)
             raise AcquireTimeout(
-                f"{tokens} token(s) would be granted in {delay / 1e9:.6f}s, "
+                f"{self._cost_text(tokens)} would be granted in {delay / 1e9:.6f}s, "
                 f"beyond the timeout of {timeout}s",
                 delay / 1e9,
             )
@@ -227,7 +185,7 @@ class TokenBucket(Scheduler):
         waiter = _AsyncWaiter(tokens, priority, loop.create_future())
         if self.enqueue(waiter, now):
             self._arm()
-        self._gate = -1
+        self._listener_changed()
         if max_wait is not None:
             waiter.deadline = self._clock.call_at(
                 loop, now + max_wait, functools.partial(self._expire, waiter, timeout)
@@ -283,10 +241,6 @@ class TokenBucket(Scheduler):
         self._arm()
         self._listener_changed()
 
-    def _listener_changed(self) -> None:
-        open_ = not self._waiting and not self._closed and self._listener is None
-        self._gate = self._burst if open_ else -1
-
     def _expire(self, waiter: _AsyncWaiter, timeout: float | None) -> None:
         if waiter.state != QUEUED:
             return
@@ -300,57 +254,41 @@ class TokenBucket(Scheduler):
         was_head = self.time_out(waiter, now)
         if not waiter.future.done():
             waiter.future.set_exception(
-                AcquireTimeout(f"{waiter.tokens} token(s) not granted within {timeout}s")
+                AcquireTimeout(f"{self._cost_text(waiter.tokens)} not granted within {timeout}s")
             )
         if was_head or not self._waiting:
             self._replan()
 
     # -- settling accounts ---------------------------------------------------------------
 
-    def refund(self, tokens: int) -> float:
-        """Give back ``tokens`` taken earlier; return how many went back.
+    def refund(self, tokens: Any) -> float:
+        """Give back ``tokens`` taken earlier and unused; return how many went back.
 
-        At most the tokens granted since the bucket was last full go back, and never above
-        the capacity, so a refund cannot open a burst. Waiters are re-planned.
+        The caller vouches that they were taken and not used. They never fill the bucket
+        above its capacity. Waiters are re-planned.
         """
-        check_tokens(tokens)
+        tokens = self._check_amount(tokens)
         returned = self.give_back(self._now_ns(), tokens, None)
         self._replan()
         return returned
 
-    def charge(self, tokens: int) -> None:
+    def charge(self, tokens: Any) -> None:
         """Take ``tokens`` now without waiting, even into debt (later callers wait it off).
 
         For settling a cost known only after the call, e.g. the tokens an LLM reply used.
         """
         if self._closed:
             raise LimiterClosed(f"{self!r} is closed")
-        check_tokens(tokens)
-        self.charge_now(self._now_ns(), tokens)
-        self._replan()
-
-    def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
-        """Change the rate (and capacity; default: unchanged) now, carrying the balance over.
-
-        The tokens available now stay available, capped at the new capacity; debt stays
-        debt. Waiters keep their order and are re-planned at the new rate. Raises ValueError
-        if a queued request asks for more than the new capacity.
-        """
-        rate = Rate.of(rate)
-        capacity = self._capacity if capacity is None else capacity
-        largest = max((w.tokens for w in self._queued()), default=0)
-        if type(capacity) is int and largest > capacity:
-            raise ValueError(f"capacity={capacity} is below a queued request for {largest} tokens")
-        self.reconfigure(self._now_ns(), rate, capacity)
+        self.charge_now(self._now_ns(), self._check_amount(tokens))
         self._replan()
 
     def _queued(self) -> list[Waiter]:
-        return [w for entry in self._queues.values() for w in entry[0] if w.state == QUEUED]  # type: ignore[attr-defined]
+        return [w for entry in self._queues.values() for w in entry[0] if w.state == QUEUED]
 
     def close(self) -> None:
         """Refuse every later call and wake every waiter with LimiterClosed. Idempotent."""
         self._closed = True
-        self._gate = -1
+        self._listener_changed()
         for waiter in self.drain():
             future: asyncio.Future[None] = waiter.future  # type: ignore[attr-defined]
             if not future.done():
@@ -363,10 +301,6 @@ class TokenBucket(Scheduler):
         return self._closed
 
     # -- reading -------------------------------------------------------------------------
-
-    def available(self) -> float:
-        """Return the tokens available now (negative while in debt)."""
-        return self.tokens_at(self._now_ns())
 
     def full_in(self) -> float:
         """Return seconds until the bucket is full again (0.0 when full)."""
@@ -386,7 +320,16 @@ class TokenBucket(Scheduler):
 
     # -- sugar ---------------------------------------------------------------------------
 
-    async def __aenter__(self) -> TokenBucket:
+    async def acquire(
+        self, tokens: Any = 1, *, timeout: float | None = None, priority: int = 0
+    ) -> bool:
+        """Wait until ``tokens`` are granted, in arrival order; return True (see subclasses)."""
+        _, waiter, _ = self._admit(tokens, timeout, priority)
+        if waiter is not None:
+            await self._wait(waiter)
+        return True
+
+    async def __aenter__(self: L) -> L:
         await self.acquire()
         return self
 
@@ -403,10 +346,10 @@ class TokenBucket(Scheduler):
         return self.limit()(func)
 
     def limit(
-        self, tokens: int = 1, *, timeout: float | None = None, priority: int = 0
+        self, tokens: Any = 1, *, timeout: float | None = None, priority: int = 0
     ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]:
         """Return a decorator for async functions: each call acquires ``tokens`` first."""
-        check_tokens(tokens, limit=self._capacity)
+        tokens = self._check(tokens)
         check_priority(priority)
         check_timeout(timeout)
 
@@ -425,6 +368,201 @@ class TokenBucket(Scheduler):
             return limited
 
         return decorate
+
+
+class TokenBucket(_AsyncLimiter, Scheduler):
+    """An asyncio token bucket: ``rate`` tokens per second, bursts up to ``capacity``.
+
+    ===================  ===========================================================
+    ``acquire(n)``       waits until n tokens are granted (FIFO), or raises
+    ``try_acquire(n)``   never waits: True if granted now, else False
+    ``reserve(n)``       queues now, returns a Reservation: its ``delay``, awaitable,
+                         cancellable
+    ``async with``       one token; ``take(n)`` for n, optionally refunded on error
+    ``@limiter``         decorates an async function: one token per call
+    ``refund(n)``        gives tokens back; ``charge(n)`` takes them after the fact
+    ===================  ===========================================================
+
+    Waiters are served strictly first-come first-served within a priority class (a higher
+    ``priority`` is served first); a newcomer never overtakes a waiter, even when tokens are
+    free. Only the head waiter has a timer. A timeout that cannot be met is refused at once
+    with ``AcquireTimeout`` (a ``TimeoutError``); a refused, timed-out or cancelled call
+    consumes nothing. ``close()`` wakes every waiter with ``LimiterClosed``.
+
+    Raises ValueError/TypeError at once for a rate, capacity, token count, priority or
+    timeout that is not allowed, naming the value.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_clock",
+        "_closed",
+        "_gate",
+        "_loop",
+        "_now_ns",
+        "_timer",
+        "_timer_when",
+    )
+
+    def __init__(
+        self,
+        rate: RateLike,
+        capacity: int | None = None,
+        *,
+        initial: int | None = None,
+        clock: Clock | None = None,
+        name: str | None = None,
+        on_event: Listener | None = None,
+    ) -> None:
+        rate = Rate.of(rate)
+        clock = MONOTONIC if clock is None else clock
+        Scheduler.__init__(
+            self,
+            rate,
+            rate.default_capacity if capacity is None else capacity,
+            clock.now_ns(),
+            initial,
+        )
+        # The fast path grants when ``tat - now <= _gate``: the burst while nobody waits, the
+        # limiter is open and no event listener is set; -1 otherwise (the full path runs).
+        self._gate = self._burst
+        self._init_adapter(clock, name, on_event)
+
+    async def acquire(
+        self, tokens: int = 1, *, timeout: float | None = None, priority: int = 0
+    ) -> bool:
+        """Wait until ``tokens`` are granted, in arrival order; return True.
+
+        Raises AcquireTimeout (nothing consumed) if they cannot be granted within
+        ``timeout`` seconds (refused at once when the plan already says so), LimiterClosed
+        after close(), ValueError/TypeError for bad arguments. Cancellation consumes nothing.
+        """
+        if tokens is _ONE and timeout is None and priority is _ZERO:
+            # Fast path: one token, nobody waiting. Same arithmetic as Gcra.try_take, inlined
+            # because a method call would double the cost (checked by a differential test).
+            now = self._now_ns() * self._scale
+            tat = self._tat
+            if tat < now:
+                tat = now
+            tat += self._cost
+            if tat - now <= self._gate:
+                self._tat = tat
+                self._granted += 1
+                return True
+        return await _AsyncLimiter.acquire(self, tokens, timeout=timeout, priority=priority)
+
+    def _listener_changed(self) -> None:
+        open_ = not self._waiting and not self._closed and self._listener is None
+        self._gate = self._burst if open_ else -1
+
+    def _check(self, tokens: Any) -> int:
+        return check_tokens(tokens, limit=self._capacity)
+
+    def _check_amount(self, tokens: Any) -> int:
+        return check_tokens(tokens)
+
+    def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
+        """Change the rate (and capacity; default: unchanged) now, carrying the balance over.
+
+        The tokens available now stay available, capped at the new capacity; debt stays
+        debt. Waiters keep their order and are re-planned at the new rate. Raises ValueError
+        if a queued request asks for more than the new capacity.
+        """
+        rate = Rate.of(rate)
+        capacity = self._capacity if capacity is None else capacity
+        largest = max((w.tokens for w in self._queued()), default=0)
+        if type(capacity) is int and largest > capacity:
+            raise ValueError(f"capacity={capacity} is below a queued request for {largest} tokens")
+        self.reconfigure(self._now_ns(), rate, capacity)
+        self._replan()
+
+    def available(self) -> float:
+        """Return the tokens available now (negative while in debt)."""
+        return self.tokens_at(self._now_ns())
+
+
+class CompositeLimiter(_AsyncLimiter, CompositeScheduler):
+    """Several limits checked and charged together, all or nothing, with one FIFO queue.
+
+    ``CompositeLimiter({"requests": "60/minute", "tokens": ("90000/minute", 90000)})``
+    takes each limit as a rate (capacity: its count) or a (rate, capacity) pair. A cost is
+    a mapping of limit name to tokens (unnamed limits: 0), or an int for the same amount on
+    every limit; the default is 1 on every limit. ``await llm.acquire({"requests": 1,
+    "tokens": 1500})`` waits until both fit; ``charge({"tokens": 700})`` and
+    ``refund({"tokens": 300})`` settle the true cost after the call. Everything else is as
+    in TokenBucket: FIFO, priorities, timeouts refused at once, cancellation-safe.
+    """
+
+    __slots__ = ("__weakref__", "_clock", "_closed", "_loop", "_now_ns", "_timer", "_timer_when")
+
+    def __init__(
+        self,
+        limits: Mapping[str, RateLike | tuple[RateLike, int]],
+        *,
+        clock: Clock | None = None,
+        name: str | None = None,
+        on_event: Listener | None = None,
+    ) -> None:
+        clock = MONOTONIC if clock is None else clock
+        CompositeScheduler.__init__(self, parse_limits(limits), clock.now_ns())
+        self._init_adapter(clock, name, on_event)
+
+    def _check(self, tokens: Any) -> tuple[int, ...]:
+        return self.check_cost(tokens)
+
+    def _check_amount(self, tokens: Any) -> tuple[int, ...]:
+        return self.check_cost(tokens, capped=False)
+
+    def _cost_text(self, tokens: Any) -> str:
+        return "cost " + repr(dict(zip(self._names, tokens, strict=True)))
+
+    def set_rate(self, name: str, rate: RateLike, capacity: int | None = None) -> None:
+        """Change one limit's rate (and capacity) now, carrying its balance over.
+
+        Raises ValueError for an unknown name or a capacity below a queued request's cost.
+        """
+        rate = Rate.of(rate)
+        part = self._parts[self._index(name)]
+        capacity = part.capacity if capacity is None else capacity
+        index = self._index(name)
+        largest = max((w.tokens[index] for w in self._queued()), default=0)
+        if type(capacity) is int and largest > capacity:
+            raise ValueError(f"capacity={capacity} is below a queued cost of {largest} on {name!r}")
+        self.reconfigure_limit(self._now_ns(), name, rate, capacity)
+        self._replan()
+
+    def _index(self, name: str) -> int:
+        if name not in self._names:
+            raise ValueError(f"unknown limit {name!r}; the limits are {list(self._names)}")
+        return self._names.index(name)
+
+    def available(self) -> dict[str, float]:
+        """Return the tokens available now, per limit (negative while in debt)."""
+        return self.tokens_at(self._now_ns())
+
+
+def parse_limits(
+    limits: Mapping[str, RateLike | tuple[RateLike, int]],
+) -> list[tuple[str, Rate, int]]:
+    """Read ``{name: rate or (rate, capacity)}`` into (name, Rate, capacity) triples."""
+    if not isinstance(limits, Mapping) or not limits:
+        raise TypeError(
+            "limits must be a non-empty mapping of name to a rate or a (rate, capacity) pair, "
+            f"not {limits!r}"
+        )
+    out = []
+    for name, spec in limits.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"limit names must be non-empty strings, not {name!r}")
+        if isinstance(spec, tuple):
+            if len(spec) != 2:
+                raise ValueError(f"limit {name!r}: expected (rate, capacity), got {spec!r}")
+            rate, capacity = Rate.of(spec[0]), spec[1]
+        else:
+            rate = Rate.of(spec)
+            capacity = rate.default_capacity
+        out.append((name, rate, capacity))
+    return out
 
 
 class TokenBucketRateLimiter(TokenBucket):
@@ -456,9 +594,9 @@ class Reservation:
 
     def __init__(
         self,
-        limiter: TokenBucket,
-        tokens: int,
-        mark: int,
+        limiter: _AsyncLimiter,
+        tokens: Any,
+        mark: Any,
         waiter: _AsyncWaiter | None,
         delay: float,
     ) -> None:
@@ -509,8 +647,8 @@ class _Take:
 
     def __init__(
         self,
-        limiter: TokenBucket,
-        tokens: int,
+        limiter: _AsyncLimiter,
+        tokens: Any,
         refund_on_error: bool,
         timeout: float | None,
         priority: int,

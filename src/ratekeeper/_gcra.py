@@ -23,12 +23,20 @@ The rules it keeps:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import NamedTuple
 
 from ._rate import NS_PER_SECOND, Rate
 
-__all__ = ["Decision", "Gcra", "check_capacity", "check_tokens"]
+__all__ = [
+    "CompositeDecision",
+    "CompositeGcra",
+    "Decision",
+    "Gcra",
+    "check_capacity",
+    "check_tokens",
+]
 
 
 class Decision(NamedTuple):
@@ -213,3 +221,167 @@ def seconds_to_ns(seconds: float, what: str) -> int:
     if not seconds >= 0 or seconds == float("inf"):
         raise ValueError(f"{what} must be a finite number of seconds >= 0, got {seconds!r}")
     return -int(-seconds * NS_PER_SECOND // 1)
+
+
+class CompositeDecision(NamedTuple):
+    """Decision for several limits at once: ``marks`` holds one refund mark per limit."""
+
+    granted: bool
+    wait_ns: int
+    marks: tuple[int, ...]
+
+
+class CompositeGcra:
+    """Several token buckets decided together: a request goes only when it fits in all.
+
+    Pure, like Gcra. A request's cost is a tuple of tokens, one per limit (0 = not charged
+    on that limit), e.g. (1, 1500) for "one request and 1,500 LLM tokens". Each limit is an
+    exact Gcra of its own; their due times are compared in whole nanoseconds (rounded up, so
+    the composite is never early on any limit).
+    """
+
+    __slots__ = ("_cost", "_names", "_parts", "_scale")
+
+    def __init__(self, limits: Sequence[tuple[str, Rate, int]], now_ns: int) -> None:
+        if not limits:
+            raise ValueError("a composite limit needs at least one limit")
+        names = [name for name, _, _ in limits]
+        if len(set(names)) != len(names):
+            raise ValueError(f"limit names must be unique, got {names}")
+        self._names = tuple(names)
+        self._parts = tuple(Gcra(rate, capacity, now_ns) for _, rate, capacity in limits)
+        # The queue above works in whole ns; the slack it may credit a late timer is one
+        # token of the fastest limit.
+        self._scale = 1
+        self._cost = min(-(-p._cost // p._scale) for p in self._parts)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The limits' names, in order."""
+        return self._names
+
+    @property
+    def parts(self) -> tuple[Gcra, ...]:
+        """The limits' own buckets (read them; change them only through this object)."""
+        return self._parts
+
+    def check_cost(
+        self, cost: Mapping[str, int] | int | None, capped: bool = True
+    ) -> tuple[int, ...]:
+        """Return a cost as a tuple per limit; raise ValueError/TypeError naming the problem.
+
+        ``None`` or an int ``n`` means n tokens on every limit; a mapping names the tokens per
+        limit (unnamed limits: 0). Each amount must be an int >= 0 (and, when ``capped``, at
+        most that limit's capacity), and at least one must be >= 1.
+        """
+        if cost is None:
+            cost = 1
+        if isinstance(cost, Mapping):
+            unknown = set(cost) - set(self._names)
+            if unknown:
+                raise ValueError(
+                    f"unknown limit name(s) {sorted(unknown)}; the limits are {list(self._names)}"
+                )
+            values = tuple(cost.get(name, 0) for name in self._names)
+        else:
+            check_tokens(cost, "cost")
+            values = (cost,) * len(self._names)
+        for name, value, part in zip(self._names, values, self._parts, strict=True):
+            if type(value) is not int:
+                raise TypeError(f"cost of {name!r} must be an int >= 0, not {value!r}")
+            if value < 0:
+                raise ValueError(f"cost of {name!r} must be an int >= 0, got {value}")
+            if capped and value > part._capacity:
+                raise ValueError(
+                    f"cost of {name!r} must be from 0 to its capacity {part._capacity}, "
+                    f"got {value}: it could never be granted"
+                )
+        if not any(values):
+            raise ValueError(f"a cost must take at least one token somewhere, got {cost!r}")
+        return values
+
+    def zero(self) -> tuple[int, ...]:
+        """Return the cost that takes nothing."""
+        return (0,) * len(self._parts)
+
+    def _due_units(self, cost: tuple[int, ...], ahead: tuple[int, ...] | None = None) -> int:
+        """Return when (ns) ``ahead`` then ``cost`` can all have gone (ceil, on every limit)."""
+        due = None
+        for index, part in enumerate(self._parts):
+            tokens = cost[index] + (ahead[index] if ahead is not None else 0)
+            if tokens:
+                units = part._tat + tokens * part._cost - part._burst
+                ns = -(-units // part._scale)
+                if due is None or ns > due:
+                    due = ns
+        assert due is not None, "check_cost refuses costs of nothing"
+        return due
+
+    def wait_ns(
+        self, now_ns: int, cost: tuple[int, ...], ahead: tuple[int, ...] | None = None
+    ) -> int:
+        """Return ns until ``ahead`` then ``cost`` can have been granted on every limit."""
+        due = self._due_units(cost, ahead) - now_ns
+        return due if due > 0 else 0
+
+    def _commit_units(self, at: int, cost: tuple[int, ...]) -> tuple[int, ...]:
+        """Take ``cost`` at ``at`` (ns) on every limit; return the marks."""
+        return tuple(
+            part._commit_units(at * part._scale, tokens) if tokens else part._granted
+            for part, tokens in zip(self._parts, cost, strict=True)
+        )
+
+    def try_take(self, now_ns: int, cost: tuple[int, ...]) -> bool:
+        """Take ``cost`` if it fits in every limit now; all or nothing."""
+        if self.wait_ns(now_ns, cost):
+            return False
+        self._commit_units(now_ns, cost)
+        return True
+
+    def reserve_at(
+        self, now_ns: int, cost: tuple[int, ...], max_wait_ns: int | None = None
+    ) -> CompositeDecision:
+        """Reserve ``cost`` on every limit for the earliest time all allow, within max_wait."""
+        wait = self.wait_ns(now_ns, cost)
+        if max_wait_ns is not None and wait > max_wait_ns:
+            return CompositeDecision(False, wait, ())
+        # Commit every limit at the grant time, not now: a limit that is full before then
+        # must count the tokens as taken then, or it would look full again while in use.
+        return CompositeDecision(True, wait, self._commit_units(now_ns + wait, cost))
+
+    def charge_at(self, now_ns: int, cost: tuple[int, ...]) -> tuple[int, ...]:
+        """Take ``cost`` now on every limit even into debt; return the marks."""
+        return self._commit_units(now_ns, cost)
+
+    def refund_at(
+        self, now_ns: int, cost: tuple[int, ...], mark: tuple[int, ...] | None = None
+    ) -> float:
+        """Give ``cost`` back limit by limit (see Gcra.refund_at); return the tokens returned."""
+        return sum(
+            part.refund_at(now_ns, tokens, None if mark is None else mark[index])
+            for index, (part, tokens) in enumerate(zip(self._parts, cost, strict=True))
+            if tokens
+        )
+
+    def tokens_at(self, now_ns: int) -> dict[str, float]:
+        """Return the tokens available per limit at ``now_ns``."""
+        return {n: p.tokens_at(now_ns) for n, p in zip(self._names, self._parts, strict=True)}
+
+    def full_in_ns(self, now_ns: int) -> int:
+        """Return ns until every limit is full again."""
+        return max(part.full_in_ns(now_ns) for part in self._parts)
+
+    def reconfigure_limit(self, now_ns: int, name: str, rate: Rate, capacity: int) -> None:
+        """Change one limit's rate and capacity, carrying its balance over."""
+        if name not in self._names:
+            raise ValueError(f"unknown limit {name!r}; the limits are {list(self._names)}")
+        part = self._parts[self._names.index(name)]
+        part.reconfigure(now_ns, rate, capacity)
+        self._cost = min(-(-p._cost // p._scale) for p in self._parts)
+
+    def describe(self, now_ns: int) -> str:
+        """Return 'name=RATE/C tokens=T, ...' for repr()."""
+        return ", ".join(
+            f"{name}={part._rate} capacity={part._capacity} tokens={part.tokens_at(now_ns):.3g}"
+            for name, part in zip(self._names, self._parts, strict=True)
+        )

@@ -19,19 +19,24 @@ capped at one token's interval, so the envelope is never exceeded by more than o
 
 from __future__ import annotations
 
+import operator
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from ._gcra import Gcra
+from ._gcra import CompositeGcra, Gcra
+from ._rate import Rate
 
 __all__ = [
     "GRANTED",
     "QUEUED",
     "REMOVED",
     "WAIT_BUCKETS",
+    "CompositeScheduler",
     "Event",
     "Listener",
+    "Queue",
     "Scheduler",
     "Statistics",
     "Waiter",
@@ -69,12 +74,12 @@ class Waiter:
 
     __slots__ = ("enqueued_ns", "mark", "priority", "state", "tokens")
 
-    def __init__(self, tokens: int, priority: int) -> None:
+    def __init__(self, tokens: Any, priority: int) -> None:
         self.tokens = tokens
         self.priority = priority
         self.state = QUEUED
         self.enqueued_ns = 0
-        self.mark = 0  # refund mark, set when granted
+        self.mark: Any = 0  # refund mark, set when granted
 
     def abandoned(self) -> bool:
         """Return True if nobody will take this grant any more (adapters override)."""
@@ -115,36 +120,85 @@ class Statistics:
         return self.total_wait / self.granted if self.granted else 0.0
 
 
-class Scheduler(Gcra):
-    """A token bucket with a queue: FIFO per priority class, one due time for the head."""
+# The queue's fields; each concrete scheduler declares them (slots of two bases cannot mix).
+QUEUE_SLOTS = (
+    "_cancelled",
+    "_levels",
+    "_listener",
+    "_max_wait_ns",
+    "_name",
+    "_queues",
+    "_refunded",
+    "_rejected",
+    "_timed_out",
+    "_total_wait_ns",
+    "_wait_counts",
+    "_waiting",
+    "_waiting_tokens",
+)
 
-    __slots__ = (
-        "_cancelled",
-        "_excess",
-        "_levels",
-        "_listener",
-        "_max_wait_ns",
-        "_name",
-        "_queues",
-        "_refunded",
-        "_rejected",
-        "_timed_out",
-        "_total_wait_ns",
-        "_wait_counts",
-        "_waiting",
-        "_waiting_tokens",
-    )
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        # priority -> [deque of waiters (removed ones skipped lazily), live count, live tokens]
-        self._queues: dict[int, list[object]] = {}
+class Queue:
+    """The queue and its bookkeeping, over any arithmetic that provides the hooks below.
+
+    ``Scheduler`` puts it on one Gcra (a request's cost is an int), ``CompositeScheduler``
+    on a CompositeGcra (a cost is a tuple, one amount per limit). Costs are opaque here:
+    they are only added up, compared through the arithmetic, and committed.
+    """
+
+    if not TYPE_CHECKING:  # the concrete schedulers declare QUEUE_SLOTS
+        __slots__ = ()
+
+    if TYPE_CHECKING:
+        # Provided by the arithmetic class beside this one (Gcra or CompositeGcra), which
+        # comes after Queue in the method order: real definitions here would shadow it.
+        _scale: int
+        _cost: int
+
+        def wait_ns(self, now_ns: int, tokens: Any, ahead: Any = ...) -> int: ...
+        def _commit_units(self, at: int, tokens: Any) -> Any: ...
+        def refund_at(self, now_ns: int, tokens: Any, mark: Any = None) -> float: ...
+        def charge_at(self, now_ns: int, tokens: Any) -> Any: ...
+        def full_in_ns(self, now_ns: int) -> int: ...
+        def describe(self, now_ns: int) -> str: ...
+
+    # Hooks on costs, provided by each concrete scheduler.
+    def _head_due_units(self, tokens: Any) -> int:
+        """Return when (units) ``tokens`` could go at the head of the queue."""
+        raise NotImplementedError
+
+    def _zero(self) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def _add(a: Any, b: Any) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def _sub(a: Any, b: Any) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def _size(tokens: Any) -> int:
+        """Return a cost as one number (for statistics and events)."""
+        raise NotImplementedError
+
+    def _count_grant(self, tokens: Any) -> None:
+        raise NotImplementedError
+
+    def _count_charge(self, tokens: Any) -> None:
+        raise NotImplementedError
+
+    def _grant_totals(self) -> tuple[int, int]:
+        """Return (grants, tokens granted or charged)."""
+        raise NotImplementedError
+
+    def _init_queue(self) -> None:
+        # priority -> [deque of waiters (removed ones skipped lazily), live count, live cost]
+        self._queues: dict[int, list[Any]] = {}
         self._levels: list[int] = []  # priorities with live waiters, highest first
         self._waiting = 0
-        self._waiting_tokens = 0
-        # Grants are counted as tokens (``_granted``, which the fast paths bump by one); the
-        # number of grants is that minus this excess (extra tokens of larger grants, charges).
-        self._excess = 0
+        self._waiting_tokens = self._zero()
         self._rejected = 0
         self._timed_out = 0
         self._cancelled = 0
@@ -184,31 +238,33 @@ class Scheduler(Gcra):
 
     # -- planning ------------------------------------------------------------------------
 
-    def _tokens_ahead(self, priority: int) -> int:
-        """Tokens queued in classes served before or with ``priority``."""
+    def _tokens_ahead(self, priority: int) -> Any:
+        """Cost queued in classes served before or with ``priority`` (0 if none)."""
         if not self._waiting:
             return 0
-        ahead = 0
+        ahead = self._zero()
         for level in self._levels:
             if level < priority:
                 break
-            ahead += self._queues[level][2]  # type: ignore[operator]
+            ahead = self._add(ahead, self._queues[level][2])
         return ahead
 
-    def plan(self, now_ns: int, tokens: int, priority: int) -> tuple[int, int]:
-        """Return (ns until a newcomer would be granted, tokens queued ahead of it).
+    def plan(self, now_ns: int, tokens: Any, priority: int) -> tuple[int, Any]:
+        """Return (ns until a newcomer would be granted, cost queued ahead of it).
 
-        It may be granted now only if both are 0: the tokens are there and nobody it must
-        queue behind is waiting (no barging, even when tokens are free).
+        It may be granted now only if the wait is 0 and nothing is ahead (no barging, even
+        when tokens are free). The wait assumes those ahead go as early as they can.
         """
         ahead = self._tokens_ahead(priority)
+        if not ahead:
+            return self.wait_ns(now_ns, tokens), 0
         return self.wait_ns(now_ns, tokens, ahead), ahead
 
-    def grant_now(self, now_ns: int, tokens: int) -> int:
+    def grant_now(self, now_ns: int, tokens: Any) -> Any:
         """Grant a newcomer that ``plan`` found may go now; return its refund mark."""
-        self._excess += tokens - 1
+        self._count_grant(tokens)
         if self._listener is not None:
-            self._emit("granted", now_ns, tokens)
+            self._emit("granted", now_ns, self._size(tokens))
         return self._commit_units(now_ns * self._scale, tokens)
 
     def enqueue(self, waiter: Waiter, now_ns: int) -> bool:
@@ -217,33 +273,33 @@ class Scheduler(Gcra):
         priority = waiter.priority
         entry = self._queues.get(priority)
         if entry is None:
-            entry = self._queues[priority] = [deque(), 0, 0]
+            entry = self._queues[priority] = [deque(), 0, self._zero()]
             self._levels.append(priority)
             self._levels.sort(reverse=True)
-        entry[0].append(waiter)  # type: ignore[attr-defined]
-        entry[1] += 1  # type: ignore[operator]
-        entry[2] += waiter.tokens  # type: ignore[operator]
+        entry[0].append(waiter)
+        entry[1] += 1
+        entry[2] = self._add(entry[2], waiter.tokens)
         self._waiting += 1
-        self._waiting_tokens += waiter.tokens
-        return self._levels[0] == priority and entry[1] == 1
+        self._waiting_tokens = self._add(self._waiting_tokens, waiter.tokens)
+        return bool(self._levels[0] == priority and entry[1] == 1)
 
-    def charge_now(self, now_ns: int, tokens: int) -> int:
+    def charge_now(self, now_ns: int, tokens: Any) -> Any:
         """Charge ``tokens`` (debt allowed); counted in granted tokens, not in grants."""
-        self._excess += tokens
-        self._emit("charged", now_ns, tokens)
+        self._count_charge(tokens)
+        self._emit("charged", now_ns, self._size(tokens))
         return self.charge_at(now_ns, tokens)
 
-    def reject(self, now_ns: int = 0, tokens: int = 0) -> None:
+    def reject(self, now_ns: int = 0, tokens: Any = 0) -> None:
         """Count a request refused at once."""
         self._rejected += 1
-        self._emit("rejected", now_ns, tokens)
+        self._emit("rejected", now_ns, self._size(tokens) if tokens else 0)
 
     # -- the head ------------------------------------------------------------------------
 
     def head(self) -> Waiter | None:
         """Return the live waiter that is served next, dropping removed ones on the way."""
         while self._levels:
-            queue: deque[Waiter] = self._queues[self._levels[0]][0]  # type: ignore[assignment]
+            queue: deque[Waiter] = self._queues[self._levels[0]][0]
             while queue:
                 waiter = queue[0]
                 if waiter.state == QUEUED:
@@ -258,8 +314,7 @@ class Scheduler(Gcra):
         waiter = self.head()
         if waiter is None:
             return None
-        due = self._tat + waiter.tokens * self._cost - self._burst
-        return -(-due // self._scale)
+        return -(-self._head_due_units(waiter.tokens) // self._scale)
 
     def release_due(self, now_ns: int) -> list[Waiter]:
         """Grant every waiter, in order, whose tokens are due by ``now_ns``; return them.
@@ -275,7 +330,7 @@ class Scheduler(Gcra):
                 self.remove(waiter)
                 self._cancelled += 1
                 continue
-            due = self._tat + waiter.tokens * self._cost - self._burst
+            due = self._head_due_units(waiter.tokens)
             if due > now:
                 break
             self._unlink(waiter)
@@ -284,13 +339,13 @@ class Scheduler(Gcra):
             waited = now_ns - waiter.enqueued_ns
             if waited < 0:
                 waited = 0  # granted at its due time, a hair before the clock got there
-            self._excess += waiter.tokens - 1
+            self._count_grant(waiter.tokens)
             self._total_wait_ns += waited
             if waited > self._max_wait_ns:
                 self._max_wait_ns = waited
             self._count_wait(waited)
             if self._listener is not None:
-                self._emit("granted", now_ns, waiter.tokens, waited)
+                self._emit("granted", now_ns, self._size(waiter.tokens), waited)
             granted.append(waiter)
         return granted
 
@@ -307,10 +362,10 @@ class Scheduler(Gcra):
     def _unlink(self, waiter: Waiter) -> None:
         """Take a live waiter out of the counts (its deque slot is dropped lazily)."""
         entry = self._queues[waiter.priority]
-        entry[1] -= 1  # type: ignore[operator]
-        entry[2] -= waiter.tokens  # type: ignore[operator]
+        entry[1] -= 1
+        entry[2] = self._sub(entry[2], waiter.tokens)
         self._waiting -= 1
-        self._waiting_tokens -= waiter.tokens
+        self._waiting_tokens = self._sub(self._waiting_tokens, waiter.tokens)
         if entry[1] == 0:
             del self._queues[waiter.priority]
             self._levels.remove(waiter.priority)
@@ -328,12 +383,12 @@ class Scheduler(Gcra):
         """Withdraw a waiter: dequeue it, or refund its grant; return True if the plan changed."""
         if waiter.state == QUEUED:
             self._cancelled += 1
-            self._emit("cancelled", now_ns, waiter.tokens, now_ns - waiter.enqueued_ns)
+            self._emit("cancelled", now_ns, self._size(waiter.tokens), now_ns - waiter.enqueued_ns)
             return self.remove(waiter)
         if waiter.state == GRANTED:
             waiter.state = REMOVED
             self._cancelled += 1
-            self._emit("cancelled", now_ns, waiter.tokens, now_ns - waiter.enqueued_ns)
+            self._emit("cancelled", now_ns, self._size(waiter.tokens), now_ns - waiter.enqueued_ns)
             self.give_back(now_ns, waiter.tokens, waiter.mark)
             return True
         return False
@@ -343,21 +398,21 @@ class Scheduler(Gcra):
         if waiter.state != QUEUED:
             return False
         self._timed_out += 1
-        self._emit("timed_out", now_ns, waiter.tokens, now_ns - waiter.enqueued_ns)
+        self._emit("timed_out", now_ns, self._size(waiter.tokens), now_ns - waiter.enqueued_ns)
         return self.remove(waiter)
 
     def drain(self) -> list[Waiter]:
         """Remove every queued waiter (for close()); return them in service order."""
         out: list[Waiter] = []
         for level in list(self._levels):
-            queue: deque[Waiter] = self._queues[level][0]  # type: ignore[assignment]
+            queue: deque[Waiter] = self._queues[level][0]
             out.extend(w for w in queue if w.state == QUEUED)
         for waiter in out:
             self._unlink(waiter)
             waiter.state = REMOVED
         return out
 
-    def give_back(self, now_ns: int, tokens: int, mark: int | None) -> float:
+    def give_back(self, now_ns: int, tokens: Any, mark: Any) -> float:
         """Refund and count it; return the tokens that went back."""
         returned = self.refund_at(now_ns, tokens, mark)
         self._refunded += returned
@@ -369,7 +424,7 @@ class Scheduler(Gcra):
 
     def snapshot(self) -> Statistics:
         """Return the statistics as a frozen value."""
-        granted = self._granted - self._excess
+        granted, granted_tokens = self._grant_totals()
         waited = sum(self._wait_counts)
         cumulative = granted - waited  # immediate grants waited 0 s
         histogram = []
@@ -379,14 +434,93 @@ class Scheduler(Gcra):
         histogram.append((float("inf"), granted))
         return Statistics(
             granted=granted,
-            granted_tokens=self._granted,
+            granted_tokens=granted_tokens,
             rejected=self._rejected,
             timed_out=self._timed_out,
             cancelled=self._cancelled,
             waiting=self._waiting,
-            waiting_tokens=self._waiting_tokens,
+            waiting_tokens=self._size(self._waiting_tokens) if self._waiting else 0,
             refunded_tokens=self._refunded,
             total_wait=self._total_wait_ns / 1e9,
             max_wait=self._max_wait_ns / 1e9,
             wait_histogram=tuple(histogram),
         )
+
+
+class Scheduler(Queue, Gcra):
+    """One token bucket with a queue: FIFO per priority class, one due time for the head."""
+
+    __slots__ = (*QUEUE_SLOTS, "_excess")
+
+    def __init__(self, rate: Rate, capacity: int, now_ns: int, initial: int | None = None) -> None:
+        Gcra.__init__(self, rate, capacity, now_ns, initial)
+        self._init_queue()
+        # Grants are counted as tokens (``_granted``, which the fast paths bump by one); the
+        # number of grants is that minus this excess (extra tokens of larger grants, charges).
+        self._excess = 0
+
+    def _head_due_units(self, tokens: int) -> int:
+        return self._tat + tokens * self._cost - self._burst
+
+    def _zero(self) -> int:
+        return 0
+
+    @staticmethod
+    def _add(a: int, b: int) -> int:
+        return a + b
+
+    @staticmethod
+    def _sub(a: int, b: int) -> int:
+        return a - b
+
+    @staticmethod
+    def _size(tokens: int) -> int:
+        return tokens
+
+    def _count_grant(self, tokens: int) -> None:
+        self._excess += tokens - 1
+
+    def _count_charge(self, tokens: int) -> None:
+        self._excess += tokens
+
+    def _grant_totals(self) -> tuple[int, int]:
+        return self._granted - self._excess, self._granted
+
+
+class CompositeScheduler(Queue, CompositeGcra):
+    """Several limits with one queue: a waiter goes when its cost fits in every limit."""
+
+    __slots__ = (*QUEUE_SLOTS, "_charged", "_grants")
+
+    def __init__(self, limits: Sequence[tuple[str, Rate, int]], now_ns: int) -> None:
+        CompositeGcra.__init__(self, limits, now_ns)
+        self._init_queue()
+        self._grants = 0
+        self._charged = 0
+
+    def _head_due_units(self, tokens: tuple[int, ...]) -> int:
+        return self._due_units(tokens)
+
+    def _zero(self) -> tuple[int, ...]:
+        return self.zero()
+
+    @staticmethod
+    def _add(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(map(operator.add, a, b))
+
+    @staticmethod
+    def _sub(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(map(operator.sub, a, b))
+
+    @staticmethod
+    def _size(tokens: tuple[int, ...]) -> int:
+        return sum(tokens)
+
+    def _count_grant(self, tokens: tuple[int, ...]) -> None:
+        self._grants += 1
+
+    def _count_charge(self, tokens: tuple[int, ...]) -> None:
+        self._charged += sum(tokens)
+
+    def _grant_totals(self) -> tuple[int, int]:
+        return self._grants, sum(part._granted for part in self._parts)

@@ -1,4 +1,4 @@
-"""The blocking limiter for threads: the shared core under one lock, a FIFO of wake-locks.
+"""The blocking limiters for threads: the shared core under one lock, a FIFO of wake-locks.
 
 The scheduler decides; this module only makes threads wait. Each waiting thread blocks on a
 lock of its own. Only the head waiter sleeps with a timeout (until its due time): when it
@@ -10,59 +10,59 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from ._asyncio import check_priority, check_timeout
+from ._asyncio import check_priority, check_timeout, parse_limits
 from ._clock import MONOTONIC, Clock
 from ._errors import AcquireTimeout, LimiterClosed
 from ._gcra import check_tokens
 from ._rate import Rate, RateLike
-from ._scheduler import GRANTED, QUEUED, Listener, Scheduler, Statistics, Waiter
+from ._scheduler import (
+    GRANTED,
+    QUEUED,
+    CompositeScheduler,
+    Listener,
+    Queue,
+    Scheduler,
+    Statistics,
+    Waiter,
+)
 
-__all__ = ["SyncTokenBucket"]
+__all__ = ["SyncCompositeLimiter", "SyncTokenBucket"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+L = TypeVar("L", bound="_SyncLimiter")
 
 
 class _ThreadWaiter(Waiter):
     __slots__ = ("signalled", "wake")
 
-    def __init__(self, tokens: int, priority: int) -> None:
+    def __init__(self, tokens: Any, priority: int) -> None:
         super().__init__(tokens, priority)
         self.wake = threading.Lock()
         self.wake.acquire()
         self.signalled = False
 
 
-class SyncTokenBucket(Scheduler):
-    """A thread-safe, blocking token bucket with the asyncio limiter's API and guarantees.
+class _SyncLimiter(Queue):
+    """The thread adapter over a scheduler: a wake-lock per waiter, the head sleeps.
 
-    ``acquire(n, timeout=)`` blocks until granted (FIFO among threads, higher ``priority``
-    first), ``try_acquire(n)`` never blocks, ``with limiter:`` takes one token, ``@limiter``
-    decorates sync functions. A timeout that cannot be met is refused at once; a refused or
-    timed-out call consumes nothing.
+    Shared by SyncTokenBucket and SyncCompositeLimiter; each declares the fields below as
+    slots and supplies ``_check``.
     """
 
-    __slots__ = ("__weakref__", "_clock", "_closed", "_lock", "_now_ns")
+    if not TYPE_CHECKING:
+        __slots__ = ()
 
-    def __init__(
-        self,
-        rate: RateLike,
-        capacity: int | None = None,
-        *,
-        initial: int | None = None,
-        clock: Clock | None = None,
-        name: str | None = None,
-        on_event: Listener | None = None,
-    ) -> None:
-        rate = Rate.of(rate)
-        clock = MONOTONIC if clock is None else clock
-        super().__init__(
-            rate, rate.default_capacity if capacity is None else capacity, clock.now_ns(), initial
-        )
+    _clock: Clock
+    _closed: bool
+    _lock: threading.Lock
+    _now_ns: Callable[[], int]
+
+    def _init_adapter(self, clock: Clock, name: str | None, on_event: Listener | None) -> None:
         self._clock = clock
         self._now_ns = clock.now_ns
         self._lock = threading.Lock()
@@ -71,40 +71,55 @@ class SyncTokenBucket(Scheduler):
         if on_event is not None:
             self.on_event = on_event
 
-    def acquire(self, tokens: int = 1, *, timeout: float | None = None, priority: int = 0) -> bool:
+    def _check(self, tokens: Any) -> Any:
+        """Validate a request's cost; return it in the scheduler's form."""
+        raise NotImplementedError
+
+    def _check_amount(self, tokens: Any) -> Any:
+        """Validate an amount to refund or charge (may exceed capacity)."""
+        raise NotImplementedError
+
+    def _cost_text(self, tokens: Any) -> str:
+        return f"{tokens} token(s)"
+
+    # -- acquiring -----------------------------------------------------------------------
+
+    def acquire(self, tokens: Any = 1, *, timeout: float | None = None, priority: int = 0) -> bool:
         """Block until ``tokens`` are granted, in arrival order; return True.
 
         Raises AcquireTimeout (nothing consumed) if they cannot be granted within
         ``timeout`` seconds (refused at once when the plan already says so), LimiterClosed
         after close(), ValueError/TypeError for bad arguments.
         """
-        self._wait(self._admit(tokens, timeout, priority)[1], timeout)
+        _, waiter = self._admit(tokens, timeout, priority)
+        if waiter is not None:
+            self._wait(waiter, timeout)
         return True
 
-    def try_acquire(self, tokens: int = 1, *, priority: int = 0) -> bool:
+    def try_acquire(self, tokens: Any = 1, *, priority: int = 0) -> bool:
         """Take ``tokens`` if they can be granted now without overtaking a waiter.
 
         Never blocks (beyond the short internal lock). Shorthand for an acquire with a
         maximum wait of 0.
         """
-        check_tokens(tokens, limit=self._capacity)
+        tokens = self._check(tokens)
         check_priority(priority)
         with self._lock:
             if self._closed:
                 raise LimiterClosed(f"{self!r} is closed")
             now = self._now_ns()
             delay, ahead = self.plan(now, tokens, priority)
-            if delay == 0 and ahead == 0:
+            if delay == 0 and not ahead:
                 self.grant_now(now, tokens)
                 return True
             self.reject(now, tokens)
             return False
 
     def _admit(
-        self, tokens: int, timeout: float | None, priority: int
-    ) -> tuple[int, _ThreadWaiter | None]:
+        self, tokens: Any, timeout: float | None, priority: int
+    ) -> tuple[Any, _ThreadWaiter | None]:
         """Grant now (mark, None), or queue (0, waiter); raise AcquireTimeout on refusal."""
-        check_tokens(tokens, limit=self._capacity)
+        tokens = self._check(tokens)
         check_priority(priority)
         max_wait = check_timeout(timeout)
         with self._lock:
@@ -112,26 +127,25 @@ class SyncTokenBucket(Scheduler):
                 raise LimiterClosed(f"{self!r} is closed")
             now = self._now_ns()
             delay, ahead = self.plan(now, tokens, priority)
-            if delay == 0 and ahead == 0:
+            if delay == 0 and not ahead:
                 return self.grant_now(now, tokens), None
             if max_wait is not None and delay > max_wait:
-                self.reject()
+                self.reject(now, tokens)
                 raise AcquireTimeout(
-                    f"{tokens} token(s) would be granted in {delay / 1e9:.6f}s, "
+                    f"{self._cost_text(tokens)} would be granted in {delay / 1e9:.6f}s, "
                     f"beyond the timeout of {timeout}s",
                     delay / 1e9,
                 )
             waiter = _ThreadWaiter(tokens, priority)
             if self.enqueue(waiter, now):
                 self._wake_head_locked()
-            # The deadline is kept on the waiter's own stack, in _wait.
-            waiter.enqueued_ns = now
             return 0, waiter
 
-    def _wait(self, waiter: _ThreadWaiter | None, timeout: float | None) -> int:
-        """Block until ``waiter`` is granted; return its refund mark."""
-        if waiter is None:
-            return self._granted
+    def _wait(self, waiter: _ThreadWaiter, timeout: float | None) -> Any:
+        """Block until ``waiter`` is granted; return its refund mark.
+
+        The deadline is kept here, on the waiter's own stack: a thread needs no timer.
+        """
         max_wait = check_timeout(timeout)
         deadline = None if max_wait is None else waiter.enqueued_ns + max_wait
         clock = self._clock
@@ -155,67 +169,69 @@ class SyncTokenBucket(Scheduler):
                 if deadline is not None and now >= deadline:
                     if self.time_out(waiter, now):
                         self._wake_head_locked()
-                    raise AcquireTimeout(f"{waiter.tokens} token(s) not granted within {timeout}s")
-            if clock.wait(waiter.wake, wake_at):
-                continue
+                    raise AcquireTimeout(
+                        f"{self._cost_text(waiter.tokens)} not granted within {timeout}s"
+                    )
+            clock.wait(waiter.wake, wake_at)
 
     def _release_locked(self, now: int) -> None:
         for granted in self.release_due(now):
-            self._signal(granted)  # type: ignore[arg-type]
+            self._signal(granted)
         self._wake_head_locked()
 
     def _wake_head_locked(self) -> None:
         head = self.head()
         if head is not None:
-            self._signal(head)  # type: ignore[arg-type]
+            self._signal(head)
 
     @staticmethod
-    def _signal(waiter: _ThreadWaiter) -> None:
+    def _signal(waiter: Waiter) -> None:
+        assert isinstance(waiter, _ThreadWaiter)
         if not waiter.signalled:
             waiter.signalled = True
             waiter.wake.release()
 
     # -- settling accounts ---------------------------------------------------------------
 
-    def refund(self, tokens: int) -> float:
-        """Give back ``tokens`` taken earlier; return how many went back (see TokenBucket)."""
-        check_tokens(tokens)
+    def refund(self, tokens: Any) -> float:
+        """Give back ``tokens`` taken earlier and unused; return how many went back.
+
+        The caller vouches that they were taken and not used. They never fill the bucket
+        above its capacity. Waiters are re-planned.
+        """
+        tokens = self._check_amount(tokens)
         with self._lock:
             returned = self.give_back(self._now_ns(), tokens, None)
             self._wake_head_locked()
         return returned
 
-    def charge(self, tokens: int) -> None:
+    def charge(self, tokens: Any) -> None:
         """Take ``tokens`` now without waiting, even into debt (later callers wait it off)."""
-        check_tokens(tokens)
+        tokens = self._check_amount(tokens)
         with self._lock:
             if self._closed:
                 raise LimiterClosed(f"{self!r} is closed")
             self.charge_now(self._now_ns(), tokens)
             self._wake_head_locked()
 
-    def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
-        """Change rate (and capacity) now, carrying the balance over (see TokenBucket)."""
-        rate = Rate.of(rate)
-        with self._lock:
-            capacity = self._capacity if capacity is None else capacity
-            largest = max(
-                (w.tokens for e in self._queues.values() for w in e[0] if w.state == QUEUED),  # type: ignore[attr-defined]
-                default=0,
-            )
-            if type(capacity) is int and largest > capacity:
-                raise ValueError(
-                    f"capacity={capacity} is below a queued request for {largest} tokens"
-                )
-            self.reconfigure(self._now_ns(), rate, capacity)
-            self._wake_head_locked()
+    def _largest_queued(self, index: int | None = None) -> int:
+        """Return the largest queued cost (on limit ``index`` of a composite)."""
+        return max(
+            (
+                w.tokens if index is None else w.tokens[index]
+                for entry in self._queues.values()
+                for w in entry[0]
+                if w.state == QUEUED
+            ),
+            default=0,
+        )
 
     def close(self) -> None:
         """Refuse every later call and wake every waiter with LimiterClosed. Idempotent."""
         with self._lock:
             self._closed = True
             for waiter in self.drain():
-                self._signal(waiter)  # type: ignore[arg-type]
+                self._signal(waiter)
 
     @property
     def closed(self) -> bool:
@@ -223,11 +239,6 @@ class SyncTokenBucket(Scheduler):
         return self._closed
 
     # -- reading -------------------------------------------------------------------------
-
-    def available(self) -> float:
-        """Return the tokens available now (negative while in debt)."""
-        with self._lock:
-            return self.tokens_at(self._now_ns())
 
     def full_in(self) -> float:
         """Return seconds until the bucket is full again (0.0 when full)."""
@@ -249,7 +260,7 @@ class SyncTokenBucket(Scheduler):
 
     # -- sugar ---------------------------------------------------------------------------
 
-    def __enter__(self) -> SyncTokenBucket:
+    def __enter__(self: L) -> L:
         self.acquire()
         return self
 
@@ -263,25 +274,24 @@ class SyncTokenBucket(Scheduler):
 
     def take(
         self,
-        tokens: int = 1,
+        tokens: Any = 1,
         *,
         refund_on_error: bool = False,
         timeout: float | None = None,
         priority: int = 0,
     ) -> _SyncTake:
         """Return a context manager that acquires ``tokens`` on entry (see TokenBucket.take)."""
-        check_tokens(tokens, limit=self._capacity)
-        return _SyncTake(self, tokens, refund_on_error, timeout, priority)
+        return _SyncTake(self, self._check(tokens), refund_on_error, timeout, priority)
 
     def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
         """Decorate a function so that each call first acquires one token."""
         return self.limit()(func)
 
     def limit(
-        self, tokens: int = 1, *, timeout: float | None = None, priority: int = 0
+        self, tokens: Any = 1, *, timeout: float | None = None, priority: int = 0
     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Return a decorator: each call of the function acquires ``tokens`` first."""
-        check_tokens(tokens, limit=self._capacity)
+        tokens = self._check(tokens)
         check_priority(priority)
         check_timeout(timeout)
 
@@ -296,13 +306,116 @@ class SyncTokenBucket(Scheduler):
         return decorate
 
 
+class SyncTokenBucket(_SyncLimiter, Scheduler):
+    """A thread-safe, blocking token bucket with the asyncio limiter's API and guarantees.
+
+    ``acquire(n, timeout=)`` blocks until granted (FIFO among threads, higher ``priority``
+    first), ``try_acquire(n)`` never blocks, ``with limiter:`` takes one token, ``@limiter``
+    decorates sync functions. A timeout that cannot be met is refused at once; a refused or
+    timed-out call consumes nothing.
+    """
+
+    __slots__ = ("__weakref__", "_clock", "_closed", "_lock", "_now_ns")
+
+    def __init__(
+        self,
+        rate: RateLike,
+        capacity: int | None = None,
+        *,
+        initial: int | None = None,
+        clock: Clock | None = None,
+        name: str | None = None,
+        on_event: Listener | None = None,
+    ) -> None:
+        rate = Rate.of(rate)
+        clock = MONOTONIC if clock is None else clock
+        capacity = rate.default_capacity if capacity is None else capacity
+        Scheduler.__init__(self, rate, capacity, clock.now_ns(), initial)
+        self._init_adapter(clock, name, on_event)
+
+    def _check(self, tokens: Any) -> int:
+        return check_tokens(tokens, limit=self._capacity)
+
+    def _check_amount(self, tokens: Any) -> int:
+        return check_tokens(tokens)
+
+    def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
+        """Change rate (and capacity) now, carrying the balance over (see TokenBucket)."""
+        rate = Rate.of(rate)
+        with self._lock:
+            capacity = self._capacity if capacity is None else capacity
+            largest = self._largest_queued()
+            if type(capacity) is int and largest > capacity:
+                raise ValueError(
+                    f"capacity={capacity} is below a queued request for {largest} tokens"
+                )
+            self.reconfigure(self._now_ns(), rate, capacity)
+            self._wake_head_locked()
+
+    def available(self) -> float:
+        """Return the tokens available now (negative while in debt)."""
+        with self._lock:
+            return self.tokens_at(self._now_ns())
+
+
+class SyncCompositeLimiter(_SyncLimiter, CompositeScheduler):
+    """The thread-safe, blocking twin of CompositeLimiter (same costs, same semantics)."""
+
+    __slots__ = ("__weakref__", "_clock", "_closed", "_lock", "_now_ns")
+
+    def __init__(
+        self,
+        limits: Mapping[str, RateLike | tuple[RateLike, int]],
+        *,
+        clock: Clock | None = None,
+        name: str | None = None,
+        on_event: Listener | None = None,
+    ) -> None:
+        clock = MONOTONIC if clock is None else clock
+        CompositeScheduler.__init__(self, parse_limits(limits), clock.now_ns())
+        self._init_adapter(clock, name, on_event)
+
+    def _check(self, tokens: Any) -> tuple[int, ...]:
+        return self.check_cost(tokens)
+
+    def _check_amount(self, tokens: Any) -> tuple[int, ...]:
+        return self.check_cost(tokens, capped=False)
+
+    def _cost_text(self, tokens: Any) -> str:
+        return "cost " + repr(dict(zip(self._names, tokens, strict=True)))
+
+    def set_rate(self, name: str, rate: RateLike, capacity: int | None = None) -> None:
+        """Change one limit's rate (and capacity) now, carrying its balance over.
+
+        Raises ValueError for an unknown name or a capacity below a queued request's cost.
+        """
+        rate = Rate.of(rate)
+        with self._lock:
+            if name not in self._names:
+                raise ValueError(f"unknown limit {name!r}; the limits are {list(self._names)}")
+            index = self._names.index(name)
+            capacity = self._parts[index].capacity if capacity is None else capacity
+            largest = self._largest_queued(index)
+            if type(capacity) is int and largest > capacity:
+                raise ValueError(
+                    f"capacity={capacity} is below a queued cost of {largest} on {name!r}"
+                )
+            self.reconfigure_limit(self._now_ns(), name, rate, capacity)
+            self._wake_head_locked()
+
+    def available(self) -> dict[str, float]:
+        """Return the tokens available now, per limit (negative while in debt)."""
+        with self._lock:
+            return self.tokens_at(self._now_ns())
+
+
 class _SyncTake:
     __slots__ = ("_limiter", "_mark", "_priority", "_refund_on_error", "_timeout", "_tokens")
 
     def __init__(
         self,
-        limiter: SyncTokenBucket,
-        tokens: int,
+        limiter: _SyncLimiter,
+        tokens: Any,
         refund_on_error: bool,
         timeout: float | None,
         priority: int,
@@ -312,7 +425,7 @@ class _SyncTake:
         self._refund_on_error = refund_on_error
         self._timeout = timeout
         self._priority = priority
-        self._mark = 0
+        self._mark: Any = 0
 
     def __enter__(self) -> None:
         limiter = self._limiter
