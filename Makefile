@@ -25,8 +25,8 @@ demo: $(VENV)/.installed
 	$(BIN)/ratekeeper demo
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests $(wildcard benchmarks)
+	$(BIN)/ruff format --check src tests $(wildcard benchmarks)
 	$(BIN)/mypy --strict src
 
 test: lint
