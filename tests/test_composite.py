@@ -128,3 +128,17 @@ def test_sync_twin() -> None:
     assert "requests=2/s capacity=2" in repr(limiter)
     assert limiter.statistics().granted == 3
     assert limiter.statistics().granted_tokens == 3 + 180
+
+
+async def test_reservations_with_composite_costs(clock: ManualClock) -> None:
+    limiter = llm(clock)
+    now = limiter.reserve({"requests": 1, "tokens": 80})
+    later = limiter.reserve({"requests": 1, "tokens": 80})
+    assert now.granted
+    assert later.delay == pytest.approx(0.6)
+    later.cancel()
+    now.cancel()  # nothing was granted after it: both limits get everything back
+    assert limiter.available() == {"requests": 2, "tokens": 100}
+    assert now.cancelled
+    assert not now.granted
+    assert limiter.statistics().cancelled == 2

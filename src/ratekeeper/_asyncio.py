@@ -590,7 +590,7 @@ class Reservation:
     grant; ``cancel()`` withdraws it.
     """
 
-    __slots__ = ("_limiter", "_mark", "_waiter", "delay", "tokens")
+    __slots__ = ("_limiter", "_mark", "_waiter", "_withdrawn", "delay", "tokens")
 
     def __init__(
         self,
@@ -603,36 +603,44 @@ class Reservation:
         self._limiter = limiter
         self._mark = mark
         self._waiter = waiter
+        self._withdrawn = False
         self.tokens = tokens
         self.delay = delay
 
     @property
     def granted(self) -> bool:
         """True once the tokens are granted (at once, or when the wait is over)."""
+        if self._withdrawn:
+            return False
         return self._waiter is None or self._waiter.state == GRANTED
 
     @property
     def cancelled(self) -> bool:
         """True after cancel(), a timeout or close()."""
         waiter = self._waiter
-        return self._mark < 0 or (waiter is not None and waiter.state not in (QUEUED, GRANTED))
+        return self._withdrawn or (waiter is not None and waiter.state not in (QUEUED, GRANTED))
 
     def __await__(self) -> Generator[Any, None, None]:
         if self._waiter is not None:
             yield from self._limiter._wait(self._waiter).__await__()
 
     def cancel(self) -> None:
-        """Withdraw: leave the queue, or give a granted reservation's tokens back."""
+        """Withdraw: leave the queue, or give a granted reservation's tokens back. Idempotent.
+
+        A task awaiting the reservation gets CancelledError.
+        """
+        if self._withdrawn:
+            return
+        self._withdrawn = True
         limiter = self._limiter
-        if self._waiter is None:
-            if self._mark >= 0:
-                limiter._cancelled += 1
-                limiter.give_back(limiter._now_ns(), self.tokens, self._mark)
-                self._mark = -1
-        elif limiter.cancel(self._waiter, limiter._now_ns()):
-            limiter._replan()
-        if self._waiter is not None and not self._waiter.future.done():
-            self._waiter.future.cancel()
+        waiter = self._waiter
+        now = limiter._now_ns()
+        if waiter is None:
+            limiter.withdraw_grant(now, self.tokens, self._mark)
+        else:
+            limiter.cancel(waiter, now)
+            if not waiter.future.done():
+                waiter.future.cancel()
         limiter._replan()
 
     def __repr__(self) -> str:

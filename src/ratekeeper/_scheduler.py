@@ -387,11 +387,15 @@ class Queue:
             return self.remove(waiter)
         if waiter.state == GRANTED:
             waiter.state = REMOVED
-            self._cancelled += 1
-            self._emit("cancelled", now_ns, self._size(waiter.tokens), now_ns - waiter.enqueued_ns)
-            self.give_back(now_ns, waiter.tokens, waiter.mark)
+            self.withdraw_grant(now_ns, waiter.tokens, waiter.mark, now_ns - waiter.enqueued_ns)
             return True
         return False
+
+    def withdraw_grant(self, now_ns: int, tokens: Any, mark: Any, waited_ns: int = 0) -> None:
+        """Count a grant as cancelled and give its tokens back as far as that is correct."""
+        self._cancelled += 1
+        self._emit("cancelled", now_ns, self._size(tokens), waited_ns)
+        self.give_back(now_ns, tokens, mark)
 
     def time_out(self, waiter: Waiter, now_ns: int = 0) -> bool:
         """Withdraw a queued waiter whose timeout passed; return True if it was the head."""
