@@ -35,6 +35,7 @@ test: lint
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/bench_core.py
 	$(BIN)/python benchmarks/bench_redis.py
+	$(BIN)/python benchmarks/bench_metrics.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

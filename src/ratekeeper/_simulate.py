@@ -409,7 +409,7 @@ def _summarise(
     granted_tokens = sum(tokens for _, tokens in grants)
     requested_tokens = sum(traffic.tokens)
     delayed = sum(1 for w in waits if w > 0)
-    capacity_s = limit.rate.per_second * end_ns / 1e9
+    quota = limit.rate.per_second * end_ns / 1e9  # tokens the rate allows over the span
     return Summary(
         requests=traffic.requests,
         requested_tokens=requested_tokens,
@@ -424,8 +424,8 @@ def _summarise(
         wait_max=waits[-1] if waits else 0.0,
         wait_mean=sum(waits) / granted if granted else 0.0,
         span=end_ns / 1e9,
-        utilisation=granted_tokens / capacity_s if capacity_s else 0.0,
-        offered_load=requested_tokens / capacity_s if capacity_s else 0.0,
+        utilisation=granted_tokens / quota if quota else 0.0,
+        offered_load=requested_tokens / quota if quota else 0.0,
         max_queue=max_queue,
         envelope_excess=max_excess(grants, limit.rate, limit.capacity),
     )
@@ -505,7 +505,7 @@ def render(traffic: Traffic, results: Sequence[Result]) -> str:
     row("wait p99", [_duration(s.wait_p99) for s in sums])
     row("wait max", [_duration(s.wait_max) for s in sums])
     row("longest queue", [f"{s.max_queue} requests" for s in sums])
-    row("utilisation", [f"{s.utilisation:.1%} of rate x {s.span:g} s" for s in sums])
+    row("utilisation", [f"{s.utilisation:.1%} of rate x {s.span:.4g} s" for s in sums])
     row("offered load", [f"{s.offered_load:.1%}" for s in sums])
     row(
         "envelope",
@@ -586,7 +586,10 @@ def plot(traffic: Traffic, results: Sequence[Result], path: str | Path, *, dpi: 
     for row in range(3 if same_capacity else 2):
         for col in range(1, columns):
             axes[row][col].sharey(axes[row][0])
-    fig.suptitle(f"ratekeeper simulate: {traffic.description}", fontsize=11)
+    fig.suptitle(
+        f"ratekeeper simulate: {traffic.description} ({traffic.requests:,} requests)",
+        fontsize=11,
+    )
     names = ["A", "B"] if columns == 2 else [""] * columns
     times_s = [t / 1e9 for t in traffic.times_ns]
     for col, (name, result) in enumerate(zip(names, results, strict=True)):
@@ -616,23 +619,21 @@ def plot(traffic: Traffic, results: Sequence[Result], path: str | Path, *, dpi: 
         top.stairs(given, edges, color="#1f5fbf", linewidth=1.4, label="granted")
         if s.refused:
             top.stairs(refused, edges, color="#d62728", linewidth=1.0, label="refused")
-        top.axhline(limit.rate.per_second, color="black", linestyle="--", linewidth=1)
-        top.annotate(
-            f"rate {limit.rate}",
-            (span, limit.rate.per_second),
-            xytext=(-4, 3),
-            textcoords="offset points",
-            ha="right",
-            fontsize=8,
+        top.axhline(
+            limit.rate.per_second,
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label=f"rate {limit.rate}",
         )
         # Row 2: cumulative tokens against the envelope.
-        cum_asked = _cumulative(times_s, traffic.tokens)
+        cum_asked = _cumulative(times_s, traffic.tokens, span)
         grants = sorted(
             (g / 1e9, tokens)
             for g, tokens in zip(result.grant_ns, traffic.tokens, strict=True)
             if g >= 0
         )
-        cum_given = _cumulative([g for g, _ in grants], [k for _, k in grants])
+        cum_given = _cumulative([g for g, _ in grants], [k for _, k in grants], span)
         mid.plot(*cum_asked, color="#9a9a9a", drawstyle="steps-post", label="asked")
         mid.plot(*cum_given, color="#1f5fbf", drawstyle="steps-post", label="granted")
         rate = limit.rate.per_second
@@ -661,7 +662,7 @@ def plot(traffic: Traffic, results: Sequence[Result], path: str | Path, *, dpi: 
             top.set_ylabel("tokens / s")
             mid.set_ylabel("tokens so far")
             low.set_ylabel("tokens in bucket")
-            top.legend(loc="upper left", fontsize=8, framealpha=0.85)
+            top.legend(loc="best", fontsize=8, framealpha=0.85)
             mid.legend(loc="upper left", fontsize=8, framealpha=0.85)
         low.set_xlabel("seconds (virtual time)")
         for ax in (top, mid, low):
@@ -671,7 +672,10 @@ def plot(traffic: Traffic, results: Sequence[Result], path: str | Path, *, dpi: 
     fig.savefig(path, dpi=dpi)
 
 
-def _cumulative(times: Sequence[float], tokens: Sequence[int]) -> tuple[list[float], list[int]]:
+def _cumulative(
+    times: Sequence[float], tokens: Sequence[int], end: float
+) -> tuple[list[float], list[int]]:
+    """Return the running total of ``tokens`` over ``times`` as steps from 0 to ``end``."""
     xs = [0.0]
     ys = [0]
     total = 0
@@ -679,4 +683,6 @@ def _cumulative(times: Sequence[float], tokens: Sequence[int]) -> tuple[list[flo
         total += k
         xs.append(t)
         ys.append(total)
+    xs.append(end)
+    ys.append(total)
     return xs, ys

@@ -29,10 +29,19 @@ namespace)::
     ratekeeper_waiting                     gauge      waiters queued now
     ratekeeper_waiting_tokens              gauge      tokens those waiters ask for
     ratekeeper_tokens_available            gauge      tokens in the bucket now (< 0: debt)
+    ratekeeper_limit_tokens_available      gauge      the same per limit of a composite
+                                                      limiter (labels limiter, limit)
     ratekeeper_capacity_tokens             gauge      the burst size
     ratekeeper_rate_tokens_per_second      gauge      the refill rate
-    ratekeeper_backend_errors_total        counter    only for limiters whose statistics
-                                                      have a ``backend_errors`` field
+
+A shared backend's limiter (``ratekeeper.redis``) reports more in its statistics; each extra
+numeric field is published as a counter of that name, e.g.::
+
+    ratekeeper_backend_errors_total        counter    server calls that failed
+    ratekeeper_failed_open_total           counter    calls let through while it was down
+    ratekeeper_fallback_grants_total       counter    grants by the local fallback limiter
+    ratekeeper_server_requests_total       counter    decisions sent to the server
+    ratekeeper_round_trips_total           counter    round trips that carried them
 
 Scrapes usually come from the exporter's own thread. A thread limiter's snapshot is taken
 under its lock; an asyncio limiter's counters are read without one (they are plain integers,
@@ -42,13 +51,14 @@ count), so a scrape may see one in-flight grant counted in one metric and not ye
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import math
 import threading
 import weakref
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol, TypeGuard
 
 try:
     from prometheus_client.metrics_core import (
@@ -71,12 +81,23 @@ _log = logging.getLogger("ratekeeper.metrics")
 
 _LABELS = ("limiter",)
 
+_CORE_FIELDS = frozenset(field.name for field in dataclasses.fields(Statistics))
+# Extra fields of backends' statistics (ratekeeper.redis.RedisStatistics) and their help text;
+# any other extra numeric field is published too, with a generic one.
+_EXTRA_DOCS = {
+    "backend_errors": "Calls to the shared backend that failed (unreachable, timed out, refused).",
+    "failed_open": "Calls let through unchecked while the backend was down (fail open).",
+    "fallback_grants": "Grants decided by the local fallback limiter while the backend was down.",
+    "server_requests": "Decisions sent to the backend server.",
+    "round_trips": "Round trips to the backend server that carried those decisions.",
+}
+
 
 class Observable(Protocol):
     """What the collector reads: any limiter with ``statistics()`` (the rest is optional).
 
     ``available()``, ``capacity`` and ``rate`` are published when present and not
-    asynchronous; a ``backend_errors`` field of the statistics is published when present.
+    asynchronous; extra numeric fields of a Statistics subclass are published as counters.
     """
 
     def statistics(self) -> Statistics: ...
@@ -172,7 +193,10 @@ class LimiterCollector(Collector):
 
     def describe(self) -> Iterable[Metric]:
         """Yield the metric families without samples (lets a registry catch name clashes)."""
-        return _Families(self._prefix).all(with_backend_errors=True)
+        families = _Families(self._prefix)
+        for name in _EXTRA_DOCS:
+            families.extra(name)
+        return families.all()
 
     def collect(self) -> Iterable[Metric]:
         """Yield the metric families with one set of samples per live limiter."""
@@ -190,7 +214,7 @@ class LimiterCollector(Collector):
                 _log.warning("statistics() of limiter %r is asynchronous; skipped", label)
                 continue
             families.add(label, limiter, stats)
-        return families.all(with_backend_errors=families.backend_errors.samples != [])
+        return families.all()
 
     def __repr__(self) -> str:
         return f"<LimiterCollector {self._prefix[:-1]!r} limiters={self.names()}>"
@@ -237,6 +261,11 @@ class _Families:
         self.waiting_tokens = GaugeMetricFamily(
             p + "waiting_tokens", "Tokens the queued waiters ask for.", labels=labels
         )
+        self.limit_available = GaugeMetricFamily(
+            p + "limit_tokens_available",
+            "Tokens available now in each limit of a composite limiter.",
+            labels=("limiter", "limit"),
+        )
         self.available = GaugeMetricFamily(
             p + "tokens_available",
             "Tokens in the bucket now (negative while in debt).",
@@ -248,11 +277,19 @@ class _Families:
         self.rate = GaugeMetricFamily(
             p + "rate_tokens_per_second", "The refill rate.", labels=labels
         )
-        self.backend_errors = CounterMetricFamily(
-            p + "backend_errors", "Calls that failed to reach the shared backend.", labels=labels
-        )
+        self.prefix = p
+        self.extras: dict[str, CounterMetricFamily] = {}
 
-    def all(self, *, with_backend_errors: bool) -> list[Metric]:
+    def extra(self, name: str) -> CounterMetricFamily:
+        """Return the counter family for an extra statistics field, made on first use."""
+        family = self.extras.get(name)
+        if family is None:
+            doc = _EXTRA_DOCS.get(name, f"The limiter's {name.replace('_', ' ')} count.")
+            family = CounterMetricFamily(self.prefix + name, doc, labels=_LABELS)
+            self.extras[name] = family
+        return family
+
+    def all(self) -> list[Metric]:
         families: list[Metric] = [
             self.granted,
             self.granted_tokens,
@@ -265,12 +302,11 @@ class _Families:
             self.waiting,
             self.waiting_tokens,
             self.available,
+            self.limit_available,
             self.capacity,
             self.rate,
         ]
-        if with_backend_errors:
-            families.append(self.backend_errors)
-        return families
+        return families + [self.extras[name] for name in sorted(self.extras)]
 
     def add(self, label: str, limiter: Observable, stats: Statistics) -> None:
         labels = [label]
@@ -286,17 +322,25 @@ class _Families:
         self.max_wait.add_metric(labels, stats.max_wait)
         self.waiting.add_metric(labels, stats.waiting)
         self.waiting_tokens.add_metric(labels, stats.waiting_tokens)
-        backend_errors = getattr(stats, "backend_errors", None)
-        if isinstance(backend_errors, (int, float)) and not isinstance(backend_errors, bool):
-            self.backend_errors.add_metric(labels, backend_errors)
-        available = _read_number(limiter, "available", label)
-        if available is not None:
+        if dataclasses.is_dataclass(stats):
+            for field in dataclasses.fields(stats):
+                if field.name in _CORE_FIELDS or not field.name.isidentifier():
+                    continue
+                extra = getattr(stats, field.name)
+                if _is_number(extra):
+                    self.extra(field.name).add_metric(labels, extra)
+        available = _read(limiter, "available", label)
+        if isinstance(available, Mapping):  # a composite limiter: tokens per limit
+            for limit, tokens in sorted(available.items()):
+                if _is_number(tokens):
+                    self.limit_available.add_metric([label, str(limit)], tokens)
+        elif _is_number(available):
             self.available.add_metric(labels, available)
-        capacity = _read_number(limiter, "capacity", label)
-        if capacity is not None:
+        capacity = _read(limiter, "capacity", label)
+        if _is_number(capacity):
             self.capacity.add_metric(labels, capacity)
         per_second = getattr(getattr(limiter, "rate", None), "per_second", None)
-        if isinstance(per_second, (int, float)) and not isinstance(per_second, bool):
+        if _is_number(per_second):
             self.rate.add_metric(labels, per_second)
 
 
@@ -329,15 +373,13 @@ def _buckets(histogram: Iterable[tuple[float, int]], granted: int) -> list[tuple
     return out
 
 
-def _read_number(limiter: object, attr: str, label: str) -> float | None:
-    """Return ``limiter.attr`` (called if a method) as a float, or None if it has none.
+def _read(limiter: object, attr: str, label: str) -> object:
+    """Return ``limiter.attr``, called if it is a method; None if it has none or fails.
 
     Asynchronous readers (a backend's ``available()`` that needs a round trip) cannot be
-    awaited in a scrape: they are skipped.
+    awaited in a scrape: they are skipped (None).
     """
-    value: Any = getattr(limiter, attr, None)
-    if value is None:
-        return None
+    value: object = getattr(limiter, attr, None)
     if callable(value):
         try:
             value = value()
@@ -347,9 +389,11 @@ def _read_number(limiter: object, attr: str, label: str) -> float | None:
     if inspect.isawaitable(value):
         _close(value)
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
+    return value
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def register(
