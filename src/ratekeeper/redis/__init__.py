@@ -1,0 +1,31 @@
+"""Distributed limits on Redis/Valkey: one limit shared by many processes and machines.
+
+``RedisTokenBucket`` (asyncio, on ``redis.asyncio``) and ``SyncRedisTokenBucket`` (threads,
+on ``redis.Redis``) have the in-memory limiters' API; ``RedisCompositeLimit`` and
+``SyncRedisCompositeLimit`` check several limits on one key together, all or nothing.
+Every decision is one atomic Lua script (``gcra.lua``) timed by the server's clock, in the
+same exact integer arithmetic as the core. Needs ``pip install 'ratekeeper[redis]'``.
+"""
+
+try:
+    import redis as _redis  # noqa: F401
+except ImportError as exc:  # pragma: no cover
+    raise ImportError(
+        "ratekeeper.redis needs the redis client: pip install 'ratekeeper[redis]'"
+    ) from exc
+
+from ._async import RedisCompositeLimit, RedisReservation, RedisTokenBucket
+from ._common import Limit, OnFailure, RedisStatistics
+from ._sync import SyncRedisCompositeLimit, SyncRedisReservation, SyncRedisTokenBucket
+
+__all__ = [
+    "Limit",
+    "OnFailure",
+    "RedisCompositeLimit",
+    "RedisReservation",
+    "RedisStatistics",
+    "RedisTokenBucket",
+    "SyncRedisCompositeLimit",
+    "SyncRedisReservation",
+    "SyncRedisTokenBucket",
+]

@@ -1,0 +1,505 @@
+"""What the asyncio and the blocking Redis limiters share: limits, outcomes, policy, counts.
+
+No I/O here. The two front ends differ only in how they call the server and how a caller
+waits; they build every request, read every reply and apply the failure policy through the
+methods below, so both make the same decisions and raise the same errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis.exceptions as rex
+
+from .._errors import AcquireTimeout, BackendUnavailable, LimiterClosed
+from .._gcra import check_tokens
+from .._rate import NS_PER_SECOND, Rate, RateLike
+from .._scheduler import Statistics
+from ._local import LocalLimits
+from ._script import (
+    BEYOND,
+    CHARGE,
+    DONE,
+    MAX_BURST,
+    NO_MARK,
+    REFUND,
+    REFUSED,
+    RESERVE,
+    STATE,
+    WRONGTYPE,
+    Request,
+    Spec,
+    make_spec,
+)
+
+__all__ = ["Limit", "OnFailure", "RedisStatistics", "ServerFailure", "classify"]
+
+OnFailure = Literal["closed", "open", "fallback"]
+_POLICIES = ("closed", "open", "fallback")
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One limit of a composite: a rate, a capacity, and what each call takes from it.
+
+    ``weight=None`` (the default): a call takes its ``tokens`` from this limit; an int: a
+    call takes that many tokens whatever it asks for (e.g. 1 for a requests-per-minute
+    limit next to a tokens-per-minute one).
+    """
+
+    rate: RateLike
+    capacity: int | None = None
+    weight: int | None = None
+
+
+@dataclass(frozen=True)
+class RedisStatistics(Statistics):
+    """The limiter's counters (this process only), with the backend's on top."""
+
+    backend_errors: int = 0
+    """Server calls that failed (unreachable, timed out, refused)."""
+    failed_open: int = 0
+    """Calls let through unchecked by ``on_failure="open"``."""
+    fallback_grants: int = 0
+    """Grants decided by the local fallback limiter while the server was down."""
+    server_requests: int = 0
+    """Decisions sent to the server."""
+    round_trips: int = 0
+    """Server round trips that carried them (concurrent calls share one)."""
+
+
+class ServerFailure(Exception):
+    """A server call failed; ``transient`` if the failure policy applies (server down)."""
+
+    def __init__(self, message: str, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+_TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY")
+
+
+def classify(exc: BaseException, where: str) -> ServerFailure:
+    """Turn a client exception into a ServerFailure saying what went wrong and where.
+
+    Unreachable, slow, loading or failing-over servers are transient (the failure policy
+    applies); refused credentials, refused scripts and unexpected error replies are not:
+    they are mistakes that letting calls through would hide.
+    """
+    if isinstance(exc, (rex.AuthenticationError, rex.AuthorizationError)):
+        return ServerFailure(f"{where} refused the credentials: {exc}", False)
+    if isinstance(exc, rex.NoPermissionError):
+        return ServerFailure(
+            f"{where} refuses this user the script (NOPERM): allow EVALSHA and SCRIPT LOAD "
+            f"(ACL category @scripting) for the user: {exc}",
+            False,
+        )
+    if isinstance(exc, rex.ResponseError):
+        text = str(exc)
+        if text.startswith(_TRANSIENT_REPLIES) or isinstance(
+            exc, (rex.ClusterDownError, rex.TryAgainError, rex.ReadOnlyError)
+        ):
+            return ServerFailure(f"{where} is not serving now: {exc}", True)
+        lowered = text.lower()
+        if "unknown command" in lowered or "noscript" in lowered or "script" in lowered:
+            return ServerFailure(f"{where} refuses to run the ratekeeper script: {exc}", False)
+        return ServerFailure(f"{where} answered with an error: {exc}", False)
+    if isinstance(exc, (rex.ConnectionError, rex.TimeoutError, OSError, asyncio.TimeoutError)):
+        return ServerFailure(f"{where} is unreachable: {type(exc).__name__}: {exc}", True)
+    if isinstance(exc, rex.RedisClusterException):
+        return ServerFailure(f"{where} (cluster) is not serving: {exc}", True)
+    return ServerFailure(f"{where} failed: {type(exc).__name__}: {exc}", False)
+
+
+def describe_client(client: Any) -> str:
+    """Return 'the server at HOST:PORT' (or the cluster's first node) for messages."""
+    try:
+        kwargs = client.connection_pool.connection_kwargs
+        if "path" in kwargs:
+            return f"the server at {kwargs['path']}"
+        return f"the server at {kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+    except AttributeError:
+        nodes = getattr(client, "startup_nodes", None) or []
+        first = nodes[0] if nodes else None
+        if first is not None:
+            return f"the cluster at {first.host}:{first.port}"
+        return "the server"
+
+
+def check_seconds(value: float, what: str, allow_zero: bool = True) -> float:
+    """Return ``value`` if it is a finite number of seconds (> 0 unless allowed); raise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        allowed = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{what} must be a finite number of seconds {allowed}, got {value!r}")
+    return float(value)
+
+
+class Core:
+    """The limiter's decisions around the server: requests, replies, policy and counters."""
+
+    _specs: tuple[Spec, ...]
+
+    def _setup(
+        self,
+        specs: tuple[Spec, ...],
+        *,
+        on_failure: OnFailure,
+        fallback_share: float | None,
+        retry_interval: float,
+        timeout: float,
+        name: str | None,
+    ) -> None:
+        if on_failure not in _POLICIES:
+            raise ValueError(f"on_failure must be one of {_POLICIES}, got {on_failure!r}")
+        if on_failure == "fallback":
+            if fallback_share is None:
+                raise ValueError(
+                    'on_failure="fallback" needs fallback_share: the fraction of the rate '
+                    "this process may use alone while the server is down (e.g. 1 / the "
+                    "number of processes sharing the limit)"
+                )
+            if isinstance(fallback_share, bool) or not 0 < fallback_share <= 1:
+                raise ValueError(f"fallback_share must be in (0, 1], got {fallback_share!r}")
+        self._specs = specs
+        self._items1 = len(specs) == 1
+        self._on_failure: OnFailure = on_failure
+        self._share = fallback_share
+        self._retry_interval = check_seconds(retry_interval, "retry_interval")
+        self._timeout = check_seconds(timeout, "timeout", allow_zero=False)
+        self._local: LocalLimits | None = None
+        self._closed = False
+        self.name = name
+        # counters
+        self._granted = 0
+        self._granted_tokens = 0
+        self._rejected = 0
+        self._cancelled = 0
+        self._waiting = 0
+        self._waiting_tokens = 0
+        self._refunded = 0.0
+        self._total_wait_ns = 0
+        self._max_wait_ns = 0
+        self._backend_errors = 0
+        self._failed_open = 0
+        self._fallback_grants = 0
+        self._requests = 0
+        self._round_trips = 0
+
+    # -- amounts ---------------------------------------------------------------------------
+
+    def _call_amounts(self, tokens: int | Mapping[str, int]) -> tuple[int, ...]:
+        """Return what a call of ``tokens`` takes from each limit (checked against capacity)."""
+        specs = self._specs
+        if isinstance(tokens, Mapping):
+            return self._mapped(tokens, acquire=True)
+        check_tokens(tokens, limit=None if len(specs) > 1 else specs[0].capacity)
+        amounts = tuple(tokens if s.weight is None else s.weight for s in specs)
+        for spec, n in zip(specs, amounts, strict=False):
+            if n > spec.capacity:
+                check_tokens(n, f"tokens for limit {spec.name!r}", spec.capacity)
+        return amounts
+
+    def _settle_amounts(self, tokens: int | Mapping[str, int]) -> tuple[int, ...]:
+        """Return what a charge/refund of ``tokens`` means per limit (weighted ones: 0)."""
+        if isinstance(tokens, Mapping):
+            return self._mapped(tokens, acquire=False)
+        check_tokens(tokens)
+        amounts = tuple(tokens if s.weight is None else 0 for s in self._specs)
+        if not any(amounts):
+            raise ValueError(
+                "every limit has a fixed weight: give charge/refund a mapping of limit name "
+                f"to tokens, e.g. {{{self._specs[0].name!r}: 1}}"
+            )
+        self._check_charge(amounts)
+        return amounts
+
+    def _mapped(self, tokens: Mapping[str, int], acquire: bool) -> tuple[int, ...]:
+        names = {s.name: s for s in self._specs}
+        unknown = set(tokens) - set(names)
+        if unknown:
+            raise ValueError(f"no limit named {sorted(unknown)}; the limits are {sorted(names)}")
+        amounts = []
+        for spec in self._specs:
+            n = tokens.get(spec.name, 0)
+            if n != 0:
+                check_tokens(
+                    n, f"tokens for limit {spec.name!r}", spec.capacity if acquire else None
+                )
+            amounts.append(n)
+        if not any(amounts):
+            raise ValueError(f"tokens must name at least one limit with >= 1, got {tokens!r}")
+        result = tuple(amounts)
+        if not acquire:
+            self._check_charge(result)
+        return result
+
+    def _check_charge(self, amounts: tuple[int, ...]) -> None:
+        for spec, n in zip(self._specs, amounts, strict=False):
+            if n * spec.cost > MAX_BURST:
+                raise ValueError(
+                    f"{n} tokens on limit {spec.name or spec.key!r} span more than the 2^51 "
+                    "units the server's exact arithmetic allows in one step"
+                )
+
+    def _items(
+        self, amounts: tuple[int, ...], marks: tuple[tuple[int, int], ...] | None = None
+    ) -> tuple[tuple[Spec, int, int, int], ...]:
+        if marks is None:
+            return tuple(
+                (s, n, NO_MARK, 0) for s, n in zip(self._specs, amounts, strict=False) if n
+            )
+        return tuple((s, n, *m) for s, n, m in zip(self._specs, amounts, marks, strict=False) if n)
+
+    def _reserve_request(self, amounts: tuple[int, ...], max_wait_ns: int | None) -> Request:
+        if self._closed:
+            raise LimiterClosed(f"{self!r} is closed")
+        wait = -1 if max_wait_ns is None else min(max_wait_ns, 2**53 - 1)
+        return Request(RESERVE, self._items(amounts), wait, self)
+
+    def _charge_request(self, amounts: tuple[int, ...]) -> Request:
+        if self._closed:
+            raise LimiterClosed(f"{self!r} is closed")
+        return Request(CHARGE, self._items(amounts), -1, self)
+
+    def _refund_request(
+        self, amounts: tuple[int, ...], marks: tuple[tuple[int, int], ...] | None
+    ) -> Request:
+        return Request(REFUND, self._items(amounts, marks), -1, self)
+
+    def _state_request(self) -> Request:
+        return Request(STATE, tuple((s, 0, NO_MARK, 0) for s in self._specs), -1, self)
+
+    # -- replies ---------------------------------------------------------------------------
+
+    def _marks(self, reply: list[int], amounts: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+        """Return (epoch, count) per limit from a grant's reply ((-1, 0) where untouched)."""
+        if self._items1:
+            return ((reply[2], reply[3]),)
+        marks = []
+        j = 2
+        for n in amounts:
+            if n:
+                marks.append((reply[j], reply[j + 1]))
+                j += 3
+            else:
+                marks.append((NO_MARK, 0))
+        return tuple(marks)
+
+    def _refusal(self, reply: list[int], amounts: tuple[int, ...], timeout: float | None) -> None:
+        """Count and raise the refusal in ``reply`` (status != DONE)."""
+        status, code = reply[0], reply[1]
+        if status == REFUSED:
+            self._rejected += 1
+            raise AcquireTimeout(
+                f"{self._show(amounts)} would be granted in {code / NS_PER_SECOND:.6f}s, "
+                f"beyond the timeout of {timeout}s",
+                code / NS_PER_SECOND,
+            )
+        spec = self._spec_of(code, amounts)
+        if status == BEYOND:
+            self._rejected += 1
+            raise AcquireTimeout(
+                f"key {spec.key!r} is booked more than {spec.horizon:.0f}s ahead, the longest "
+                f"wait its rate allows the server to count exactly; {self._show(amounts)} "
+                "refused",
+                None,
+            )
+        if status == WRONGTYPE:
+            raise BackendUnavailable(
+                f"key {spec.key!r} holds something that is not a ratekeeper bucket (another "
+                "type, WRONGTYPE, or a string of another form): it was left alone; delete it, "
+                "or give this limiter another key or prefix"
+            )
+        raise BackendUnavailable(f"the script answered an unknown status {status}")
+
+    def _spec_of(self, index: int, amounts: tuple[int, ...]) -> Spec:
+        touched = [s for s, n in zip(self._specs, amounts, strict=False) if n] or list(self._specs)
+        return touched[min(max(index, 1), len(touched)) - 1]
+
+    def _show(self, amounts: tuple[int, ...]) -> str:
+        if self._items1:
+            return f"{amounts[0]} token(s)"
+        return ", ".join(f"{n} {s.name}" for s, n in zip(self._specs, amounts, strict=False) if n)
+
+    def _count_grant(self, amounts: tuple[int, ...], wait_ns: int) -> None:
+        self._granted += 1
+        self._granted_tokens += amounts[0] if self._items1 else sum(amounts)
+        self._total_wait_ns += wait_ns
+        if wait_ns > self._max_wait_ns:
+            self._max_wait_ns = wait_ns
+
+    def _count_refund(self, reply: list[int], amounts: tuple[int, ...]) -> tuple[float, ...]:
+        backs = []
+        j = 3
+        for spec, n in zip(self._specs, amounts, strict=False):
+            if n:
+                backs.append(reply[j] / spec.cost)
+                j += 3
+            else:
+                backs.append(0.0)
+        self._refunded += sum(backs)
+        return tuple(backs)
+
+    def _after_batch(self, request: Request, reply: list[int] | None) -> None:
+        """Settle a request nobody awaits (a refund sent for a cancelled grant)."""
+        if reply is not None and request.op == REFUND and reply[0] == DONE:
+            for j, (spec, _, _, _) in enumerate(request.items):
+                self._refunded += reply[3 + 3 * j] / spec.cost
+
+    # -- the failure policy ----------------------------------------------------------------
+
+    def _fail(self, failure: ServerFailure) -> None:
+        """Count a failed server call; raise BackendUnavailable unless the policy covers it."""
+        self._backend_errors += 1
+        if not failure.transient or self._on_failure == "closed":
+            raise BackendUnavailable(str(failure)) from failure
+
+    def _fallback_reserve(
+        self, failure: ServerFailure, amounts: tuple[int, ...], max_wait_ns: int | None
+    ) -> tuple[int, tuple[int, ...] | None]:
+        """Decide a reservation without the server: (wait_ns, local marks or None if open).
+
+        Raises BackendUnavailable (fail closed, or not a matter for the policy) or
+        AcquireTimeout (the fallback limiter cannot grant within max_wait).
+        """
+        self._fail(failure)
+        if self._on_failure == "open":
+            self._failed_open += 1
+            self._count_grant(amounts, 0)
+            return 0, None
+        local = self._fallback()
+        for spec, n, g in zip(self._specs, amounts, local.gcras, strict=False):
+            if n > g.capacity:
+                raise BackendUnavailable(
+                    f"{failure}; the fallback limiter (capacity {g.capacity} of "
+                    f"{spec.capacity}) can never grant {n} tokens on limit {spec.name!r}"
+                ) from failure
+        granted, wait, marks = local.reserve(time.monotonic_ns(), amounts, max_wait_ns)
+        if not granted:
+            self._rejected += 1
+            raise AcquireTimeout(
+                f"{self._show(amounts)} would be granted by the fallback limiter in "
+                f"{wait / NS_PER_SECOND:.6f}s, beyond the timeout (server down: {failure})",
+                wait / NS_PER_SECOND,
+            )
+        self._fallback_grants += 1
+        self._count_grant(amounts, wait)
+        return wait, marks
+
+    def _fallback(self) -> LocalLimits:
+        local = self._local
+        if local is None:
+            share = self._share or 1.0
+            limits = [
+                (
+                    Rate(float(s.rate.tokens) * share, s.rate.per),
+                    max(1, math.floor(s.capacity * share)),
+                )
+                for s in self._specs
+            ]
+            local = self._local = LocalLimits(limits, time.monotonic_ns())
+        return local
+
+    def _fallback_charge(self, failure: ServerFailure, amounts: tuple[int, ...]) -> None:
+        self._fail(failure)
+        if self._on_failure == "fallback":
+            self._fallback().charge(time.monotonic_ns(), amounts)
+
+    def _fallback_refund(
+        self,
+        failure: ServerFailure | None,
+        amounts: tuple[int, ...],
+        marks: tuple[int, ...] | None,
+    ) -> tuple[float, ...]:
+        if failure is not None:
+            self._fail(failure)
+        if self._on_failure != "fallback" or self._local is None:
+            return tuple(0.0 for _ in amounts)
+        backs = self._local.refund(
+            time.monotonic_ns(), amounts, [None] * len(amounts) if marks is None else marks
+        )
+        self._refunded += sum(backs)
+        return backs
+
+    def _fallback_state(self, failure: ServerFailure) -> tuple[tuple[float, float], ...]:
+        self._fail(failure)
+        if self._on_failure != "fallback":
+            raise BackendUnavailable(f"{failure}; nothing to read while it is down") from failure
+        local = self._fallback()
+        now = time.monotonic_ns()
+        return tuple((g.tokens_at(now), g.full_in_ns(now) / NS_PER_SECOND) for g in local.gcras)
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def _statistics(self) -> RedisStatistics:
+        return RedisStatistics(
+            granted=self._granted,
+            granted_tokens=self._granted_tokens,
+            rejected=self._rejected,
+            timed_out=0,
+            cancelled=self._cancelled,
+            waiting=self._waiting,
+            waiting_tokens=self._waiting_tokens,
+            refunded_tokens=self._refunded,
+            total_wait=self._total_wait_ns / NS_PER_SECOND,
+            max_wait=self._max_wait_ns / NS_PER_SECOND,
+            backend_errors=self._backend_errors,
+            failed_open=self._failed_open,
+            fallback_grants=self._fallback_grants,
+            server_requests=self._requests,
+            round_trips=self._round_trips,
+        )
+
+    def _describe(self) -> str:
+        if self._items1:
+            s = self._specs[0]
+            head = f"{s.key!r} {s.rate} capacity={s.capacity}"
+        else:
+            head = " ".join(f"{s.name}={s.rate}/{s.capacity}" for s in self._specs)
+        name = f" {self.name!r}" if self.name else ""
+        closed = " closed" if self._closed else ""
+        return (
+            f"<{type(self).__name__}{name} {head} on_failure={self._on_failure} "
+            f"waiting={self._waiting}{closed}>"
+        )
+
+
+def single_spec(prefix: str, key: str, rate: RateLike, capacity: int | None) -> tuple[Spec]:
+    """Return the one Spec of a single-key limiter; raise for a bad key or limit."""
+    return (make_spec(prefix + check_key(key, prefix), "", rate, capacity),)
+
+
+def composite_specs(
+    prefix: str, key: str, limits: Mapping[str, Limit | RateLike]
+) -> tuple[Spec, ...]:
+    """Return the Specs of a composite; all its keys share one hash slot (``{key}``)."""
+    check_key(key, prefix)
+    if not isinstance(limits, Mapping) or not limits:
+        raise ValueError("limits must be a non-empty mapping of name to Limit (or rate)")
+    specs = []
+    for name, given in limits.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"limit names must be non-empty strings, got {name!r}")
+        limit = given if isinstance(given, Limit) else Limit(given)
+        specs.append(
+            make_spec(f"{prefix}{{{key}}}:{name}", name, limit.rate, limit.capacity, limit.weight)
+        )
+    return tuple(specs)
+
+
+def check_key(key: str, prefix: str) -> str:
+    """Return ``key`` if it is a non-empty str; raise TypeError/ValueError otherwise."""
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+    if not isinstance(key, str):
+        raise TypeError(f"key must be a str naming the limit, not {type(key).__name__} {key!r}")
+    if not key:
+        raise ValueError("key must be a non-empty string naming the limit")
+    return key

@@ -1,0 +1,204 @@
+"""The wire format of ``gcra.lua``: limits as integer triples, requests encoded in batches.
+
+Pure: no I/O, no clock. The asyncio and the blocking limiters both build their server calls
+here, and the differential tests drive the script through the same functions, so the Lua
+arithmetic is checked exactly as the limiters use it.
+
+The script counts time in units of 1/scale ns, where a rate's emission interval is exactly
+``cost / scale`` ns (as in ``Gcra``). Lua numbers are doubles, exact for integers only
+below 2^53: ``make_spec`` refuses a limit whose full bucket would span more than 2^51 units,
+and the script refuses (status 2) any decision that would put a bucket more than 2^52 units
+ahead, so every sum it forms stays exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from .._gcra import check_capacity
+from .._rate import NS_PER_SECOND, Rate, RateLike
+
+__all__ = [
+    "CHARGE",
+    "MAX_AHEAD",
+    "MAX_BURST",
+    "NO_MARK",
+    "REFUND",
+    "RESERVE",
+    "SCRIPT",
+    "STATE",
+    "Request",
+    "Spec",
+    "encode",
+    "make_spec",
+    "parse",
+    "single_wire",
+    "split",
+]
+
+SCRIPT: str = resources.files(__package__).joinpath("gcra.lua").read_text("utf-8")
+"""The Lua source; its opening comment is the KEYS/ARGV/return contract."""
+
+MAX_AHEAD = 2**52
+"""The script never lets a bucket run further ahead of now than this many units."""
+MAX_BURST = 2**51
+"""The largest full bucket (capacity * cost units) a limit may have; also bounds a charge."""
+
+RESERVE, CHARGE, REFUND, STATE = b"R", b"C", b"F", b"S"
+NO_MARK = -1
+"""Mark epoch of a refund that names no grant (the caller vouches the tokens went unused)."""
+
+# Statuses in the script's reply.
+DONE, REFUSED, BEYOND, WRONGTYPE = 1, 0, 2, 3
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One limit as the script sees it: its key and its exact integer parameters."""
+
+    key: str
+    name: str
+    rate: Rate
+    capacity: int
+    weight: int | None
+    cost: int
+    scale: int
+    burst: int
+
+    @property
+    def conf(self) -> str:
+        """The limit as the script reads it: 'cost scale capacity'."""
+        return f"{self.cost} {self.scale} {self.capacity}"
+
+    def tokens(self, ahead: int) -> float:
+        """Return the tokens in the bucket when it is ``ahead`` units ahead of now."""
+        if ahead <= 0:
+            return float(self.capacity)
+        return (self.burst - ahead) / self.cost
+
+    def full_in(self, ahead: int) -> float:
+        """Return seconds until the bucket is full, when it is ``ahead`` units ahead of now."""
+        return -(-ahead // self.scale) / NS_PER_SECOND if ahead > 0 else 0.0
+
+    @property
+    def horizon(self) -> float:
+        """The longest wait (seconds) the script can queue on this limit."""
+        return MAX_AHEAD / self.scale / NS_PER_SECOND
+
+
+def make_spec(
+    key: str, name: str, rate: RateLike, capacity: int | None, weight: int | None = None
+) -> Spec:
+    """Check a limit and return its Spec.
+
+    Raises TypeError/ValueError for a bad rate or capacity, and ValueError naming the limit
+    when its numbers could not stay exact in the script's double arithmetic.
+    """
+    rate = Rate.of(rate)
+    capacity = check_capacity(rate.default_capacity if capacity is None else capacity)
+    cost = rate.ns_per_token.numerator
+    scale = rate.ns_per_token.denominator
+    burst = capacity * cost
+    label = f"{name!r} on key {key!r}" if name else f"on key {key!r}"
+    if burst > MAX_BURST:
+        raise ValueError(
+            f"limit {label}: capacity={capacity} at {rate} spans {burst} units of 1/{scale} ns, "
+            f"more than the 2^51 that Redis's Lua numbers (doubles) keep exact; use a smaller "
+            f"capacity or a rate whose interval is a simpler fraction of a nanosecond"
+        )
+    if weight is not None and (type(weight) is not int or not 1 <= weight <= capacity):
+        raise ValueError(
+            f"limit {label}: weight must be None (the call's tokens) or an int from 1 to "
+            f"capacity={capacity}, got {weight!r}"
+        )
+    return Spec(key, name, rate, capacity, weight, cost, scale, burst)
+
+
+class Request:
+    """One decision for the script: an op over one or more limits, and who waits for it.
+
+    ``items`` holds (spec, tokens, mark epoch, mark count) per limit; ``future`` is the
+    asyncio future (or other waiter) its reply goes to, None when nobody waits for it;
+    ``wire``, when set, is ``encode([request])`` built ahead (for the hot paths).
+    """
+
+    __slots__ = ("future", "items", "max_wait", "op", "owner", "wire")
+
+    def __init__(
+        self,
+        op: bytes,
+        items: tuple[tuple[Spec, int, int, int], ...],
+        max_wait: int = -1,
+        owner: Any = None,
+    ) -> None:
+        self.op = op
+        self.items = items
+        self.max_wait = max_wait
+        self.owner = owner
+        self.future: Any = None
+        self.wire: tuple[list[str], list[Any]] | None = None  # encode([self]), if prebuilt
+
+    @property
+    def width(self) -> int:
+        """The number of integers this request's reply takes."""
+        return 2 + 3 * len(self.items)
+
+
+def encode(requests: list[Request], now_us: int | None = None) -> tuple[list[str], list[Any]]:
+    """Return (KEYS, ARGV) for one script call deciding ``requests`` in order.
+
+    Each key is sent once, with the parameters of the first request naming it (one key
+    must mean one limit). ``now_us`` replaces the server's TIME: for tests only.
+    """
+    index: dict[str, int] = {}
+    keys: list[str] = []
+    conf: list[str] = []
+    body: list[str] = []
+    append = body.append
+    for request in requests:
+        op = request.op
+        items = request.items
+        if op == RESERVE:
+            append(f"R {len(items)} {request.max_wait}")
+        else:
+            append(f"{op.decode()} {len(items)}")
+        for spec, tokens, mark_e, mark_g in items:
+            i = index.get(spec.key)
+            if i is None:
+                keys.append(spec.key)
+                i = index[spec.key] = len(keys)
+                conf.append(spec.conf)
+            if op == STATE:
+                append(str(i))
+            elif op == REFUND:
+                append(f"{i} {tokens} {mark_e} {mark_g}")
+            else:
+                append(f"{i} {tokens}")
+    return keys, ["" if now_us is None else str(now_us), " ".join(conf), " ".join(body)]
+
+
+def single_wire(spec: Spec, op: bytes, tokens: int, max_wait: int) -> tuple[list[str], list[Any]]:
+    """Return ``encode([Request(op, ((spec, tokens, ...),), max_wait)])``, built directly."""
+    head = f"R 1 {max_wait}" if op == RESERVE else f"{op.decode()} 1"
+    return [spec.key], ["", spec.conf, f"{head} 1 {tokens}"]
+
+
+def parse(reply: bytes | str) -> list[int]:
+    """Return the integers of the script's reply (a string of space-separated integers)."""
+    return list(map(int, reply.split()))
+
+
+def split(reply: bytes | str | list[int], requests: list[Request]) -> list[list[int]]:
+    """Cut the script's reply (or its integers) into one list per request, without ``now``."""
+    values = reply if isinstance(reply, list) else parse(reply)
+    out = []
+    pos = 1
+    for request in requests:
+        end = pos + 2 + 3 * len(request.items)
+        out.append(values[pos:end])
+        pos = end
+    if pos != len(values):
+        raise ValueError(f"the script answered {len(values)} numbers, {pos} were expected")
+    return out

@@ -1,0 +1,651 @@
+"""The blocking Redis limiters, for threads: the asyncio ones' decisions, waited on in threads.
+
+Coalescing. Threads calling through one client share round trips: a thread that finds no
+call in flight sends its request at once, alone; threads that arrive meanwhile queue, and
+when the call returns the first of them takes the lead and sends the whole queue as one
+script call (one batch in flight per client), then hands each its reply and passes the lead
+on. A caller that must wait has its slot reserved in its call and then sleeps on an event
+of its own, so close() can wake it. Calls are bounded by the client's socket timeout: a
+client made from a URL gets ``timeout``; a client passed in must have a ``socket_timeout``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import key_slot  # type: ignore[attr-defined]
+from redis.retry import Retry
+
+from .._asyncio import check_timeout
+from .._errors import BackendUnavailable, LimiterClosed
+from .._rate import NS_PER_SECOND, RateLike
+from ._common import (
+    Core,
+    Limit,
+    OnFailure,
+    RedisStatistics,
+    ServerFailure,
+    classify,
+    composite_specs,
+    describe_client,
+    single_spec,
+)
+from ._script import DONE, SCRIPT, Request, encode, split
+
+MAX_BATCH = 256
+
+__all__ = ["SyncRedisCompositeLimit", "SyncRedisReservation", "SyncRedisTokenBucket"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _resolve_client(client: Any, timeout: float) -> tuple[Any, bool]:
+    """Return (client, owned) for a client or a URL; raise TypeError/ValueError."""
+    if isinstance(client, str):
+        try:
+            made = redis.Redis.from_url(
+                client,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 1),  # reconnect once, at once
+            )
+        except ValueError as exc:
+            raise ValueError(f"bad Redis URL {client!r}: {exc}") from None
+        return made, True
+    if isinstance(client, redis.RedisCluster):
+        kwargs = client.nodes_manager.connection_kwargs
+    elif isinstance(client, redis.Redis):
+        kwargs = client.connection_pool.connection_kwargs
+    else:
+        raise TypeError(
+            "client must be a redis.Redis, a redis.RedisCluster or a redis:// URL, not "
+            f"{type(client).__name__}; for redis.asyncio clients use RedisTokenBucket"
+        )
+    if kwargs.get("socket_timeout") is None:
+        raise ValueError(
+            "every server call needs a timeout: create the client with socket_timeout=... "
+            "(and socket_connect_timeout=...), or pass a URL and timeout= instead"
+        )
+    return client, False
+
+
+class _Waiter:
+    """A queued thread: woken with its reply (or error), or to take the lead."""
+
+    __slots__ = ("error", "event", "lead", "reply")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.lead = False
+        self.reply: list[int] | None = None
+        self.error: ServerFailure | None = None
+
+
+class _SyncDispatcher:
+    """Sends the decisions of every blocking limiter on one client, batching concurrent ones."""
+
+    def __init__(self, client: Any, retry_interval: float) -> None:
+        # register_script keeps the sha and reloads the script on NOSCRIPT (restart, flush).
+        self.script = client.register_script(SCRIPT)
+        self.cluster = isinstance(client, redis.RedisCluster)
+        self.where = describe_client(client)
+        self.retry_interval = retry_interval
+        self.lock = threading.Lock()
+        self.busy = False  # a call is in flight (its sender holds the lead)
+        self.pending: list[Request] = []
+        self.down_until = 0.0
+
+    def call(self, request: Request) -> list[int]:
+        """Return the script's reply to ``request``; raise ServerFailure if the call failed."""
+        with self.lock:
+            alone = not self.busy
+            if alone:
+                self.busy = True
+            else:
+                waiter = request.future = _Waiter()
+                self.pending.append(request)
+        if alone:
+            try:
+                return self.send([request])[0]
+            finally:
+                self.hand_off()
+        waiter.event.wait()
+        if waiter.lead:
+            self.serve()  # the batch includes this thread's own request
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.reply is not None
+        return waiter.reply
+
+    def hand_off(self) -> None:
+        """Pass the lead to the first queued thread, or let the next caller go alone."""
+        with self.lock:
+            if self.pending:
+                waiter = self.pending[0].future
+                waiter.lead = True
+                waiter.event.set()
+            else:
+                self.busy = False
+
+    def serve(self) -> None:
+        """Send the queued requests as one batch, hand out the replies, pass the lead on."""
+        with self.lock:
+            batch = self.pending[:MAX_BATCH]
+            del self.pending[:MAX_BATCH]
+        try:
+            replies = self.send(batch)
+        except ServerFailure as failure:
+            for request in batch:
+                request.future.error = failure
+        else:
+            for request, reply in zip(batch, replies, strict=True):
+                request.future.reply = reply
+        finally:
+            for request in batch:
+                request.future.event.set()
+            self.hand_off()
+
+    def send(self, batch: list[Request]) -> list[list[int]]:
+        """Make one script call (one per hash slot on a cluster) deciding ``batch``."""
+        if self.down_until and time.monotonic() < self.down_until:
+            raise ServerFailure(
+                f"{self.where} failed a moment ago; the next try is in "
+                f"{self.down_until - time.monotonic():.2f}s",
+                True,
+            )
+        groups: list[list[Request]] = [batch]
+        if self.cluster and len(batch) > 1:
+            by_slot: dict[int, list[Request]] = {}
+            for request in batch:
+                slot = key_slot(request.items[0][0].key.encode())
+                by_slot.setdefault(slot, []).append(request)
+            groups = list(by_slot.values())
+        replies: dict[int, list[int]] = {}
+        try:
+            for group in groups:
+                keys, args = encode(group)
+                reply = self.script(keys, args)
+                replies.update(zip(map(id, group), split(reply, group), strict=True))
+        except Exception as exc:
+            failure = classify(exc, self.where)
+            if failure.transient:
+                self.down_until = time.monotonic() + self.retry_interval
+            raise failure from exc
+        self.down_until = 0.0
+        owners = {}
+        for request in batch:
+            owners[id(request.owner)] = request.owner
+        for owner in owners.values():
+            n = sum(1 for r in batch if r.owner is owner)
+            with owner._lock:
+                owner._requests += n
+                owner._round_trips += 1
+        return [replies[id(r)] for r in batch]
+
+
+def _dispatcher_for(client: Any, retry_interval: float) -> _SyncDispatcher:
+    """Return the client's dispatcher for these settings (kept on the client: same lifetime)."""
+    with _registry_lock:
+        per_client: dict[float, _SyncDispatcher] | None = getattr(
+            client, "_ratekeeper_dispatchers", None
+        )
+        if per_client is None:
+            per_client = {}
+            client._ratekeeper_dispatchers = per_client
+        dispatcher = per_client.get(retry_interval)
+        if dispatcher is None:
+            dispatcher = per_client[retry_interval] = _SyncDispatcher(client, retry_interval)
+        return dispatcher
+
+
+_registry_lock = threading.Lock()
+
+
+class _SyncLimiter(Core):
+    """The blocking verbs over the server; subclasses say what ``tokens`` means."""
+
+    def _start(
+        self,
+        client: Any,
+        specs: tuple[Any, ...],
+        *,
+        timeout: float,
+        on_failure: OnFailure,
+        fallback_share: float | None,
+        retry_interval: float,
+        name: str | None,
+    ) -> None:
+        self._setup(
+            specs,
+            on_failure=on_failure,
+            fallback_share=fallback_share,
+            retry_interval=retry_interval,
+            timeout=timeout,
+            name=name,
+        )
+        self._client, self._owned = _resolve_client(client, self._timeout)
+        self._lock = threading.Lock()
+        self._dispatcher = _dispatcher_for(self._client, self._retry_interval)
+        self._sleepers: dict[threading.Event, SyncRedisReservation] = {}
+
+    # -- the server ------------------------------------------------------------------------
+
+    def _call(self, request: Request) -> list[int]:
+        """Return the script's reply to ``request``; raise ServerFailure if the call failed."""
+        return self._dispatcher.call(request)
+
+    # -- the engine ------------------------------------------------------------------------
+
+    def _reserve(
+        self, amounts: tuple[int, ...], timeout: float | None
+    ) -> SyncRedisReservation | None:
+        """Reserve ``amounts`` (or decide by the policy); None when let through by fail-open.
+
+        Raises AcquireTimeout if the wait would pass ``timeout``.
+        """
+        max_wait_ns = check_timeout(timeout)
+        request = self._reserve_request(amounts, max_wait_ns)
+        try:
+            reply = self._call(request)
+        except ServerFailure as failure:
+            with self._lock:
+                wait, marks = self._fallback_reserve(failure, amounts, max_wait_ns)
+            if marks is None:
+                return None
+            return SyncRedisReservation(self, amounts, wait, None, marks)
+        with self._lock:
+            if reply[0] != DONE:
+                self._refusal(reply, amounts, timeout)
+            self._count_grant(amounts, reply[1])
+        return SyncRedisReservation(self, amounts, reply[1], self._marks(reply, amounts), None)
+
+    def _acquire(
+        self, amounts: tuple[int, ...], timeout: float | None
+    ) -> SyncRedisReservation | None:
+        reservation = self._reserve(amounts, timeout)
+        if reservation is not None and reservation.delay_ns:
+            reservation.wait()
+        return reservation
+
+    def _try(self, amounts: tuple[int, ...]) -> bool:
+        try:
+            self._reserve(amounts, 0)
+        except BackendUnavailable:
+            raise
+        except TimeoutError:
+            return False
+        return True
+
+    def _charge(self, amounts: tuple[int, ...]) -> None:
+        request = self._charge_request(amounts)
+        try:
+            reply = self._call(request)
+        except ServerFailure as failure:
+            with self._lock:
+                self._fallback_charge(failure, amounts)
+            return
+        with self._lock:
+            if reply[0] != DONE:
+                self._refusal(reply, amounts, None)
+            self._granted_tokens += sum(amounts)
+
+    def _refund(
+        self, amounts: tuple[int, ...], marks: tuple[tuple[int, int], ...] | None = None
+    ) -> tuple[float, ...]:
+        request = self._refund_request(amounts, marks)
+        try:
+            reply = self._call(request)
+        except ServerFailure as failure:
+            with self._lock:
+                return self._fallback_refund(failure, amounts, None)
+        with self._lock:
+            if reply[0] != DONE:
+                self._refusal(reply, amounts, None)
+            return self._count_refund(reply, amounts)
+
+    def _state(self) -> tuple[tuple[float, float], ...]:
+        try:
+            reply = self._call(self._state_request())
+        except ServerFailure as failure:
+            with self._lock:
+                return self._fallback_state(failure)
+        if reply[0] != DONE:
+            self._refusal(reply, tuple(1 for _ in self._specs), None)
+        return tuple(
+            (spec.tokens(reply[4 + 3 * j]), spec.full_in(reply[4 + 3 * j]))
+            for j, spec in enumerate(self._specs)
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Refuse every later call, wake sleeping callers with LimiterClosed (their tokens
+        go back), and close a client made from a URL. Idempotent."""
+        with self._lock:
+            self._closed = True
+            sleepers = list(self._sleepers.items())
+        for event, _ in sleepers:
+            event.set()
+        if self._owned:
+            self._client.close()
+
+    @property
+    def closed(self) -> bool:
+        """True after close()."""
+        return self._closed
+
+    def statistics(self) -> RedisStatistics:
+        """Return a snapshot of this process's counters, with the backend's."""
+        with self._lock:
+            return self._statistics()
+
+    def __repr__(self) -> str:
+        return self._describe()
+
+    def __enter__(self) -> Any:
+        self._acquire(self._call_amounts(1), None)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
+        """Decorate a function so that each call first acquires one token."""
+        return self.limit()(func)
+
+    def limit(
+        self, tokens: Any = 1, *, timeout: float | None = None
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Return a decorator: each call of the function acquires ``tokens`` first."""
+        amounts = self._call_amounts(tokens)
+        check_timeout(timeout)
+
+        def decorate(func: Callable[P, R]) -> Callable[P, R]:
+            @functools.wraps(func)
+            def limited(*args: P.args, **kwargs: P.kwargs) -> R:
+                self._acquire(amounts, timeout)
+                return func(*args, **kwargs)
+
+            return limited
+
+        return decorate
+
+    def take(
+        self, tokens: Any = 1, *, refund_on_error: bool = False, timeout: float | None = None
+    ) -> _SyncTake:
+        """Return a context manager that acquires ``tokens`` on entry.
+
+        With ``refund_on_error=True``, a block that raises an Exception gives its tokens
+        back (by mark).
+        """
+        return _SyncTake(self, self._call_amounts(tokens), refund_on_error, timeout)
+
+
+class SyncRedisTokenBucket(_SyncLimiter):
+    """The blocking twin of RedisTokenBucket, on a ``redis.Redis`` client (or a URL).
+
+    Same decisions, same arguments, same errors; ``acquire`` blocks the calling thread,
+    ``with limiter:`` takes one token, ``@limiter`` decorates sync functions. A client
+    passed in must have a ``socket_timeout`` (it bounds every server call).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        key: str,
+        rate: RateLike,
+        capacity: int | None = None,
+        *,
+        prefix: str = "ratekeeper:",
+        timeout: float = 0.5,
+        on_failure: OnFailure = "closed",
+        fallback_share: float | None = None,
+        retry_interval: float = 1.0,
+        name: str | None = None,
+    ) -> None:
+        self._start(
+            client,
+            single_spec(prefix, key, rate, capacity),
+            timeout=timeout,
+            on_failure=on_failure,
+            fallback_share=fallback_share,
+            retry_interval=retry_interval,
+            name=name,
+        )
+        spec = self._specs[0]
+        self.key = spec.key
+        self.rate = spec.rate
+        self.capacity = spec.capacity
+
+    def acquire(self, tokens: int = 1, *, timeout: float | None = None) -> bool:
+        """Block until ``tokens`` are granted, in arrival order at the server; return True.
+
+        Raises AcquireTimeout (nothing consumed) if they cannot be granted within
+        ``timeout`` seconds (refused at once), BackendUnavailable if the server fails and
+        the policy is to fail closed, LimiterClosed after close(), ValueError/TypeError for
+        bad arguments.
+        """
+        self._acquire(self._call_amounts(tokens), timeout)
+        return True
+
+    def try_acquire(self, tokens: int = 1) -> bool:
+        """Take ``tokens`` if the server can grant them now; never waits for them.
+
+        Shorthand for a reservation with a maximum wait of 0.
+        """
+        return self._try(self._call_amounts(tokens))
+
+    def reserve(self, tokens: int = 1, *, max_wait: float | None = None) -> SyncRedisReservation:
+        """Reserve ``tokens`` now; ``wait()`` sleeps until their slot, ``cancel()`` gives
+        them back. Raises AcquireTimeout if the wait would exceed ``max_wait``."""
+        amounts = self._call_amounts(tokens)
+        reservation = self._reserve(amounts, max_wait)
+        return reservation or SyncRedisReservation(self, amounts, 0, None, None)
+
+    def refund(self, tokens: int) -> float:
+        """Give back ``tokens`` taken earlier; return how many went back."""
+        return self._refund(self._settle_amounts(tokens))[0]
+
+    def charge(self, tokens: int) -> None:
+        """Take ``tokens`` now without waiting, even into debt."""
+        self._charge(self._settle_amounts(tokens))
+
+    def available(self) -> float:
+        """Return the tokens available now at the server (negative while in debt)."""
+        return self._state()[0][0]
+
+    def full_in(self) -> float:
+        """Return seconds until the bucket is full again at the server (0.0 when full)."""
+        return self._state()[0][1]
+
+
+class SyncRedisCompositeLimit(_SyncLimiter):
+    """The blocking twin of RedisCompositeLimit: several limits on one key, all or nothing."""
+
+    def __init__(
+        self,
+        client: Any,
+        key: str,
+        limits: Mapping[str, Limit | RateLike],
+        *,
+        prefix: str = "ratekeeper:",
+        timeout: float = 0.5,
+        on_failure: OnFailure = "closed",
+        fallback_share: float | None = None,
+        retry_interval: float = 1.0,
+        name: str | None = None,
+    ) -> None:
+        self._start(
+            client,
+            composite_specs(prefix, key, limits),
+            timeout=timeout,
+            on_failure=on_failure,
+            fallback_share=fallback_share,
+            retry_interval=retry_interval,
+            name=name,
+        )
+        self.key = key
+
+    def acquire(self, tokens: int | Mapping[str, int] = 1, *, timeout: float | None = None) -> bool:
+        """Block until every limit grants its share of the call; return True."""
+        self._acquire(self._call_amounts(tokens), timeout)
+        return True
+
+    def try_acquire(self, tokens: int | Mapping[str, int] = 1) -> bool:
+        """Take the call's tokens from every limit if all can grant them now."""
+        return self._try(self._call_amounts(tokens))
+
+    def reserve(
+        self, tokens: int | Mapping[str, int] = 1, *, max_wait: float | None = None
+    ) -> SyncRedisReservation:
+        """Reserve the call's tokens on every limit now (see SyncRedisTokenBucket.reserve)."""
+        amounts = self._call_amounts(tokens)
+        reservation = self._reserve(amounts, max_wait)
+        return reservation or SyncRedisReservation(self, amounts, 0, None, None)
+
+    def refund(self, tokens: int | Mapping[str, int]) -> dict[str, float]:
+        """Give back tokens on the limits named (or whose weight is None); return them."""
+        backs = self._refund(self._settle_amounts(tokens))
+        return {s.name: b for s, b in zip(self._specs, backs, strict=False)}
+
+    def charge(self, tokens: int | Mapping[str, int]) -> None:
+        """Take tokens from the limits named (or whose weight is None), debt allowed."""
+        self._charge(self._settle_amounts(tokens))
+
+    def available(self) -> dict[str, float]:
+        """Return each limit's tokens available now at the server."""
+        return {s.name: t for s, (t, _) in zip(self._specs, self._state(), strict=False)}
+
+    def full_in(self) -> float:
+        """Return seconds until every limit is full again (0.0 when all are)."""
+        return max(f for _, f in self._state())
+
+
+class SyncRedisReservation:
+    """Tokens reserved by a blocking limiter: ``delay``, ``wait()``, ``cancel()``."""
+
+    __slots__ = ("_due", "_limiter", "_local", "_marks", "_state", "amounts", "delay_ns")
+
+    def __init__(
+        self,
+        limiter: _SyncLimiter,
+        amounts: tuple[int, ...],
+        delay_ns: int,
+        marks: tuple[tuple[int, int], ...] | None,
+        local: tuple[int, ...] | None,
+    ) -> None:
+        self._limiter = limiter
+        self.amounts = amounts
+        self.delay_ns = delay_ns
+        self._marks = marks
+        self._local = local
+        self._state = 0
+        self._due = time.monotonic() + delay_ns / NS_PER_SECOND
+
+    @property
+    def delay(self) -> float:
+        """Seconds from the decision until the tokens may be used (0.0: at once)."""
+        return self.delay_ns / NS_PER_SECOND
+
+    @property
+    def cancelled(self) -> bool:
+        """True after cancel()."""
+        return self._state == 1
+
+    def wait(self) -> None:
+        """Sleep until the slot; raise LimiterClosed if the limiter closes meanwhile (the
+        tokens then go back)."""
+        limiter = self._limiter
+        event = threading.Event()
+        with limiter._lock:
+            if limiter._closed:
+                closed = True
+            else:
+                closed = False
+                limiter._sleepers[event] = self
+                limiter._waiting += 1
+                limiter._waiting_tokens += self.amounts[0]
+        if not closed:
+            try:
+                remaining = self._due - time.monotonic()
+                closed = remaining > 0 and event.wait(remaining)
+            finally:
+                with limiter._lock:
+                    del limiter._sleepers[event]
+                    limiter._waiting -= 1
+                    limiter._waiting_tokens -= self.amounts[0]
+        if closed:
+            self.cancel()
+            raise LimiterClosed(f"{limiter!r} was closed while waiting")
+
+    def cancel(self) -> None:
+        """Give the tokens back (by mark) at the server. Idempotent; failures are counted."""
+        if self._state == 0:
+            with self._limiter._lock:
+                self._limiter._cancelled += 1
+            self._give_back()
+
+    def _give_back(self) -> None:
+        if self._state == 1:
+            return
+        self._state = 1
+        limiter = self._limiter
+        if self._marks is not None:
+            # A failure is counted in backend_errors; the tokens stay consumed (the safe side).
+            with contextlib.suppress(BackendUnavailable):
+                limiter._refund(self.amounts, self._marks)
+        elif self._local is not None:
+            with limiter._lock:
+                limiter._fallback_refund(None, self.amounts, self._local)
+
+    def __repr__(self) -> str:
+        state = "cancelled" if self._state else "live"
+        return f"<SyncRedisReservation amounts={self.amounts} delay={self.delay:.6f}s {state}>"
+
+
+class _SyncTake:
+    __slots__ = ("_amounts", "_limiter", "_refund_on_error", "_reservation", "_timeout")
+
+    def __init__(
+        self,
+        limiter: _SyncLimiter,
+        amounts: tuple[int, ...],
+        refund_on_error: bool,
+        timeout: float | None,
+    ) -> None:
+        self._limiter = limiter
+        self._amounts = amounts
+        self._refund_on_error = refund_on_error
+        self._timeout = timeout
+        self._reservation: SyncRedisReservation | None = None
+
+    def __enter__(self) -> None:
+        self._reservation = self._limiter._acquire(self._amounts, self._timeout)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if (
+            self._refund_on_error
+            and exc_type is not None
+            and issubclass(exc_type, Exception)
+            and self._reservation is not None
+        ):
+            self._reservation._give_back()

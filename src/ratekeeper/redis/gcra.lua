@@ -1,0 +1,343 @@
+-- ratekeeper: GCRA token buckets in exact integers, many decisions per atomic call.
+--
+-- The same arithmetic as ratekeeper/_gcra.py (Gcra), with the time read from the server.
+-- A bucket's time unit is 1/scale ns, so that one token costs exactly `cost` units and a
+-- full bucket spans `burst = capacity * cost` units. Lua numbers are doubles: every value
+-- below stays an integer under 2^53 (the client refuses configurations that could not).
+--
+-- KEYS    the buckets this call touches; all in one hash slot under Redis Cluster.
+--         Each holds the string "e t a g" (one GET, one SET per call): e = epoch (us, when
+--         this incarnation of the key was created), t = time of the last write (us), a =
+--         units the bucket is ahead of t (its tat - t), g = tokens granted or charged in
+--         this epoch (the refund marks count these). A key expires (SET PX) when its bucket
+--         is full again; a missing key is a full bucket.
+-- ARGV[1] "" to read the time with TIME, or a time in us (tests only: then no TTL is set)
+-- ARGV[2] the limits of KEYS[1..n], space-separated: cost scale capacity, for each key
+-- ARGV[3] the requests, in order, space-separated; each is op, m, then:
+--   R  reserve   max_wait_ns (-1: none), then m x (key index, tokens)
+--   C  charge    m x (key index, tokens)
+--   F  refund    m x (key index, tokens, mark epoch, mark count)   (epoch -1: no mark)
+--   S  state     m x (key index)
+-- (Two strings rather than many arguments, and one string back: clients encode and parse
+-- a batch of hundreds of decisions as fast as one.)
+--
+-- Returns one string of space-separated integers: now_us, then per request: status,
+-- wait_ns, then m x (epoch, value, ahead).
+--   status 1: done (R: granted, to be used wait_ns from now; all keys committed)
+--          0: R refused, nothing changed: the wait (wait_ns) exceeds max_wait_ns
+--          2: refused, nothing changed: the bucket would run more than 2^52 units ahead
+--             (wait_ns holds the index of that key)
+--          3: refused: a key holds something else (another type, or a string not of this
+--             form; it is left alone); wait_ns holds its index, the triples are 0
+--   value: R/C the grant's mark count (g after it), F the units given back, S g
+--   ahead: units the bucket is ahead of now after the request (0: full)
+-- All of a composite request's keys are decided together: all granted or none changed.
+
+if redis.replicate_commands then
+  redis.replicate_commands() -- Redis 5/6: replicate effects, as TIME is not deterministic
+end
+
+local MAX_AHEAD = 4503599627370496 -- 2^52
+
+-- floor(x / y) for integers with |x| + y < 2^53 and y > 0: the float quotient, corrected.
+local function fdiv(x, y)
+  local q = math.floor(x / y)
+  local r = x - q * y
+  if r < 0 then
+    q = q - 1
+  elseif r >= y then
+    q = q + 1
+  end
+  return q
+end
+
+local function cdiv(x, y)
+  return -fdiv(-x, y)
+end
+
+local function fmt(x)
+  return string.format("%.0f", x)
+end
+
+local test_now = ARGV[1] ~= ""
+local now_us
+if test_now then
+  now_us = tonumber(ARGV[1])
+else
+  local time = redis.call("TIME")
+  now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
+end
+
+local function words(text)
+  local list = {}
+  for word in string.gmatch(text, "%S+") do
+    list[#list + 1] = word
+  end
+  return list
+end
+
+local conf = words(ARGV[2])
+local cost, scale, burst = {}, {}, {}
+for i = 1, #KEYS do
+  local base = 3 * i - 2
+  cost[i] = tonumber(conf[base])
+  scale[i] = tonumber(conf[base + 1])
+  burst[i] = tonumber(conf[base + 2]) * cost[i]
+end
+local arg = words(ARGV[3])
+
+-- Bucket states, loaded on first use: ahead is relative to now_us (the tat - now, >= 0).
+local state = {}
+
+local function load(i)
+  local s = state[i]
+  if s then
+    return s
+  end
+  local raw = redis.pcall("GET", KEYS[i])
+  local e, t, a, g
+  if type(raw) == "string" then
+    e, t, a, g = string.match(raw, "^(%d+) (%d+) (%d+) (%d+)$")
+  end
+  if type(raw) == "table" or (raw and not e) then
+    s = { bad = true } -- another type (an error reply), or a string of another form
+  elseif e then
+    local ahead = tonumber(a)
+    local step = 1000 * scale[i]
+    local elapsed = now_us - tonumber(t)
+    -- A server clock that steps back stands still rather than taking tokens away.
+    if elapsed > 0 then
+      -- ahead - elapsed * step, without forming a product that could pass 2^53
+      if elapsed > ahead / step + 1 then
+        ahead = 0
+      else
+        ahead = ahead - elapsed * step
+        if ahead < 0 then
+          ahead = 0
+        end
+      end
+    end
+    s = { e = tonumber(e), g = tonumber(g), ahead = ahead }
+  else
+    s = { e = now_us, g = 0, ahead = 0 }
+  end
+  state[i] = s
+  return s
+end
+
+local out = { now_us }
+local pos = 1
+local nargs = #arg
+
+-- Append the per-key triples of the request whose key indices are idx[1..m].
+local function report(idx, value)
+  for j = 1, #idx do
+    local s = state[idx[j]]
+    out[#out + 1] = s.e
+    out[#out + 1] = value and value[j] or s.g
+    out[#out + 1] = s.ahead
+  end
+end
+
+-- Append a refusal: nothing changed, so the keys' states are reported as they are.
+local function refuse(status, code, idx)
+  out[#out + 1] = status
+  out[#out + 1] = code
+  if status == 3 then
+    for _ = 1, #idx do
+      out[#out + 1] = 0
+      out[#out + 1] = 0
+      out[#out + 1] = 0
+    end
+  else
+    report(idx)
+  end
+end
+
+while pos <= nargs do
+  local op = arg[pos]
+  local m = tonumber(arg[pos + 1])
+  pos = pos + 2
+  local max_wait = -1
+  if op == "R" then
+    max_wait = tonumber(arg[pos])
+    pos = pos + 1
+  end
+  local width = 2
+  if op == "F" then
+    width = 4
+  elseif op == "S" then
+    width = 1
+  end
+  local idx, tokens, mark_e, mark_g = {}, {}, {}, {}
+  local bad = 0
+  for j = 1, m do
+    local i = tonumber(arg[pos])
+    idx[j] = i
+    if width > 1 then
+      tokens[j] = tonumber(arg[pos + 1])
+    end
+    if width == 4 then
+      mark_e[j] = tonumber(arg[pos + 2])
+      mark_g[j] = tonumber(arg[pos + 3])
+    end
+    pos = pos + width
+    if load(i).bad and bad == 0 then
+      bad = i
+    end
+  end
+
+  if bad > 0 then
+    refuse(3, bad, idx)
+  elseif op == "R" then
+    -- The grant time is the latest of the keys' own earliest times (wait, in ns).
+    local waits, wait = {}, 0
+    for j = 1, m do
+      local i = idx[j]
+      local due = state[i].ahead + tokens[j] * cost[i] - burst[i]
+      local w = 0
+      if due > 0 then
+        w = cdiv(due, scale[i])
+      end
+      waits[j] = w
+      if w > wait then
+        wait = w
+      end
+    end
+    if max_wait >= 0 and wait > max_wait then
+      refuse(0, wait, idx)
+    else
+      -- Each key is committed at the grant time: at once for the key(s) that set it (as in
+      -- Gcra.reserve_at), `wait` from now for a key that could have served earlier.
+      local new, over = {}, 0
+      for j = 1, m do
+        local i = idx[j]
+        local at = 0
+        if waits[j] < wait then
+          if wait > MAX_AHEAD / scale[i] then
+            over = i
+            break
+          end
+          at = wait * scale[i]
+        end
+        local ahead = state[i].ahead
+        if ahead < at then
+          ahead = at
+        end
+        ahead = ahead + tokens[j] * cost[i]
+        if ahead > MAX_AHEAD then
+          over = i
+          break
+        end
+        new[j] = ahead
+      end
+      if over > 0 then
+        refuse(2, over, idx)
+      else
+        out[#out + 1] = 1
+        out[#out + 1] = wait
+        for j = 1, m do
+          local s = state[idx[j]]
+          s.ahead = new[j]
+          s.g = s.g + tokens[j]
+          s.dirty = true
+        end
+        report(idx)
+      end
+    end
+  elseif op == "C" then
+    local over = 0
+    for j = 1, m do
+      local i = idx[j]
+      if state[i].ahead + tokens[j] * cost[i] > MAX_AHEAD then
+        over = i
+        break
+      end
+    end
+    if over > 0 then
+      refuse(2, over, idx)
+    else
+      out[#out + 1] = 1
+      out[#out + 1] = 0
+      for j = 1, m do
+        local i = idx[j]
+        local s = state[i]
+        s.ahead = s.ahead + tokens[j] * cost[i]
+        s.g = s.g + tokens[j]
+        s.dirty = true
+      end
+      report(idx)
+    end
+  elseif op == "F" then
+    -- As Gcra.refund_at, counted from the latest slot granted (see _local.SafeGcra):
+    -- last = the latest grant's slot (ahead - burst; > 0 while a slot is booked ahead, or
+    -- in debt). With a mark: new ahead = max(ahead - tokens*cost, max(last, 0) + later*cost),
+    -- where `later` counts the tokens granted since the marked grant; without one, nothing
+    -- goes back while last > 0 (the tokens may be a sleeper's), else down to 0 at most.
+    -- Never raised. A mark of an earlier epoch returns nothing: the bucket was full since.
+    local back = {}
+    for j = 1, m do
+      local i = idx[j]
+      local s = state[i]
+      local c = cost[i]
+      local ahead = s.ahead
+      local last = ahead - burst[i]
+      local returned = 0
+      local floor = -1
+      if ahead > 0 then
+        if mark_e[j] < 0 then
+          if last <= 0 then
+            floor = 0
+          end
+        elseif mark_e[j] == s.e then
+          local later = s.g - mark_g[j]
+          if later < 0 then
+            later = 0
+          end
+          if later <= ahead / c + 1 then -- past this, the floor is above ahead anyway
+            floor = later * c
+            if last > 0 then
+              floor = floor + last
+            end
+          end
+        end
+      end
+      if floor >= 0 and floor < ahead then
+        local new = floor
+        if tokens[j] <= ahead / c + 1 and ahead - tokens[j] * c > new then
+          new = ahead - tokens[j] * c
+        end
+        returned = ahead - new
+        s.ahead = new
+        s.dirty = true
+      end
+      back[j] = returned
+    end
+    out[#out + 1] = 1
+    out[#out + 1] = 0
+    report(idx, back)
+  elseif op == "S" then
+    out[#out + 1] = 1
+    out[#out + 1] = 0
+    report(idx)
+  else
+    return redis.error_reply("ERR ratekeeper: unknown op " .. tostring(op))
+  end
+end
+
+for i, s in pairs(state) do
+  if s.dirty then
+    local value = fmt(s.e) .. " " .. fmt(now_us) .. " " .. fmt(s.ahead) .. " " .. fmt(s.g)
+    if test_now then
+      redis.call("SET", KEYS[i], value)
+    else
+      -- Expire when the bucket is full again (ms, rounded up, + 1 so it outlives this ms).
+      redis.call("SET", KEYS[i], value, "PX", cdiv(s.ahead, 1000000 * scale[i]) + 1)
+    end
+  end
+end
+
+for k = 1, #out do
+  out[k] = fmt(out[k])
+end
+return table.concat(out, " ")

@@ -1,0 +1,162 @@
+"""Failures against real servers: killed, frozen, restarted, flushed, or never there.
+
+Each test that harms a server has one of its own (``own_server``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+import redis.asyncio
+
+from ratekeeper import BackendUnavailable
+from ratekeeper.redis import RedisTokenBucket, SyncRedisTokenBucket
+
+from .conftest import Server, free_port
+
+FAST = {"timeout": 0.2, "retry_interval": 0.1}
+
+
+async def test_fail_closed_raises_quickly_and_recovers_without_restart(
+    own_server: Server, key: str
+) -> None:
+    bucket = RedisTokenBucket(own_server.url, key, "100/s", 5, **FAST)
+    assert await bucket.try_acquire()
+    own_server.kill()
+    start = time.monotonic()
+    with pytest.raises(BackendUnavailable, match=rf"127\.0\.0\.1:{own_server.port}.*unreachable"):
+        await bucket.acquire()
+    with pytest.raises(BackendUnavailable, match="failed a moment ago"):
+        await bucket.acquire()  # within retry_interval: refused without a round trip
+    assert time.monotonic() - start < 0.5
+    own_server.start()  # same port, empty: the script must be loaded again
+    await asyncio.sleep(0.15)
+    assert await bucket.try_acquire()
+    stats = bucket.statistics()
+    assert stats.backend_errors == 2 and stats.granted == 2
+    await bucket.aclose()
+
+
+async def test_fail_open_lets_calls_through_and_counts_them(own_server: Server, key: str) -> None:
+    bucket = RedisTokenBucket(own_server.url, key, "1/s", 1, on_failure="open", **FAST)
+    assert await bucket.try_acquire()
+    assert not await bucket.try_acquire()
+    own_server.kill()
+    assert all([await bucket.try_acquire() for _ in range(5)])
+    await bucket.acquire(timeout=0)
+    stats = bucket.statistics()
+    assert stats.failed_open == 6 and stats.backend_errors == 6
+    own_server.start()
+    await asyncio.sleep(0.15)
+    assert await bucket.try_acquire()  # a fresh server: a full bucket
+    assert not await bucket.try_acquire()  # and the limit holds again
+    await bucket.aclose()
+
+
+async def test_fallback_limits_locally_at_its_share_then_hands_back(
+    own_server: Server, key: str
+) -> None:
+    bucket = RedisTokenBucket(
+        own_server.url, key, "10/s", 10, on_failure="fallback", fallback_share=0.5, **FAST
+    )
+    assert await bucket.try_acquire()
+    own_server.kill()
+    granted = [await bucket.try_acquire() for _ in range(8)]
+    assert granted == [True] * 5 + [False] * 3  # half the capacity, locally
+    start = time.monotonic()
+    await bucket.acquire()  # waits locally at half the rate: 0.2 s per token
+    assert 0.15 < time.monotonic() - start < 0.5
+    assert bucket.statistics().fallback_grants == 6
+    own_server.start()
+    await asyncio.sleep(0.15)
+    assert [await bucket.try_acquire() for _ in range(11)].count(True) == 10  # the server's
+    await bucket.aclose()
+
+
+async def test_a_frozen_server_times_out_within_the_timeout(own_server: Server, key: str) -> None:
+    bucket = RedisTokenBucket(own_server.url, key, "100/s", 5, **FAST)
+    assert await bucket.try_acquire()
+    own_server.pause()
+    try:
+        start = time.monotonic()
+        with pytest.raises(BackendUnavailable, match=r"did not answer within the timeout of 0\.2s"):
+            await bucket.acquire()
+        assert time.monotonic() - start < 0.4
+    finally:
+        own_server.resume()
+    await asyncio.sleep(0.15)
+    assert await bucket.try_acquire()
+    await bucket.aclose()
+
+
+async def test_race_a_frozen_server_fails_every_caller_of_a_batch_within_the_timeout(
+    own_server: Server, key: str
+) -> None:
+    bucket = RedisTokenBucket(own_server.url, key, "1000/s", 100, **FAST)
+    assert await bucket.try_acquire()
+    own_server.pause()
+    try:
+        start = time.monotonic()
+        results = await asyncio.gather(
+            *(bucket.acquire() for _ in range(20)), return_exceptions=True
+        )
+        assert all(isinstance(r, BackendUnavailable) for r in results), results
+        assert time.monotonic() - start < 0.5  # the watchdog: 0.2 s, checked every 0.05 s
+    finally:
+        own_server.resume()
+    await asyncio.sleep(0.15)
+    assert all(await asyncio.gather(*(bucket.try_acquire() for _ in range(5))))
+    await bucket.aclose()
+
+
+async def test_an_unreachable_server_is_named() -> None:
+    port = free_port()
+    bucket = RedisTokenBucket(f"redis://127.0.0.1:{port}", "k", "5/s", **FAST)
+    with pytest.raises(BackendUnavailable, match=rf"127\.0\.0\.1:{port} is unreachable"):
+        await bucket.try_acquire()
+    await bucket.aclose()
+
+
+async def test_the_script_is_reloaded_after_script_flush(async_client: Any, key: str) -> None:
+    bucket = RedisTokenBucket(async_client, key, "100/s", 5)
+    assert await bucket.try_acquire()
+    await async_client.script_flush()
+    assert await bucket.try_acquire()
+    # A batch after the flush too (the batched path goes through the same script object).
+    await async_client.script_flush()
+    assert all(await asyncio.gather(*(bucket.try_acquire() for _ in range(3))))
+    assert bucket.statistics().backend_errors == 0
+
+
+async def test_a_server_restart_with_a_client_passed_in(own_server: Server, key: str) -> None:
+    client = redis.asyncio.Redis.from_url(own_server.url, socket_timeout=1)
+    bucket = RedisTokenBucket(client, key, "100/s", 3, timeout=0.5, retry_interval=0.05)
+    assert await bucket.try_acquire()
+    own_server.restart()
+    deadline = time.monotonic() + 3
+    while True:  # the client's own retries may take a call or two to reconnect
+        try:
+            assert await bucket.try_acquire()
+            break
+        except BackendUnavailable:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.06)
+    await client.aclose()
+
+
+def test_sync_fail_closed_then_open(own_server: Server, key: str) -> None:
+    closed = SyncRedisTokenBucket(own_server.url, key, "100/s", 5, **FAST)
+    opened = SyncRedisTokenBucket(own_server.url, key, "100/s", 5, on_failure="open", **FAST)
+    assert closed.try_acquire() and opened.try_acquire()
+    own_server.kill()
+    with pytest.raises(BackendUnavailable, match="unreachable"):
+        closed.acquire()
+    assert opened.try_acquire() and opened.statistics().failed_open == 1
+    own_server.start()
+    time.sleep(0.15)
+    assert closed.try_acquire()
+    closed.close()
+    opened.close()

@@ -1,0 +1,444 @@
+"""The Lua script against the Python core: the same decisions from the same times.
+
+The reference is ``Gcra`` with the refund rule that stays safe after reservations
+(``SafeGcra``; identical to ``Gcra.refund_at`` while no slot is booked ahead).
+
+Times are given to the script in whole microseconds through its test-only ``now``
+argument (then it sets no TTL), and to ``Gcra`` as the same instants in ns. Every decision
+is compared: granted, wait_ns, mark, tokens left, tokens refunded.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ratekeeper import Rate
+from ratekeeper.redis._local import LocalLimits, SafeGcra
+from ratekeeper.redis._script import (
+    CHARGE,
+    MAX_AHEAD,
+    NO_MARK,
+    REFUND,
+    RESERVE,
+    SCRIPT,
+    STATE,
+    Request,
+    Spec,
+    encode,
+    make_spec,
+    single_wire,
+    split,
+)
+
+T0 = 1_700_000_000_000_000  # us: a realistic server time, so the sizes are realistic too
+RATES = [
+    Rate(5),
+    Rate(7),
+    Rate(3, per=7),
+    Rate(12.345),
+    Rate.parse("1000/hour"),
+    Rate(0.3),
+    Rate(200),
+    Rate(1e6),
+]
+
+SETTINGS = settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+class Script:
+    """The script on a real server, driven at given times."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.script = client.register_script(SCRIPT)
+
+    def call(self, requests: list[Request], now_us: int | None) -> list[list[int]]:
+        keys, args = encode(requests, now_us)
+        return split(self.script(keys, args), requests)
+
+
+@pytest.fixture
+def script(sync_client: redis.Redis) -> Script:
+    return Script(sync_client)
+
+
+def reserve(spec: Spec, tokens: int, max_wait: int | None) -> Request:
+    return Request(RESERVE, ((spec, tokens, 0, 0),), -1 if max_wait is None else max_wait)
+
+
+def refund(spec: Spec, tokens: int, mark: tuple[int, int] | None) -> Request:
+    epoch, count = mark if mark is not None else (NO_MARK, 0)
+    return Request(REFUND, ((spec, tokens, epoch, count),))
+
+
+# -- tables ------------------------------------------------------------------------------
+
+
+def test_a_burst_then_waits_in_order(script: Script, key: str) -> None:
+    spec = make_spec(key, "", "5/s", 3)
+    replies = script.call([reserve(spec, 1, None) for _ in range(5)], T0)
+    assert [(r[0], r[1], r[3]) for r in replies] == [
+        (1, 0, 1),
+        (1, 0, 2),
+        (1, 0, 3),
+        (1, 200_000_000, 4),
+        (1, 400_000_000, 5),
+    ]
+    assert spec.tokens(replies[-1][4]) == -2.0
+
+
+def test_a_wait_beyond_max_wait_is_refused_and_changes_nothing(script: Script, key: str) -> None:
+    spec = make_spec(key, "", "5/s", 1)
+    [first] = script.call([reserve(spec, 1, 0)], T0)
+    [refused] = script.call([reserve(spec, 1, 199_999_999)], T0)
+    assert refused[:2] == [0, 200_000_000]
+    assert refused[2:] == first[2:]  # state as it was
+    [granted] = script.call([reserve(spec, 1, 200_000_000)], T0)
+    assert granted[:2] == [1, 200_000_000]
+
+
+def test_time_comes_from_the_server(script: Script, key: str) -> None:
+    spec = make_spec(key, "", "1/minute", 1)
+    before = time.time_ns() // 1000
+    [[status, wait, epoch, count, ahead]] = script.call([reserve(spec, 1, 0)], None)
+    after = time.time_ns() // 1000
+    assert (status, wait, count) == (1, 0, 1)
+    assert before - 1_000_000 <= epoch <= after + 1_000_000  # the server's TIME, in us
+    assert ahead == 60 * 10**9
+
+
+def test_the_key_expires_when_the_bucket_is_full_again(
+    script: Script, sync_client: redis.Redis, key: str
+) -> None:
+    spec = make_spec(key, "", "10/s", 5)
+    script.call([reserve(spec, 5, 0)], None)
+    assert 490 <= sync_client.pttl(key) <= 501  # 5 tokens at 100 ms each, + 1 ms
+    script.call([refund(spec, 5, None)], None)
+    assert sync_client.pttl(key) <= 1  # full again: the key goes at once
+
+
+def test_a_mark_of_an_expired_key_refunds_nothing(
+    script: Script, sync_client: redis.Redis, key: str
+) -> None:
+    spec = make_spec(key, "", "100/s", 1)
+    [[_, _, epoch, count, _]] = script.call([reserve(spec, 1, 0)], None)
+    deadline = time.monotonic() + 2
+    while sync_client.exists(key):  # 10 ms until full, then the key expires
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    [[_, _, new_epoch, new_count, _]] = script.call([reserve(spec, 1, 0)], None)
+    assert new_epoch > epoch and new_count == 1
+    # Same count as the old mark, but of the old epoch: the bucket was full in between.
+    [[status, _, _, back, _]] = script.call([refund(spec, 1, (epoch, count))], None)
+    assert (status, back) == (1, 0)
+    [[_, _, _, back, _]] = script.call([refund(spec, 1, (new_epoch, new_count))], None)
+    assert 0 < back <= spec.cost  # what time has not paid back yet
+
+
+def test_a_charge_past_the_horizon_is_refused(script: Script, key: str) -> None:
+    spec = make_spec(key, "", Rate(12.345), 10)  # scale 2469: the horizon is ~30 minutes
+    assert 1000 < spec.horizon < 3000
+    tokens = MAX_AHEAD // spec.cost + 1
+    [[status, code, *_]] = script.call([Request(CHARGE, ((spec, tokens, 0, 0),))], T0)
+    assert (status, code) == (2, 1)
+    [[status, wait, *_]] = script.call([reserve(spec, 10, None)], T0)
+    assert (status, wait) == (1, 0)  # nothing was charged
+
+
+def test_a_limit_too_large_for_exact_doubles_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match=r"limit 'tokens' on key 'k'.*2\^51"):
+        make_spec("k", "tokens", Rate(1, per=86400 * 365), 10**6, None)
+    with pytest.raises(ValueError, match="weight"):
+        make_spec("k", "r", "5/s", 5, 6)
+
+
+def test_a_wrong_type_at_a_key_refuses_only_its_requests(
+    script: Script, sync_client: redis.Redis, key: str
+) -> None:
+    sync_client.hset(key + "-hash", "x", "1")
+    sync_client.set(key + "-str", "someone else's value")
+    bad = make_spec(key + "-hash", "", "5/s", 5)
+    alien = make_spec(key + "-str", "", "5/s", 5)
+    good = make_spec(key, "", "5/s", 5)
+    replies = script.call([reserve(bad, 1, 0), reserve(alien, 1, 0), reserve(good, 1, 0)], T0)
+    assert replies[0][:2] == [3, 1]
+    assert replies[1][:2] == [3, 2]
+    assert replies[2][:2] == [1, 0]
+    assert sync_client.get(key + "-str") == b"someone else's value"  # left alone
+
+
+def test_a_refund_never_lets_a_newcomer_share_a_booked_slot(script: Script, key: str) -> None:
+    spec = make_spec(key, "", "1/s", 1)
+    a, b, c = script.call([reserve(spec, 1, None) for _ in range(3)], T0)
+    assert [a[1], b[1], c[1]] == [0, 10**9, 2 * 10**9]
+    # B (slot 1 s) cancels: C keeps 2 s, so nothing can go back without a newcomer at 2 s.
+    [[_, _, _, back, _]] = script.call([refund(spec, 1, (b[2], b[3]))], T0)
+    assert back == 0
+    [d] = script.call([reserve(spec, 1, None)], T0)
+    assert d[1] == 3 * 10**9
+    # C, the last one, cancels: its slot can go back exactly.
+    [[_, _, _, back, _]] = script.call([refund(spec, 1, (d[2], d[3]))], T0)
+    assert back == spec.cost
+
+
+def test_the_prebuilt_wire_of_the_hot_paths_is_the_encoding() -> None:
+    spec = make_spec("k", "", "5/s", 5)
+    for max_wait in (0, -1, 123):
+        expected = encode([Request(RESERVE, ((spec, 1, NO_MARK, 0),), max_wait)])
+        assert single_wire(spec, RESERVE, 1, max_wait) == expected
+    expected = encode([Request(CHARGE, ((spec, 3, NO_MARK, 0),))])
+    assert single_wire(spec, CHARGE, 3, -1) == expected
+
+
+def test_state_reads_without_writing(script: Script, sync_client: redis.Redis, key: str) -> None:
+    spec = make_spec(key, "", "5/s", 5)
+    [[status, _, _, count, ahead]] = script.call([Request(STATE, ((spec, 0, 0, 0),))], T0)
+    assert (status, count, ahead) == (1, 0, 0)
+    assert not sync_client.exists(key)
+
+
+# -- hypothesis: random traces against Gcra ------------------------------------------------
+
+
+def _step(capacity: int) -> st.SearchStrategy[tuple[Any, ...]]:
+    dt = st.one_of(st.just(0), st.integers(0, 50_000), st.integers(0, 4_000_000))
+    wait = st.one_of(st.none(), st.just(0), st.integers(0, 5_000_000_000))
+    tokens = st.integers(1, capacity)
+    return st.one_of(
+        st.tuples(dt, st.just("reserve"), tokens, wait),
+        st.tuples(dt, st.just("charge"), st.integers(1, 2 * capacity), st.none()),
+        st.tuples(dt, st.just("refund"), tokens, st.one_of(st.none(), st.integers(0, 60))),
+    )
+
+
+@st.composite
+def traces(draw: st.DrawFn) -> tuple[Rate, int, list[tuple[Any, ...]]]:
+    rate = draw(st.sampled_from(RATES))
+    capacity = draw(st.integers(1, 8))
+    steps = draw(st.lists(_step(capacity), min_size=1, max_size=40))
+    return rate, capacity, steps
+
+
+def _run_trace(
+    script: Script, rate: Rate, capacity: int, steps: list[tuple[Any, ...]], batched: bool
+) -> None:
+    key = f"diff-{uuid.uuid4().hex}"
+    spec = make_spec(key, "", rate, capacity)
+    gcra: SafeGcra | None = None
+    marks: list[tuple[int, tuple[int, int]]] = []  # (Gcra mark, script mark) of grants
+    now = T0
+    # Steps at the same instant go in one call when batched: the script must decide a batch
+    # exactly as the same requests one call each.
+    groups: list[tuple[int, list[tuple[Any, ...]]]] = []
+    for step in steps:
+        now += step[0]
+        if batched and groups and groups[-1][0] == now:
+            groups[-1][1].append(step)
+        else:
+            groups.append((now, [step]))
+    try:
+        for at, group in groups:
+            now_ns = at * 1000
+            if gcra is None:
+                gcra = SafeGcra(rate, capacity, now_ns)
+            requests: list[Request] = []
+            expected: list[tuple[Any, ...]] = []
+            for _, op, tokens, arg in group:
+                if op == "reserve":
+                    requests.append(reserve(spec, tokens, arg))
+                    decision = gcra.reserve_at(now_ns, tokens, arg)
+                    expected.append(("reserve", decision.granted, decision.wait_ns, decision.mark))
+                elif op == "charge":
+                    requests.append(Request(CHARGE, ((spec, tokens, 0, 0),)))
+                    expected.append(("charge", True, 0, gcra.charge_at(now_ns, tokens)))
+                else:
+                    pick = marks[arg % len(marks)] if arg is not None and marks else None
+                    requests.append(refund(spec, tokens, None if pick is None else pick[1]))
+                    back = gcra.refund_at(now_ns, tokens, None if pick is None else pick[0])
+                    expected.append(("refund", True, 0, back))
+                expected[-1] += (gcra.tokens_at(now_ns),)
+            replies = script.call(requests, at)
+            for (op, granted, wait_ns, value, _tokens_left), reply in zip(
+                expected, replies, strict=False
+            ):
+                status, wait, epoch, count, ahead = reply
+                if op == "refund":
+                    got: tuple[Any, ...] = (True, 0, count / spec.cost)
+                else:
+                    got = (status == 1, wait, count if status == 1 else value)
+                    if status == 1:
+                        marks.append((value, (epoch, count)))
+                assert status in (0, 1)
+                assert got == (granted, wait_ns, value), (op, reply)
+        assert gcra is not None
+        [[_, _, _, _, ahead]] = script.call([Request(STATE, ((spec, 0, 0, 0),))], now)
+        assert spec.tokens(ahead) == gcra.tokens_at(now * 1000)
+    finally:
+        script.client.delete(key)
+
+
+@SETTINGS
+@given(trace=traces())
+def test_random_traces_decide_as_gcra(
+    script: Script, trace: tuple[Rate, int, list[tuple[Any, ...]]]
+) -> None:
+    _run_trace(script, *trace, batched=False)
+
+
+@SETTINGS
+@given(trace=traces())
+def test_random_traces_decide_as_gcra_when_batched(
+    script: Script, trace: tuple[Rate, int, list[tuple[Any, ...]]]
+) -> None:
+    _run_trace(script, *trace, batched=True)
+
+
+# -- hypothesis: composites against LocalLimits ---------------------------------------------
+
+
+@st.composite
+def composite_traces(draw: st.DrawFn) -> tuple[list[tuple[Rate, int]], list[tuple[Any, ...]]]:
+    limits = draw(
+        st.lists(st.tuples(st.sampled_from(RATES), st.integers(1, 6)), min_size=2, max_size=3)
+    )
+    n = len(limits)
+    amounts = st.tuples(*(st.integers(0, capacity) for _, capacity in limits)).filter(any)
+    dt = st.one_of(st.just(0), st.integers(0, 100_000), st.integers(0, 3_000_000))
+    wait = st.one_of(st.none(), st.just(0), st.integers(0, 3_000_000_000))
+    step = st.one_of(
+        st.tuples(dt, st.just("reserve"), amounts, wait),
+        st.tuples(dt, st.just("charge"), amounts, st.none()),
+        st.tuples(dt, st.just("refund"), amounts, st.one_of(st.none(), st.integers(0, 40))),
+    )
+    steps = draw(st.lists(step, min_size=1, max_size=30))
+    assert all(len(s[2]) == n for s in steps)
+    return limits, steps
+
+
+@SETTINGS
+@given(trace=composite_traces())
+def test_composite_traces_decide_as_local_limits(
+    script: Script, trace: tuple[list[tuple[Rate, int]], list[tuple[Any, ...]]]
+) -> None:
+    limits, steps = trace
+    base = f"diff-{uuid.uuid4().hex}"
+    specs = [make_spec(f"{base}:{i}", str(i), r, c) for i, (r, c) in enumerate(limits)]
+    local: LocalLimits | None = None
+    grants: list[tuple[tuple[int | None, ...], tuple[tuple[int, int], ...]]] = []
+    now = T0
+    try:
+        for dt, op, amounts, arg in steps:
+            now += dt
+            now_ns = now * 1000
+            if local is None:
+                local = LocalLimits(limits, now_ns)
+            live = [(s, n) for s, n in zip(specs, amounts, strict=False) if n]
+            if op == "reserve":
+                req = Request(
+                    RESERVE, tuple((s, n, 0, 0) for s, n in live), -1 if arg is None else arg
+                )
+                [reply] = script.call([req], now)
+                granted, wait, marks = local.reserve(now_ns, amounts, arg)
+                assert (reply[0] == 1, reply[1]) == (granted, wait)
+            elif op == "charge":
+                req = Request(CHARGE, tuple((s, n, 0, 0) for s, n in live))
+                [reply] = script.call([req], now)
+                marks, granted = local.charge(now_ns, amounts), True
+            else:
+                pick = grants[arg % len(grants)] if arg is not None and grants else None
+                items = []
+                for i, (s, n) in enumerate(zip(specs, amounts, strict=False)):
+                    if n:
+                        mark = (NO_MARK, 0) if pick is None else pick[1][i]
+                        items.append((s, n, *mark))
+                [reply] = script.call([Request(REFUND, tuple(items))], now)
+                backs = local.refund(
+                    now_ns, amounts, [None] * len(specs) if pick is None else list(pick[0])
+                )
+                got = [reply[3 + 3 * j] / s.cost for j, (s, _) in enumerate(live)]
+                assert got == [b for b, n in zip(backs, amounts, strict=False) if n]
+                continue
+            if granted:
+                # Per touched limit j the reply holds (epoch, count, ahead) at 2 + 3j.
+                script_marks: list[tuple[int, int]] = []
+                j = 0
+                for i, n in enumerate(amounts):
+                    if n:
+                        script_marks.append((reply[2 + 3 * j], reply[3 + 3 * j]))
+                        assert reply[3 + 3 * j] == marks[i]
+                        j += 1
+                    else:
+                        script_marks.append((NO_MARK, 0))
+                local_marks = tuple(m if n else None for m, n in zip(marks, amounts, strict=False))
+                grants.append((local_marks, tuple(script_marks)))
+        assert local is not None
+        state = Request(STATE, tuple((s, 0, 0, 0) for s in specs))
+        [reply] = script.call([state], now)
+        aheads = reply[4::3]
+        assert [s.tokens(a) for s, a in zip(specs, aheads, strict=False)] == list(
+            local.tokens(now * 1000)
+        )
+    finally:
+        script.client.delete(*(s.key for s in specs))
+
+
+# -- hypothesis: the envelope holds through cancellations -----------------------------------
+
+
+@st.composite
+def booking_traces(draw: st.DrawFn) -> tuple[Rate, int, list[tuple[int, str, int]]]:
+    rate = draw(st.sampled_from([Rate(5), Rate(7), Rate(3, per=7), Rate(200)]))
+    capacity = draw(st.integers(1, 5))
+    step = st.tuples(
+        st.one_of(st.just(0), st.integers(0, 400_000)),
+        st.sampled_from(["reserve", "reserve", "cancel"]),
+        st.integers(0, 1000),
+    )
+    return rate, capacity, draw(st.lists(step, min_size=1, max_size=40))
+
+
+@SETTINGS
+@given(trace=booking_traces())
+def test_cancelled_reservations_never_let_the_slots_pass_the_envelope(
+    script: Script, trace: tuple[Rate, int, list[tuple[int, str, int]]]
+) -> None:
+    # Callers reserve slots (possibly far ahead) and some cancel, refunding by mark; the
+    # slots still in use must fit capacity + rate * T in every window. (Gcra.refund_at's
+    # rule, counting later grants from now, fails this; see SafeGcra.)
+    rate, capacity, steps = trace
+    spec = make_spec(f"env-{uuid.uuid4().hex}", "", rate, capacity)
+    live: dict[int, tuple[int, int, tuple[int, int]]] = {}  # id -> (slot ns, tokens, mark)
+    now = T0
+    try:
+        for n, (dt, op, pick) in enumerate(steps):
+            now += dt
+            if op == "reserve" or not live:
+                tokens = 1 + pick % capacity
+                [reply] = script.call([reserve(spec, tokens, None)], now)
+                assert reply[0] == 1
+                live[n] = (now * 1000 + reply[1], tokens, (reply[2], reply[3]))
+            else:
+                victim = sorted(live)[pick % len(live)]
+                _, tokens, mark = live.pop(victim)
+                script.call([refund(spec, tokens, mark)], now)
+        slots = sorted((slot, tokens) for slot, tokens, _ in live.values())
+        interval = spec.rate.ns_per_token
+        for i, (start, _) in enumerate(slots):
+            used = 0
+            for end, tokens in slots[i:]:
+                used += tokens
+                # +1 ns: waits are rounded up to whole ns
+                assert used <= capacity + (end - start + 1) / interval, (start, end, used)
+    finally:
+        script.client.delete(spec.key)
