@@ -184,3 +184,29 @@ def test_check_tokens(value: object, error: type[Exception], match: str) -> None
 def test_check_capacity(value: object, error: type[Exception]) -> None:
     with pytest.raises(error, match="capacity must be"):
         check_capacity(value)
+
+
+def test_refund_never_hands_a_booked_slot_to_a_second_caller() -> None:
+    # Capacity 1 at 1/s: A, B, C reserve the slots at 0, 1 and 2 s. B is cancelled at 0.
+    # Its slot cannot be handed out again by moving tat back: C is promised 2 s, and a
+    # newcomer must not get 2 s too. (Counting the later grants from now did exactly that.)
+    g = Gcra(Rate(1), 1, 0)
+    g.reserve_at(0, 1)
+    b = g.reserve_at(0, 1)
+    c = g.reserve_at(0, 1)
+    assert (b.wait_ns, c.wait_ns) == (S, 2 * S)
+    g.refund_at(0, 1, b.mark)
+    assert g.reserve_at(0, 1).wait_ns >= 3 * S
+    # A plain refund is refused while a slot is booked ahead: the tokens may be a sleeper's.
+    assert g.refund_at(S // 2, 1) == 0
+
+
+def test_refund_in_debt_still_works_when_nothing_is_booked_ahead() -> None:
+    g = bucket()
+    mark = g.reserve_at(0, 5).mark
+    g.charge_at(0, 5)  # debt: later callers wait, but no slot is promised to anyone
+    assert g.tokens_at(0) == -5
+    assert g.refund_at(0, 5, mark) == 5  # undone exactly; the charge keeps its cost
+    assert g.tokens_at(0) == 0
+    assert g.refund_at(0, 3) == 3  # the caller vouches for 3 unused tokens of the charge
+    assert g.tokens_at(0) == 3

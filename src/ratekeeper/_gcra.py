@@ -15,10 +15,14 @@ The rules it keeps:
   ``tat = max(tat, now) + n*cost``. A refused call changes nothing.
 - ``charge`` takes tokens without the check: the balance may go below zero (debt) and later
   callers wait for it to be paid back.
+- ``reserve_at`` may book tokens for a slot ahead of now (a caller sleeps until then);
+  ``booked`` remembers the latest such slot, because it is promised: no later decision may
+  move it.
 - ``refund`` gives tokens back. Undoing a known grant (by its mark) never gives back more
-  than is provably still outstanding: tokens granted after it keep their cost, and a grant
-  that time has already paid back returns nothing (see ``refund_at``). So cancelling a grant
-  can never open a burst.
+  than is provably still outstanding: tokens granted after it keep their cost, counted from
+  the latest booked slot if one lies ahead, and a grant that time has already paid back
+  returns nothing (see ``refund_at``). So cancelling a grant can never open a burst, nor
+  hand a promised slot to a second caller.
 """
 
 from __future__ import annotations
@@ -76,10 +80,11 @@ def check_capacity(capacity: object) -> int:
 class Gcra:
     """The state of one token bucket and the decisions on it, in exact integer units."""
 
-    __slots__ = ("_burst", "_capacity", "_cost", "_granted", "_rate", "_scale", "_tat")
+    __slots__ = ("_booked", "_burst", "_capacity", "_cost", "_granted", "_rate", "_scale", "_tat")
 
     def __init__(self, rate: Rate, capacity: int, now_ns: int, initial: int | None = None) -> None:
         self._granted = 0  # tokens granted or charged since creation (never decreases)
+        self._booked = 0  # units: the latest slot booked ahead by reserve_at (0: none yet)
         self._configure(rate, capacity)
         if initial is None:
             initial = capacity
@@ -155,9 +160,16 @@ class Gcra:
         wait_ns = -(-due // self._scale) if due > 0 else 0
         if max_wait_ns is not None and wait_ns > max_wait_ns:
             return Decision(False, wait_ns, 0)
+        if wait_ns:
+            self._book((now_ns + wait_ns) * self._scale)
         # For tokens <= capacity the grant time is never after max(tat, now), so committing
         # at ``now`` is committing at the grant time.
         return Decision(True, wait_ns, self._commit_units(now, tokens))
+
+    def _book(self, slot: int) -> None:
+        """Remember a slot (units) promised to a sleeper: refunds must not hand it out again."""
+        if slot > self._booked:
+            self._booked = slot
 
     def _commit_units(self, at: int, tokens: int) -> int:
         """Take ``tokens`` at time ``at`` (units) unconditionally; return the grant's mark.
@@ -179,18 +191,26 @@ class Gcra:
         """Give back up to ``tokens`` taken earlier; return how many went back (may be partial).
 
         With ``mark`` (returned when the grant being undone was made) the refund is exact if
-        nothing was granted since; tokens granted since were all granted by ``now`` at the
-        latest, so the bucket cannot honestly hold more than ``capacity - later`` now, and it
-        is never made to. That bound also returns nothing for a grant that time has already
-        paid back. Without a mark the caller vouches that ``tokens`` of the outstanding ones
-        went unused. Tokens never go above the capacity.
+        nothing was granted since. Tokens granted since keep their cost: they are in use at
+        ``now`` at the latest, or at the latest booked slot if one lies ahead, so the bucket
+        is never made to hold more than that leaves. The same bound returns nothing for a
+        grant that time has already paid back. Without a mark the caller vouches that
+        ``tokens`` of the outstanding ones went unused; while a slot is booked ahead nothing
+        goes back (the tokens could be a sleeper's, whose slot is promised). Tokens never go
+        above the capacity.
         """
         now = now_ns * self._scale
         tat = self._tat
         if tat <= now:
             return 0.0  # full: nothing is outstanding
-        later = 0 if mark is None else max(self._granted - mark, 0)
-        new_tat = max(tat - tokens * self._cost, now + later * self._cost)
+        booked = self._booked
+        if mark is None:
+            if booked > now:
+                return 0.0
+            floor = now
+        else:
+            floor = (booked if booked > now else now) + max(self._granted - mark, 0) * self._cost
+        new_tat = max(tat - tokens * self._cost, floor)
         if new_tat >= tat:
             return 0.0
         self._tat = new_tat
@@ -204,7 +224,9 @@ class Gcra:
         at the new cost).
         """
         balance = Fraction(self._burst - max(self._tat - now_ns * self._scale, 0), self._cost)
+        booked_ns = -(-self._booked // self._scale)
         self._configure(rate, capacity)
+        self._booked = booked_ns * self._scale
         balance = min(balance, Fraction(self._capacity))
         deficit_units = (self._capacity - balance) * self._cost  # exact in the new units
         self._tat = now_ns * self._scale + -(-deficit_units.numerator // deficit_units.denominator)
@@ -342,12 +364,23 @@ class CompositeGcra:
         self, now_ns: int, cost: tuple[int, ...], max_wait_ns: int | None = None
     ) -> CompositeDecision:
         """Reserve ``cost`` on every limit for the earliest time all allow, within max_wait."""
-        wait = self.wait_ns(now_ns, cost)
+        own = [p.wait_ns(now_ns, n) if n else 0 for p, n in zip(self._parts, cost, strict=True)]
+        wait = max(own)
         if max_wait_ns is not None and wait > max_wait_ns:
             return CompositeDecision(False, wait, ())
-        # Commit every limit at the grant time, not now: a limit that is full before then
-        # must count the tokens as taken then, or it would look full again while in use.
-        return CompositeDecision(True, wait, self._commit_units(now_ns + wait, cost))
+        # Every limit counts the tokens as taken at the grant time: a limit that sets that
+        # time commits now (as Gcra.reserve_at), one that could have served earlier commits
+        # at the grant time, or it would look full again while the tokens are in use.
+        marks = []
+        for part, tokens, own_wait in zip(self._parts, cost, own, strict=True):
+            if not tokens:
+                marks.append(part._granted)
+                continue
+            at = now_ns if own_wait == wait else now_ns + wait
+            marks.append(part._commit_units(at * part._scale, tokens))
+            if wait:
+                part._book((now_ns + wait) * part._scale)
+        return CompositeDecision(True, wait, tuple(marks))
 
     def charge_at(self, now_ns: int, cost: tuple[int, ...]) -> tuple[int, ...]:
         """Take ``cost`` now on every limit even into debt; return the marks."""
