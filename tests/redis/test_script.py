@@ -1,7 +1,7 @@
 """The Lua script against the Python core: the same decisions from the same times.
 
-The reference is ``Gcra`` with the refund rule that stays safe after reservations
-(``SafeGcra``; identical to ``Gcra.refund_at`` while no slot is booked ahead).
+The reference is the core's ``Gcra`` itself (and ``CompositeGcra``, through LocalLimits):
+one arithmetic, in Python and in Lua.
 
 Times are given to the script in whole microseconds through its test-only ``now``
 argument (then it sets no TTL), and to ``Gcra`` as the same instants in ns. Every decision
@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ratekeeper import Rate
-from ratekeeper.redis._local import LocalLimits, SafeGcra
+from ratekeeper._gcra import Gcra
+from ratekeeper.redis._local import LocalLimits
 from ratekeeper.redis._script import (
     CHARGE,
     MAX_AHEAD,
@@ -235,7 +236,7 @@ def _run_trace(
 ) -> None:
     key = f"diff-{uuid.uuid4().hex}"
     spec = make_spec(key, "", rate, capacity)
-    gcra: SafeGcra | None = None
+    gcra: Gcra | None = None
     marks: list[tuple[int, tuple[int, int]]] = []  # (Gcra mark, script mark) of grants
     now = T0
     # Steps at the same instant go in one call when batched: the script must decide a batch
@@ -251,7 +252,7 @@ def _run_trace(
         for at, group in groups:
             now_ns = at * 1000
             if gcra is None:
-                gcra = SafeGcra(rate, capacity, now_ns)
+                gcra = Gcra(rate, capacity, now_ns)
             requests: list[Request] = []
             expected: list[tuple[Any, ...]] = []
             for _, op, tokens, arg in group:
@@ -414,8 +415,8 @@ def test_cancelled_reservations_never_let_the_slots_pass_the_envelope(
     script: Script, trace: tuple[Rate, int, list[tuple[int, str, int]]]
 ) -> None:
     # Callers reserve slots (possibly far ahead) and some cancel, refunding by mark; the
-    # slots still in use must fit capacity + rate * T in every window. (Gcra.refund_at's
-    # rule, counting later grants from now, fails this; see SafeGcra.)
+    # slots still in use must fit capacity + rate * T in every window. (A refund rule that
+    # counts later grants from now, not from the latest booked slot, fails this.)
     rate, capacity, steps = trace
     spec = make_spec(f"env-{uuid.uuid4().hex}", "", rate, capacity)
     live: dict[int, tuple[int, int, tuple[int, int]]] = {}  # id -> (slot ns, tokens, mark)

@@ -6,11 +6,13 @@
 -- below stays an integer under 2^53 (the client refuses configurations that could not).
 --
 -- KEYS    the buckets this call touches; all in one hash slot under Redis Cluster.
---         Each holds the string "e t a g" (one GET, one SET per call): e = epoch (us, when
+--         Each holds the string "e t a g b" (one GET, one SET per call): e = epoch (us, when
 --         this incarnation of the key was created), t = time of the last write (us), a =
 --         units the bucket is ahead of t (its tat - t), g = tokens granted or charged in
---         this epoch (the refund marks count these). A key expires (SET PX) when its bucket
---         is full again; a missing key is a full bucket.
+--         this epoch (the refund marks count these), b = units the latest slot booked by a
+--         reservation is ahead of t (Gcra's booked; b <= a). A key expires (SET PX) when its
+--         bucket is full again; a missing key is a full bucket. (A 4-field value, written
+--         before b existed, reads as b = 0.)
 -- ARGV[1] "" to read the time with TIME, or a time in us (tests only: then no TTL is set)
 -- ARGV[2] the limits of KEYS[1..n], space-separated: cost scale capacity, for each key
 -- ARGV[3] the requests, in order, space-separated; each is op, m, then:
@@ -95,31 +97,37 @@ local function load(i)
     return s
   end
   local raw = redis.pcall("GET", KEYS[i])
-  local e, t, a, g
+  local e, t, a, g, b
   if type(raw) == "string" then
-    e, t, a, g = string.match(raw, "^(%d+) (%d+) (%d+) (%d+)$")
+    e, t, a, g, b = string.match(raw, "^(%d+) (%d+) (%d+) (%d+) ?(%d*)$")
   end
   if type(raw) == "table" or (raw and not e) then
     s = { bad = true } -- another type (an error reply), or a string of another form
   elseif e then
-    local ahead = tonumber(a)
     local step = 1000 * scale[i]
     local elapsed = now_us - tonumber(t)
+    -- x - elapsed * step, floored at 0, without forming a product that could pass 2^53.
     -- A server clock that steps back stands still rather than taking tokens away.
-    if elapsed > 0 then
-      -- ahead - elapsed * step, without forming a product that could pass 2^53
-      if elapsed > ahead / step + 1 then
-        ahead = 0
-      else
-        ahead = ahead - elapsed * step
-        if ahead < 0 then
-          ahead = 0
-        end
+    local function since(x)
+      if elapsed <= 0 then
+        return x
       end
+      if elapsed > x / step + 1 then
+        return 0
+      end
+      x = x - elapsed * step
+      if x < 0 then
+        return 0
+      end
+      return x
     end
-    s = { e = tonumber(e), g = tonumber(g), ahead = ahead }
+    local booked = 0
+    if b ~= "" then
+      booked = since(tonumber(b))
+    end
+    s = { e = tonumber(e), g = tonumber(g), ahead = since(tonumber(a)), booked = booked }
   else
-    s = { e = now_us, g = 0, ahead = 0 }
+    s = { e = now_us, g = 0, ahead = 0, booked = 0 }
   end
   state[i] = s
   return s
@@ -237,10 +245,15 @@ while pos <= nargs do
         out[#out + 1] = 1
         out[#out + 1] = wait
         for j = 1, m do
-          local s = state[idx[j]]
+          local i = idx[j]
+          local s = state[i]
           s.ahead = new[j]
           s.g = s.g + tokens[j]
           s.dirty = true
+          -- A slot ahead is promised to a sleeper (Gcra._book): remember the latest.
+          if wait > 0 and wait * scale[i] > s.booked then
+            s.booked = wait * scale[i]
+          end
         end
         report(idx)
       end
@@ -269,24 +282,23 @@ while pos <= nargs do
       report(idx)
     end
   elseif op == "F" then
-    -- As Gcra.refund_at, counted from the latest slot granted (see _local.SafeGcra):
-    -- last = the latest grant's slot (ahead - burst; > 0 while a slot is booked ahead, or
-    -- in debt). With a mark: new ahead = max(ahead - tokens*cost, max(last, 0) + later*cost),
-    -- where `later` counts the tokens granted since the marked grant; without one, nothing
-    -- goes back while last > 0 (the tokens may be a sleeper's), else down to 0 at most.
-    -- Never raised. A mark of an earlier epoch returns nothing: the bucket was full since.
+    -- As Gcra.refund_at: with a mark, new ahead = max(ahead - tokens*cost, booked +
+    -- later*cost), where `later` counts the tokens granted since the marked grant and
+    -- booked (>= 0) is how far ahead the latest booked slot lies; without a mark, nothing
+    -- goes back while a slot is booked ahead (the tokens may be a sleeper's), else down to
+    -- 0 at most. Never raised. A mark of an earlier epoch returns nothing: the bucket was
+    -- full since.
     local back = {}
     for j = 1, m do
       local i = idx[j]
       local s = state[i]
       local c = cost[i]
       local ahead = s.ahead
-      local last = ahead - burst[i]
       local returned = 0
       local floor = -1
       if ahead > 0 then
         if mark_e[j] < 0 then
-          if last <= 0 then
+          if s.booked <= 0 then
             floor = 0
           end
         elseif mark_e[j] == s.e then
@@ -295,10 +307,7 @@ while pos <= nargs do
             later = 0
           end
           if later <= ahead / c + 1 then -- past this, the floor is above ahead anyway
-            floor = later * c
-            if last > 0 then
-              floor = floor + last
-            end
+            floor = s.booked + later * c
           end
         end
       end
@@ -328,6 +337,7 @@ end
 for i, s in pairs(state) do
   if s.dirty then
     local value = fmt(s.e) .. " " .. fmt(now_us) .. " " .. fmt(s.ahead) .. " " .. fmt(s.g)
+      .. " " .. fmt(s.booked)
     if test_now then
       redis.call("SET", KEYS[i], value)
     else
