@@ -142,3 +142,18 @@ async def test_reservations_with_composite_costs(clock: ManualClock) -> None:
     assert now.cancelled
     assert not now.granted
     assert limiter.statistics().cancelled == 2
+
+
+async def test_weighted_limits_take_their_weight_from_an_int_cost(clock: ManualClock) -> None:
+    from ratekeeper import Limit
+
+    limiter = CompositeLimiter(
+        {"requests": Limit("2/s", weight=1), "tokens": Limit("100/s", 100)}, clock=clock
+    )
+    assert limiter.try_acquire(60)  # one request and 60 tokens
+    assert limiter.available() == {"requests": 1, "tokens": 40}
+    limiter.charge(10)  # settling an int touches only the unweighted limits
+    assert limiter.available() == {"requests": 1, "tokens": 30}
+    assert limiter.refund(20) == 20
+    assert limiter.available() == {"requests": 1, "tokens": 50}
+    assert limiter.limits["requests"].weight == 1

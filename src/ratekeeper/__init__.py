@@ -9,11 +9,29 @@ import logging
 from ._asyncio import CompositeLimiter, Reservation, TokenBucket, TokenBucketRateLimiter
 from ._clock import Clock, LoopClock, MonotonicClock
 from ._errors import AcquireTimeout, BackendUnavailable, LimiterClosed, RateKeeperError
+from ._gcra import Limit
+from ._keyed import (
+    AsyncKeyedBackend,
+    KeyedBackend,
+    KeyedLimiter,
+    KeyedStatistics,
+    MemoryKeyedStore,
+    SyncKeyedLimiter,
+    Verdict,
+)
 from ._rate import Rate
 from ._scheduler import WAIT_BUCKETS, Event, Listener, Statistics
 from ._threading import SyncCompositeLimiter, SyncTokenBucket
 
 __all__ = [
+    "AsyncKeyedBackend",
+    "KeyedBackend",
+    "KeyedLimiter",
+    "KeyedStatistics",
+    "Limit",
+    "MemoryKeyedStore",
+    "SyncKeyedLimiter",
+    "Verdict",
     "AcquireTimeout",
     "BackendUnavailable",
     "WAIT_BUCKETS",

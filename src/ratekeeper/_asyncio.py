@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ._clock import MONOTONIC, Clock, Timer
 from ._errors import AcquireTimeout, LimiterClosed
-from ._gcra import check_tokens, seconds_to_ns
+from ._gcra import LimitsLike, check_tokens, seconds_to_ns
 from ._rate import Rate, RateLike
 from ._scheduler import (
     GRANTED,
@@ -505,34 +505,37 @@ class TokenBucket(_AsyncLimiter, Scheduler):
 class CompositeLimiter(_AsyncLimiter, CompositeScheduler):
     """Several limits checked and charged together, all or nothing, with one FIFO queue.
 
-    ``CompositeLimiter({"requests": "60/minute", "tokens": ("90000/minute", 90000)})``
-    takes each limit as a rate (capacity: its count) or a (rate, capacity) pair. A cost is
-    a mapping of limit name to tokens (unnamed limits: 0), or an int for the same amount on
-    every limit; the default is 1 on every limit. ``await llm.acquire({"requests": 1,
-    "tokens": 1500})`` waits until both fit; ``charge({"tokens": 700})`` and
-    ``refund({"tokens": 300})`` settle the true cost after the call. Everything else is as
-    in TokenBucket: FIFO, priorities, timeouts refused at once, cancellation-safe.
+    ``CompositeLimiter({"requests": Limit("60/minute", weight=1), "tokens":
+    Limit("90000/minute")})`` takes each limit as a ``Limit``, a rate (capacity: its count)
+    or a (rate, capacity) pair. A cost is a mapping of limit name to tokens (unnamed limits:
+    0), or an int ``n``: ``n`` from each limit without a weight, its weight from a weighted
+    one (so ``acquire(1500)`` is one request and 1,500 tokens); the default is 1. With an
+    int, ``charge`` and ``refund`` settle only the limits without a weight.
+    ``await llm.acquire({"requests": 1, "tokens": 1500})`` waits until both fit;
+    ``charge({"tokens": 700})`` and ``refund({"tokens": 300})`` settle the true cost after
+    the call. Everything else is as in TokenBucket: FIFO, priorities, timeouts refused at
+    once, cancellation-safe.
     """
 
     __slots__ = ("__weakref__", "_clock", "_closed", "_loop", "_now_ns", "_timer", "_timer_when")
 
     def __init__(
         self,
-        limits: Mapping[str, RateLike | tuple[RateLike, int]],
+        limits: LimitsLike,
         *,
         clock: Clock | None = None,
         name: str | None = None,
         on_event: Listener | None = None,
     ) -> None:
         clock = MONOTONIC if clock is None else clock
-        CompositeScheduler.__init__(self, parse_limits(limits), clock.now_ns())
+        CompositeScheduler.__init__(self, limits, clock.now_ns())
         self._init_adapter(clock, name, on_event)
 
     def _check(self, tokens: Any) -> tuple[int, ...]:
         return self.check_cost(tokens)
 
     def _check_amount(self, tokens: Any) -> tuple[int, ...]:
-        return self.check_cost(tokens, capped=False)
+        return self.check_cost(tokens, settling=True)
 
     def _cost_text(self, tokens: Any) -> str:
         return "cost " + repr(dict(zip(self._names, tokens, strict=True)))
@@ -560,30 +563,6 @@ class CompositeLimiter(_AsyncLimiter, CompositeScheduler):
     def available(self) -> dict[str, float]:
         """Return the tokens available now, per limit (negative while in debt)."""
         return self.tokens_at(self._now_ns())
-
-
-def parse_limits(
-    limits: Mapping[str, RateLike | tuple[RateLike, int]],
-) -> list[tuple[str, Rate, int]]:
-    """Read ``{name: rate or (rate, capacity)}`` into (name, Rate, capacity) triples."""
-    if not isinstance(limits, Mapping) or not limits:
-        raise TypeError(
-            "limits must be a non-empty mapping of name to a rate or a (rate, capacity) pair, "
-            f"not {limits!r}"
-        )
-    out = []
-    for name, spec in limits.items():
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"limit names must be non-empty strings, not {name!r}")
-        if isinstance(spec, tuple):
-            if len(spec) != 2:
-                raise ValueError(f"limit {name!r}: expected (rate, capacity), got {spec!r}")
-            rate, capacity = Rate.of(spec[0]), spec[1]
-        else:
-            rate = Rate.of(spec)
-            capacity = rate.default_capacity
-        out.append((name, rate, capacity))
-    return out
 
 
 class TokenBucketRateLimiter(TokenBucket):

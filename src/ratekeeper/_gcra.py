@@ -27,18 +27,23 @@ The rules it keeps:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import NamedTuple
 
-from ._rate import NS_PER_SECOND, Rate
+from ._rate import NS_PER_SECOND, Rate, RateLike
 
 __all__ = [
     "CompositeDecision",
     "CompositeGcra",
     "Decision",
     "Gcra",
+    "Limit",
+    "LimitsLike",
     "check_capacity",
+    "named_limits",
     "check_tokens",
 ]
 
@@ -75,6 +80,67 @@ def check_capacity(capacity: object) -> int:
     if capacity < 1:
         raise ValueError(f"capacity must be >= 1 (the burst size in tokens), got {capacity}")
     return capacity
+
+
+@dataclass(frozen=True, init=False)
+class Limit:
+    """One limit of several: ``rate`` tokens per second, bursts up to ``capacity``.
+
+    ``weight=None`` (the default): a call takes its ``tokens`` from this limit; an int: a
+    call takes that many tokens whatever it asks for (e.g. 1 for a requests-per-minute
+    limit next to a tokens-per-minute one), and settling a cost afterwards (``charge`` or
+    ``refund`` with an int) leaves it alone. The same value serves the in-memory, keyed and
+    Redis composites. Raises ValueError/TypeError for a bad rate, capacity or weight.
+    """
+
+    rate: Rate
+    capacity: int
+    weight: int | None
+
+    def __init__(
+        self, rate: RateLike, capacity: int | None = None, weight: int | None = None
+    ) -> None:
+        rate = Rate.of(rate)
+        capacity = rate.default_capacity if capacity is None else check_capacity(capacity)
+        if weight is not None:
+            check_tokens(weight, "weight", capacity)
+        object.__setattr__(self, "rate", rate)
+        object.__setattr__(self, "capacity", capacity)
+        object.__setattr__(self, "weight", weight)
+
+    def __str__(self) -> str:
+        weight = "" if self.weight is None else f" weight={self.weight}"
+        return f"{self.rate} capacity={self.capacity}{weight}"
+
+
+LimitsLike = Mapping[str, "Limit | RateLike | tuple[RateLike, int]"]
+"""Several limits by name, e.g. ``{"requests": Limit("60/minute", weight=1), "tokens":
+Limit("90000/minute")}``: a call must fit in all of them. A value may also be a rate, or a
+(rate, capacity) pair."""
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+
+
+def named_limits(limits: object) -> dict[str, Limit]:
+    """Return ``limits`` as {name: Limit}; raise TypeError/ValueError naming a bad entry."""
+    if not isinstance(limits, Mapping) or not limits:
+        raise TypeError(
+            "limits must be a non-empty mapping of name to Limit (or rate, or (rate, "
+            f'capacity)), e.g. {{"requests": Limit("60/minute", weight=1)}}; got {limits!r}'
+        )
+    named = {}
+    for name, given in limits.items():
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            raise ValueError(f"a limit's name must be 1-64 letters, digits or '_.:-', got {name!r}")
+        if isinstance(given, Limit):
+            named[name] = given
+        elif isinstance(given, tuple):
+            if len(given) != 2:
+                raise ValueError(f"limit {name!r}: expected (rate, capacity), got {given!r}")
+            named[name] = Limit(*given)
+        else:
+            named[name] = Limit(given)
+    return named
 
 
 class Gcra:
@@ -262,16 +328,13 @@ class CompositeGcra:
     the composite is never early on any limit).
     """
 
-    __slots__ = ("_cost", "_names", "_parts", "_scale")
+    __slots__ = ("_cost", "_names", "_parts", "_scale", "_weights")
 
-    def __init__(self, limits: Sequence[tuple[str, Rate, int]], now_ns: int) -> None:
-        if not limits:
-            raise ValueError("a composite limit needs at least one limit")
-        names = [name for name, _, _ in limits]
-        if len(set(names)) != len(names):
-            raise ValueError(f"limit names must be unique, got {names}")
-        self._names = tuple(names)
-        self._parts = tuple(Gcra(rate, capacity, now_ns) for _, rate, capacity in limits)
+    def __init__(self, limits: LimitsLike, now_ns: int) -> None:
+        named = named_limits(limits)
+        self._names = tuple(named)
+        self._parts = tuple(Gcra(lim.rate, lim.capacity, now_ns) for lim in named.values())
+        self._weights = tuple(lim.weight for lim in named.values())
         # The queue above works in whole ns; the slack it may credit a late timer is one
         # token of the fastest limit.
         self._scale = 1
@@ -288,14 +351,17 @@ class CompositeGcra:
         return self._parts
 
     def check_cost(
-        self, cost: Mapping[str, int] | int | None, capped: bool = True
+        self, cost: Mapping[str, int] | int | None, settling: bool = False
     ) -> tuple[int, ...]:
         """Return a cost as a tuple per limit; raise ValueError/TypeError naming the problem.
 
-        ``None`` or an int ``n`` means n tokens on every limit; a mapping names the tokens per
-        limit (unnamed limits: 0). Each amount must be an int >= 0 (and, when ``capped``, at
-        most that limit's capacity), and at least one must be >= 1.
+        A mapping names the tokens per limit (unnamed limits: 0). An int ``n`` (``None``: 1)
+        takes ``n`` from each limit without a weight, and its weight from each weighted one;
+        when ``settling`` (charge, refund) weighted limits are left alone instead. Each
+        amount must be an int >= 0, at most the limit's capacity unless settling, and at
+        least one must be >= 1.
         """
+        capped = not settling
         if cost is None:
             cost = 1
         if isinstance(cost, Mapping):
@@ -307,7 +373,9 @@ class CompositeGcra:
             values = tuple(cost.get(name, 0) for name in self._names)
         else:
             check_tokens(cost, "cost")
-            values = (cost,) * len(self._names)
+            values = tuple(
+                cost if weight is None else 0 if settling else weight for weight in self._weights
+            )
         for name, value, part in zip(self._names, values, self._parts, strict=True):
             if type(value) is not int:
                 raise TypeError(f"cost of {name!r} must be an int >= 0, not {value!r}")
@@ -403,6 +471,14 @@ class CompositeGcra:
     def full_in_ns(self, now_ns: int) -> int:
         """Return ns until every limit is full again."""
         return max(part.full_in_ns(now_ns) for part in self._parts)
+
+    @property
+    def limits(self) -> dict[str, Limit]:
+        """The limits, by name (current rates and capacities)."""
+        return {
+            name: Limit(part.rate, part.capacity, weight)
+            for name, part, weight in zip(self._names, self._parts, self._weights, strict=True)
+        }
 
     def reconfigure_limit(self, now_ns: int, name: str, rate: Rate, capacity: int) -> None:
         """Change one limit's rate and capacity, carrying its balance over."""

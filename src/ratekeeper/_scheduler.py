@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import operator
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._gcra import CompositeGcra, Gcra
+from ._gcra import CompositeGcra, Gcra, LimitsLike
 from ._rate import Rate
 
 __all__ = [
@@ -496,7 +496,7 @@ class CompositeScheduler(Queue, CompositeGcra):
 
     __slots__ = (*QUEUE_SLOTS, "_charged", "_grants")
 
-    def __init__(self, limits: Sequence[tuple[str, Rate, int]], now_ns: int) -> None:
+    def __init__(self, limits: LimitsLike, now_ns: int) -> None:
         CompositeGcra.__init__(self, limits, now_ns)
         self._init_queue()
         self._grants = 0

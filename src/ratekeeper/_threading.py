@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from ._asyncio import check_priority, check_timeout, parse_limits
+from ._asyncio import check_priority, check_timeout
 from ._clock import MONOTONIC, Clock
 from ._errors import AcquireTimeout, LimiterClosed
-from ._gcra import check_tokens
+from ._gcra import LimitsLike, check_tokens
 from ._rate import Rate, RateLike
 from ._scheduler import (
     GRANTED,
@@ -365,21 +365,21 @@ class SyncCompositeLimiter(_SyncLimiter, CompositeScheduler):
 
     def __init__(
         self,
-        limits: Mapping[str, RateLike | tuple[RateLike, int]],
+        limits: LimitsLike,
         *,
         clock: Clock | None = None,
         name: str | None = None,
         on_event: Listener | None = None,
     ) -> None:
         clock = MONOTONIC if clock is None else clock
-        CompositeScheduler.__init__(self, parse_limits(limits), clock.now_ns())
+        CompositeScheduler.__init__(self, limits, clock.now_ns())
         self._init_adapter(clock, name, on_event)
 
     def _check(self, tokens: Any) -> tuple[int, ...]:
         return self.check_cost(tokens)
 
     def _check_amount(self, tokens: Any) -> tuple[int, ...]:
-        return self.check_cost(tokens, capped=False)
+        return self.check_cost(tokens, settling=True)
 
     def _cost_text(self, tokens: Any) -> str:
         return "cost " + repr(dict(zip(self._names, tokens, strict=True)))

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import redis.exceptions as rex
 
 from .._errors import AcquireTimeout, BackendUnavailable, LimiterClosed
-from .._gcra import check_tokens
+from .._gcra import Limit, LimitsLike, check_tokens, named_limits
 from .._rate import NS_PER_SECOND, Rate, RateLike
 from .._scheduler import Statistics
 from ._local import LocalLimits
@@ -41,20 +41,6 @@ __all__ = ["Limit", "OnFailure", "RedisStatistics", "ServerFailure", "classify"]
 
 OnFailure = Literal["closed", "open", "fallback"]
 _POLICIES = ("closed", "open", "fallback")
-
-
-@dataclass(frozen=True)
-class Limit:
-    """One limit of a composite: a rate, a capacity, and what each call takes from it.
-
-    ``weight=None`` (the default): a call takes its ``tokens`` from this limit; an int: a
-    call takes that many tokens whatever it asks for (e.g. 1 for a requests-per-minute
-    limit next to a tokens-per-minute one).
-    """
-
-    rate: RateLike
-    capacity: int | None = None
-    weight: int | None = None
 
 
 @dataclass(frozen=True)
@@ -476,18 +462,11 @@ def single_spec(prefix: str, key: str, rate: RateLike, capacity: int | None) -> 
     return (make_spec(prefix + check_key(key, prefix), "", rate, capacity),)
 
 
-def composite_specs(
-    prefix: str, key: str, limits: Mapping[str, Limit | RateLike]
-) -> tuple[Spec, ...]:
+def composite_specs(prefix: str, key: str, limits: LimitsLike) -> tuple[Spec, ...]:
     """Return the Specs of a composite; all its keys share one hash slot (``{key}``)."""
     check_key(key, prefix)
-    if not isinstance(limits, Mapping) or not limits:
-        raise ValueError("limits must be a non-empty mapping of name to Limit (or rate)")
     specs = []
-    for name, given in limits.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"limit names must be non-empty strings, got {name!r}")
-        limit = given if isinstance(given, Limit) else Limit(given)
+    for name, limit in named_limits(limits).items():
         specs.append(
             make_spec(f"{prefix}{{{key}}}:{name}", name, limit.rate, limit.capacity, limit.weight)
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .._gcra import CompositeGcra, Gcra
+from .._gcra import CompositeGcra, Gcra, Limit
 from .._rate import Rate
 
 __all__ = ["LocalLimits"]
@@ -24,7 +24,7 @@ class LocalLimits:
 
     def __init__(self, limits: Sequence[tuple[Rate, int]], now_ns: int) -> None:
         self._composite = CompositeGcra(
-            [(str(index), rate, capacity) for index, (rate, capacity) in enumerate(limits)],
+            {str(index): Limit(rate, capacity) for index, (rate, capacity) in enumerate(limits)},
             now_ns,
         )
         self.gcras: list[Gcra] = list(self._composite.parts)

@@ -1,0 +1,486 @@
+"""Benchmark the web integrations: middleware overhead under uvicorn, and the keyed limiter.
+
+    .venv/bin/python benchmarks/bench_web.py            # everything (about two minutes)
+    .venv/bin/python benchmarks/bench_web.py --quick    # fewer requests and keys
+
+1. Middleware overhead. The same minimal Starlette endpoint is served by uvicorn (h11, all
+   variants in one server process, each on its own port): bare; behind
+   ``RateLimitMiddleware`` (one bucket per client address); the same with ``RateLimit``
+   headers on every response; and behind slowapi's pure ASGI middleware with the same
+   limit (1,000,000/minute per client, so every request is accepted: the accepted path is
+   what is measured; each limiting variant is first checked to refuse at 3/minute). A
+   raw-socket HTTP/1.1 client with keep-alive connections drives each in turn, rounds
+   interleaved and rotated. Two figures:
+   - the *request path*: inside the server, the median time from a request entering the
+     app to reaching the router (a stopwatch on either side of the middleware), minus the
+     same with no middleware. Medians shrug off the preemptions of a shared machine;
+   - the server process's user CPU per request (``getrusage``, reported over a pipe),
+     paired with bare round by round, with its quartiles: the end-to-end cost, but noisy
+     when other work shares the cores.
+   And, for reference, the same apps called in-process with no server at all.
+2. Keyed limiter. 1,000,000 distinct keys touched once each (sync and asyncio), bytes per
+   live key (tracemalloc), memory after the keys go idle, and an attacker sending endless
+   new keys against ``max_keys``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+VARIANTS = ("bare", "ratekeeper", "ratekeeper+headers", "slowapi")
+LIMIT = "1000000/minute"
+
+
+# -- the servers -------------------------------------------------------------------------------
+
+
+class Stopwatch:
+    """The time each request spends from entering the app to reaching the router, summed.
+
+    ``Outer`` wraps the whole app and notes the entry time in the scope; ``Inner`` sits
+    just inside the middleware under test and adds the time elapsed. With no middleware in
+    between (bare) this measures the two stopwatches and Starlette's error middleware; the
+    difference is the request path of the middleware, measured inside the running server.
+    """
+
+    def __init__(self) -> None:
+        self.samples: list[int] = []  # ns per request: medians shrug off preemptions
+
+    def outer(self, app: Any) -> Any:
+        async def timed(scope: Any, receive: Any, send: Any) -> None:
+            scope["bench.t0"] = time.perf_counter_ns()
+            await app(scope, receive, send)
+
+        return timed
+
+    def inner(self, app: Any) -> Any:
+        async def timed(scope: Any, receive: Any, send: Any) -> None:
+            self.samples.append(time.perf_counter_ns() - scope["bench.t0"])
+            await app(scope, receive, send)
+
+        return timed
+
+
+def build_app(variant: str, limit: str = LIMIT, watch: Stopwatch | None = None) -> Any:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def hello(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+
+    app = Starlette(routes=[Route("/", hello)])
+    if watch is not None:
+        app.add_middleware(watch.inner)  # the first added is the innermost
+    if variant.startswith("ratekeeper"):
+        from ratekeeper._keyed import KeyedLimiter
+        from ratekeeper.integrations.asgi import RateLimitMiddleware
+
+        count = int(limit.split("/", maxsplit=1)[0])
+        app.add_middleware(
+            RateLimitMiddleware,
+            limiter=KeyedLimiter(limit, count),
+            headers=variant.endswith("headers"),
+        )
+    elif variant == "slowapi":
+        from slowapi import Limiter, _rate_limit_exceeded_handler
+        from slowapi.errors import RateLimitExceeded
+        from slowapi.middleware import SlowAPIASGIMiddleware
+        from slowapi.util import get_remote_address
+
+        limiter = Limiter(key_func=get_remote_address, default_limits=[limit])
+        app.state.limiter = limiter
+        app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
+        app.add_middleware(SlowAPIASGIMiddleware)
+    elif variant != "bare":
+        raise SystemExit(f"unknown variant {variant!r}")
+    return app if watch is None else watch.outer(app)
+
+
+def serve(variants: list[str], ports: list[int], limit: str) -> None:
+    """Serve each variant on its port, all in this one process and event loop.
+
+    One process for all, so that what differs between the variants is the middleware and
+    nothing else (not the memory layout, not the hash seed of a separate process).
+    """
+    import threading
+
+    import uvicorn
+
+    watches = {variant: Stopwatch() for variant in variants}
+
+    def report() -> None:
+        # Each line the parent writes is answered with this process's user and total CPU
+        # seconds (microsecond resolution; /proc counts in 10 ms ticks) and the stopwatches.
+        for _ in sys.stdin:
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            times = {v: len(w.samples) for v, w in watches.items()}
+            print(json.dumps([usage.ru_utime, usage.ru_utime + usage.ru_stime, times]), flush=True)
+            if sys.stdin.readline().strip() == "samples":  # the parent wants them all
+                print(json.dumps({v: w.samples for v, w in watches.items()}), flush=True)
+
+    threading.Thread(target=report, daemon=True).start()
+    servers = [
+        uvicorn.Server(
+            uvicorn.Config(
+                build_app(variant, limit, watches[variant]),
+                host="127.0.0.1",
+                port=port,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                http="h11",
+                loop="asyncio",
+            )
+        )
+        for variant, port in zip(variants, ports, strict=True)
+    ]
+
+    async def all_servers() -> None:
+        await asyncio.gather(*(server.serve() for server in servers))
+
+    asyncio.run(all_servers())
+
+
+class Servers:
+    """The variants, each on its own port, served by one process."""
+
+    def __init__(self, variants: tuple[str, ...], limit: str = LIMIT) -> None:
+        self.ports: dict[str, int] = {}
+        for variant in variants:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                self.ports[variant] = sock.getsockname()[1]
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--serve",
+                ",".join(variants),
+                ",".join(str(port) for port in self.ports.values()),
+                limit,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 20
+        for port in self.ports.values():
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or self.process.poll() is not None:
+                        raise RuntimeError("the servers did not start") from None
+                    time.sleep(0.05)
+
+    def readings(self, samples: bool = False) -> tuple[float, float, dict[str, Any]]:
+        """Return the server's (user, user + system) CPU seconds and its stopwatches.
+
+        The stopwatches are sample counts, or with ``samples`` every sample (ns).
+        """
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write("?\n" + ("samples\n" if samples else "-\n"))
+        self.process.stdin.flush()
+        user, total, watches = json.loads(self.process.stdout.readline())
+        if samples:
+            watches = json.loads(self.process.stdout.readline())
+        return user, total, watches
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+
+# -- the load ----------------------------------------------------------------------------------
+
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+
+
+async def drive(port: int, requests: int, connections: int) -> list[int]:
+    """Send ``requests`` keep-alive GETs over ``connections`` connections; return statuses."""
+    statuses: list[int] = []
+
+    async def connection(count: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for _ in range(count):
+                writer.write(REQUEST)
+                head = await reader.readuntil(b"\r\n\r\n")
+                statuses.append(int(head[9:12]))
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                await reader.readexactly(length)
+        finally:
+            writer.close()
+
+    share = requests // connections
+    await asyncio.gather(*(connection(share) for _ in range(connections)))
+    return statuses
+
+
+def check_the_limit_applies(variant: str) -> None:
+    """Make sure each limiting variant really limits (with 3/minute): no free lunch."""
+    servers = Servers((variant,), "3/minute")
+    try:
+        statuses = asyncio.run(drive(servers.ports[variant], 5, 1))
+    finally:
+        servers.stop()
+    if statuses != [200, 200, 200, 429, 429]:
+        raise SystemExit(f"{variant} does not limit as configured: {statuses}")
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def bench_middleware(requests: int, rounds: int, connections: int) -> None:
+    print(
+        f"\n## Middleware overhead under uvicorn (h11) + Starlette: {requests} requests x "
+        f"{rounds} rounds per server, {connections} keep-alive connections, limit {LIMIT} "
+        "per client\n"
+    )
+    for variant in VARIANTS[1:]:
+        check_the_limit_applies(variant)
+    servers = Servers(VARIANTS)
+    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    total: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    try:
+        for port in servers.ports.values():  # warm up
+            asyncio.run(drive(port, 500, connections))
+        order = list(VARIANTS)
+        for _ in range(rounds):
+            order = order[1:] + order[:1]  # each variant takes each place in turn
+            for variant in order:
+                user, both, _ = servers.readings()
+                start = time.perf_counter()
+                statuses = asyncio.run(drive(servers.ports[variant], requests, connections))
+                elapsed = time.perf_counter() - start
+                user_after, both_after, _ = servers.readings()
+                if set(statuses) != {200}:
+                    raise SystemExit(f"{variant}: unexpected statuses {set(statuses)}")
+                cpu[variant].append((user_after - user) / len(statuses) * 1e6)
+                total[variant].append((both_after - both) / len(statuses) * 1e6)
+                wall[variant].append(len(statuses) / elapsed)
+        inside = {v: [float(x) for x in xs] for v, xs in servers.readings(True)[2].items()}
+    finally:
+        servers.stop()
+    base = statistics.median(cpu["bare"])
+    base_inside = statistics.median(inside["bare"])
+    print(
+        "| server | user CPU us/request | user+system us/request | requests/s "
+        "| request path, entry to router: median us | added by the middleware |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    added: dict[str, float] = {}
+    for variant in VARIANTS:
+        path = statistics.median(inside[variant]) / 1000
+        if variant == "bare":
+            extra = "-"
+        else:
+            added[variant] = path - base_inside / 1000
+            extra = f"{added[variant]:+.1f} us ({added[variant] / base * 100:.1f}%)"
+        print(
+            f"| {variant} | {statistics.median(cpu[variant]):.1f} "
+            f"| {statistics.median(total[variant]):.1f} | {statistics.median(wall[variant]):,.0f} "
+            f"| {path:.1f} | {extra} |"
+        )
+    for variant in VARIANTS[1:]:
+        diffs = [a - b for a, b in zip(cpu[variant], cpu["bare"], strict=True)]
+        q1, q2, q3 = quartiles(diffs)
+        print(
+            f"\n{variant}: user CPU over bare, paired by round: median {q2:+.1f} us "
+            f"({q2 / base * 100:+.1f}%), quartiles [{q1:+.1f}, {q3:+.1f}] (machine noise)",
+            end="",
+        )
+    print(
+        f"\n\nratekeeper's request path adds {added['ratekeeper']:.1f} us: "
+        f"{added['ratekeeper'] / base * 100:.1f}% of the bare endpoint's {base:.0f} us of CPU "
+        f"per request; slowapi's adds {added['slowapi']:.1f} us "
+        f"({added['slowapi'] / base * 100:.1f}%). (Percentages are of bare's user CPU per "
+        "request; +headers also formats and sends two headers on the way out, which the "
+        "request path does not include: see its CPU column.)"
+    )
+    bench_in_process()
+
+
+def bench_in_process(calls: int = 20_000) -> None:
+    """Time the same apps called directly as ASGI (no server, no sockets): precise."""
+    print(f"\n## The same apps called in-process, no server ({calls:,} calls, best of 5)\n")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"bench")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        return None
+
+    async def run(app: Any) -> float:
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(calls):
+                await app(dict(scope), receive, send)
+            best = min(best, time.perf_counter() - start)
+        return best / calls * 1e6
+
+    times = {variant: asyncio.run(run(build_app(variant))) for variant in VARIANTS}
+    print("| app | us/request | added over bare |")
+    print("| --- | ---: | ---: |")
+    for variant, mine in times.items():
+        extra = "-" if variant == "bare" else f"{mine - times['bare']:+.1f} us"
+        print(f"| {variant} | {mine:.1f} | {extra} |")
+
+
+# -- the keyed limiter -------------------------------------------------------------------------
+
+
+def timed(function: Callable[[], object]) -> float:
+    gc.collect()
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def bench_keyed(n: int) -> None:
+    from ratekeeper._keyed import KeyedLimiter, SyncKeyedLimiter
+    from ratekeeper.testing import ManualClock
+
+    print(f"\n## Keyed limiter in memory: {n:,} distinct keys, each touched once\n")
+    keys = [f"user:{i:07d}" for i in range(n)]
+    key_bytes = sum(sys.getsizeof(k) for k in keys)
+
+    def sync_run() -> None:
+        limiter = SyncKeyedLimiter("10/minute", 10, max_keys=n)
+        take = limiter.try_acquire
+        for key in keys:
+            take(key)
+
+    async def async_loop() -> None:
+        limiter = KeyedLimiter("10/minute", 10, max_keys=n)
+        take = limiter.try_acquire
+        for key in keys:
+            await take(key)
+
+    async def admit_loop() -> None:
+        limiter = KeyedLimiter("10/minute", 10, max_keys=n)
+        admit = limiter.admit
+        for key in keys:
+            await admit(key)
+
+    print("| operation | seconds | ns/key |")
+    print("| --- | ---: | ---: |")
+    for name, run in (
+        ("SyncKeyedLimiter.try_acquire", sync_run),
+        ("await KeyedLimiter.try_acquire", lambda: asyncio.run(async_loop())),
+        ("await KeyedLimiter.admit (Verdict)", lambda: asyncio.run(admit_loop())),
+    ):
+        best = min(timed(run) for _ in range(3))
+        print(f"| {name} | {best:.2f} | {best / n * 1e9:,.0f} |")
+
+    # Memory, on a manual clock so that "idle" is exact.
+    clock = ManualClock()
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    limiter = SyncKeyedLimiter("10/minute", 10, max_keys=n, clock=clock)
+    for key in keys:
+        limiter.try_acquire(key)
+    live = tracemalloc.get_traced_memory()[0] - base
+    clock.advance(6.0)  # every bucket is full again
+    for i in range(1000):  # calls go on: each drops up to 256 idle keys on its way
+        limiter.try_acquire(f"later:{i}")
+    after_calls = len(limiter.backend)  # type: ignore[arg-type]
+    dropped = limiter.sweep()
+    idle = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    print(
+        f"\nmemory: {live / n:.0f} bytes per live key held by the limiter, "
+        f"{(live + key_bytes) / n:.0f} with the key strings (here {key_bytes / n:.0f} bytes "
+        f"each, the caller's); {live / 2**20:.0f} MiB for {n:,} keys"
+    )
+    print(
+        f"idle: 1,000 later calls left {after_calls:,} keys; sweep() dropped {dropped:,} more; "
+        f"memory then {idle / 2**10:.0f} KiB ({idle / live * 100:.2f}% of live)"
+    )
+
+    # An attacker: endless new keys against max_keys.
+    bound = n // 10
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    attacked = SyncKeyedLimiter("1/minute", 1, max_keys=bound, clock=ManualClock())
+    peak_keys = 0
+    for i, key in enumerate(keys):
+        attacked.try_acquire(key)
+        if i % 1000 == 0:
+            peak_keys = max(peak_keys, len(attacked.backend))  # type: ignore[arg-type]
+    used = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    stats = attacked.statistics()
+    print(
+        f"attacker: {n:,} new keys against max_keys={bound:,}: at most {peak_keys:,} live keys, "
+        f"{used / 2**20:.0f} MiB, {stats.evicted:,} evicted (least recently used first)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests and keys")
+    parser.add_argument(
+        "--serve", nargs=3, metavar=("VARIANT", "PORT", "LIMIT"), help=argparse.SUPPRESS
+    )
+    parser.add_argument("--only", choices=("middleware", "keyed"), help="run one part")
+    args = parser.parse_args()
+    if args.serve:
+        variants, ports, limit = args.serve
+        serve(variants.split(","), [int(p) for p in ports.split(",")], limit)
+        return
+    print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    if args.only != "keyed":
+        if args.quick:
+            bench_middleware(requests=1000, rounds=4, connections=4)
+        else:
+            bench_middleware(requests=2000, rounds=30, connections=4)
+    if args.only != "middleware":
+        bench_keyed(100_000 if args.quick else 1_000_000)
+
+
+if __name__ == "__main__":
+    main()
