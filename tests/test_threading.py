@@ -168,3 +168,29 @@ def _wait_for(condition: object, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached")
         time.sleep(0.001)
+
+
+def test_race_signal_consumed_before_blocking_never_releases_an_unlocked_lock() -> None:
+    # A waiter woken (signalled) before it blocked once reset the flag without consuming the
+    # wake-up; the next signal then released an unlocked lock and killed the signalling
+    # thread. At a high rate with several threads this happened within milliseconds.
+    limiter = SyncTokenBucket(20_000, 50)
+    errors: list[BaseException] = []
+    done = []
+
+    def worker() -> None:
+        try:
+            for _ in range(1500):
+                limiter.acquire()
+            done.append(1)
+        except BaseException as exc:  # the test reports any failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert len(done) == 4
+    assert limiter.statistics().granted == 6000

@@ -62,7 +62,7 @@ def check_timeout(timeout: float | None) -> int | None:
 class _AsyncWaiter(Waiter):
     __slots__ = ("deadline", "future")
 
-    def __init__(self, tokens: int, priority: int, future: asyncio.Future[None]) -> None:
+    def __init__(self, tokens: Any, priority: int, future: asyncio.Future[None]) -> None:
         super().__init__(tokens, priority)
         self.future = future
         self.deadline: Timer | None = None
@@ -170,8 +170,12 @@ class _AsyncLimiter(Queue):
             raise LimiterClosed(f"{self!r} is closed")
         tokens = self._check(tokens)
         check_priority(priority)
-        max_wait = check_timeout(timeout)
-        now = self._now_ns()
+        return self._decide(self._now_ns(), tokens, priority, check_timeout(timeout), timeout)
+
+    def _decide(
+        self, now: int, tokens: Any, priority: int, max_wait: int | None, timeout: float | None
+    ) -> tuple[Any, _AsyncWaiter | None, int]:
+        """_admit for valid arguments, at ``now`` (ns)."""
         delay, ahead = self.plan(now, tokens, priority)
         if delay == 0 and not ahead:
             return self.grant_now(now, tokens), None, 0
@@ -204,14 +208,17 @@ class _AsyncLimiter(Queue):
         try:
             await waiter.future
         except asyncio.CancelledError:
-            # Queued: it leaves the queue having consumed nothing. Granted but cancelled
-            # before it could run: its tokens go back. Either way the plan is redone.
-            if self.cancel(waiter, self._now_ns()):
-                self._replan()
+            self._withdraw(waiter)
             raise
         finally:
             if waiter.deadline is not None:
                 waiter.deadline.cancel()
+
+    def _withdraw(self, waiter: _AsyncWaiter) -> None:
+        # Queued: it leaves the queue having consumed nothing. Granted but cancelled before
+        # it could run: its tokens go back. Either way the plan is redone.
+        if self.cancel(waiter, self._now_ns()):
+            self._replan()
 
     # -- the timer -----------------------------------------------------------------------
 
@@ -447,7 +454,8 @@ class TokenBucket(_AsyncLimiter, Scheduler):
         if tokens is _ONE and timeout is None and priority is _ZERO:
             # Fast path: one token, nobody waiting. Same arithmetic as Gcra.try_take, inlined
             # because a method call would double the cost (checked by a differential test).
-            now = self._now_ns() * self._scale
+            now_ns = self._now_ns()
+            now = now_ns * self._scale
             tat = self._tat
             if tat < now:
                 tat = now
@@ -456,7 +464,24 @@ class TokenBucket(_AsyncLimiter, Scheduler):
                 self._tat = tat
                 self._granted += 1
                 return True
-        return await _AsyncLimiter.acquire(self, tokens, timeout=timeout, priority=priority)
+            # The defaults need no validation, and the clock was just read.
+            if self._closed:
+                raise LimiterClosed(f"{self!r} is closed")
+            waiter = self._decide(now_ns, 1, 0, None, None)[1]
+        else:
+            waiter = self._admit(tokens, timeout, priority)[1]
+        if waiter is not None:
+            # _wait, inlined: one coroutine frame per waiter instead of two, which is most
+            # of what a waiting task costs in memory and much of its CPU.
+            try:
+                await waiter.future
+            except asyncio.CancelledError:
+                self._withdraw(waiter)
+                raise
+            finally:
+                if waiter.deadline is not None:
+                    waiter.deadline.cancel()
+        return True
 
     def try_acquire(self, tokens: int = 1, *, priority: int = 0) -> bool:
         """Take ``tokens`` if they can be granted now without overtaking a waiter.

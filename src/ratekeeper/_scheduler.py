@@ -20,6 +20,7 @@ capped at one token's interval, so the envelope is never exceeded by more than o
 from __future__ import annotations
 
 import operator
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -350,12 +351,7 @@ class Queue:
         return granted
 
     def _count_wait(self, waited_ns: int) -> None:
-        index = 0
-        for bound in _WAIT_BUCKETS_NS:
-            if waited_ns <= bound:
-                break
-            index += 1
-        self._wait_counts[index] += 1
+        self._wait_counts[bisect_left(_WAIT_BUCKETS_NS, waited_ns)] += 1
 
     # -- leaving the queue ---------------------------------------------------------------
 

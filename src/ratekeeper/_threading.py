@@ -36,6 +36,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 L = TypeVar("L", bound="_SyncLimiter")
 
+# The fast path recognises the default arguments by identity, as TokenBucket.acquire does.
+_ONE = 1
+_ZERO = 0
+
 
 class _ThreadWaiter(Waiter):
     __slots__ = ("signalled", "wake")
@@ -152,7 +156,10 @@ class _SyncLimiter(Queue):
         while True:
             with self._lock:
                 if waiter.signalled:
+                    # Consume the wake-up with the flag: "signalled" and "wake is released"
+                    # must stay one fact, or the next signal releases an unlocked lock.
                     waiter.signalled = False
+                    waiter.wake.acquire(False)
                 if waiter.state == GRANTED:
                     return waiter.mark
                 if waiter.state != QUEUED:
@@ -332,6 +339,25 @@ class SyncTokenBucket(_SyncLimiter, Scheduler):
         capacity = rate.default_capacity if capacity is None else capacity
         Scheduler.__init__(self, rate, capacity, clock.now_ns(), initial)
         self._init_adapter(clock, name, on_event)
+
+    def try_acquire(self, tokens: int = 1, *, priority: int = 0) -> bool:
+        """Take ``tokens`` if they can be granted now without overtaking a waiter.
+
+        Never blocks (beyond the short internal lock). Shorthand for an acquire with a
+        maximum wait of 0.
+        """
+        if tokens is _ONE and priority is _ZERO:
+            # One token and nobody queued: straight to the arithmetic, so the lock is held
+            # for a few bytecodes only. Otherwise (or if refused) the full path decides.
+            with self._lock:
+                if (
+                    not self._waiting
+                    and not self._closed
+                    and self._listener is None
+                    and self.try_take(self._now_ns(), 1)
+                ):
+                    return True
+        return _SyncLimiter.try_acquire(self, tokens, priority=priority)
 
     def _check(self, tokens: Any) -> int:
         return check_tokens(tokens, limit=self._capacity)
