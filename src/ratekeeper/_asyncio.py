@@ -63,7 +63,11 @@ class _AsyncWaiter(Waiter):
     __slots__ = ("deadline", "future")
 
     def __init__(self, tokens: Any, priority: int, future: asyncio.Future[None]) -> None:
-        super().__init__(tokens, priority)
+        self.tokens = tokens  # Waiter.__init__, inlined
+        self.priority = priority
+        self.state = QUEUED
+        self.enqueued_ns = 0
+        self.mark: Any = 0
         self.future = future
         self.deadline: Timer | None = None
 
@@ -140,7 +144,7 @@ class _AsyncLimiter(Queue):
         tokens go back as far as that is still correct). Raises AcquireTimeout if the
         expected wait exceeds ``max_wait``. Must be called in a running loop if it must wait.
         """
-        mark, waiter, delay_ns = self._admit(tokens, max_wait, priority)
+        mark, waiter, delay_ns = self._admit(tokens, max_wait, priority, plan_wait=True)
         return Reservation(self, self._check(tokens), mark, waiter, delay_ns / 1e9)
 
     def take(
@@ -159,7 +163,7 @@ class _AsyncLimiter(Queue):
         return _Take(self, self._check(tokens), refund_on_error, timeout, priority)
 
     def _admit(
-        self, tokens: Any, timeout: float | None, priority: int
+        self, tokens: Any, timeout: float | None, priority: int, plan_wait: bool = False
     ) -> tuple[Any, _AsyncWaiter | None, int]:
         """Grant now, or queue, or refuse: the one engine behind every verb.
 
@@ -170,15 +174,33 @@ class _AsyncLimiter(Queue):
             raise LimiterClosed(f"{self!r} is closed")
         tokens = self._check(tokens)
         check_priority(priority)
-        return self._decide(self._now_ns(), tokens, priority, check_timeout(timeout), timeout)
+        return self._decide(
+            self._now_ns(), tokens, priority, check_timeout(timeout), timeout, plan_wait=plan_wait
+        )
 
     def _decide(
-        self, now: int, tokens: Any, priority: int, max_wait: int | None, timeout: float | None
+        self,
+        now: int,
+        tokens: Any,
+        priority: int,
+        max_wait: int | None,
+        timeout: float | None,
+        *,
+        plan_wait: bool = False,
     ) -> tuple[Any, _AsyncWaiter | None, int]:
-        """_admit for valid arguments, at ``now`` (ns)."""
-        delay, ahead = self.plan(now, tokens, priority)
-        if delay == 0 and not ahead:
-            return self.grant_now(now, tokens), None, 0
+        """_admit for valid arguments, at ``now`` (ns).
+
+        Without a timeout, a newcomer behind a waiter of its class (or a higher one) queues
+        without planning: nothing would use the plan (the expected wait is then returned as
+        -1), and under saturation that is most calls.
+        """
+        levels = self._levels
+        if max_wait is None and levels and levels[0] >= priority and not plan_wait:
+            delay = -1
+        else:
+            delay, ahead = self.plan(now, tokens, priority)
+            if delay == 0 and not ahead:
+                return self.grant_now(now, tokens), None, 0
         if max_wait is not None and delay > max_wait:
             self.reject(now, tokens)
             raise AcquireTimeout(

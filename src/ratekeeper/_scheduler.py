@@ -76,6 +76,8 @@ class Waiter:
     __slots__ = ("enqueued_ns", "mark", "priority", "state", "tokens")
 
     def __init__(self, tokens: Any, priority: int) -> None:
+        # Subclasses with more fields assign these themselves: a super() call per queued
+        # request is measurable under saturation.
         self.tokens = tokens
         self.priority = priority
         self.state = QUEUED
@@ -326,32 +328,32 @@ class Queue:
         granted: list[Waiter] = []
         now = now_ns * self._scale
         floor = now - self._cost
+        counts = self._wait_counts
         while (waiter := self.head()) is not None:
             if waiter.abandoned():
                 self.remove(waiter)
                 self._cancelled += 1
                 continue
-            due = self._head_due_units(waiter.tokens)
+            tokens = waiter.tokens
+            due = self._head_due_units(tokens)
             if due > now:
                 break
+            self._queues[waiter.priority][0].popleft()  # it is the head: drop it now
             self._unlink(waiter)
             waiter.state = GRANTED
-            waiter.mark = self._commit_units(max(due, floor), waiter.tokens)
+            waiter.mark = self._commit_units(due if due > floor else floor, tokens)
             waited = now_ns - waiter.enqueued_ns
             if waited < 0:
                 waited = 0  # granted at its due time, a hair before the clock got there
-            self._count_grant(waiter.tokens)
+            self._count_grant(tokens)
             self._total_wait_ns += waited
             if waited > self._max_wait_ns:
                 self._max_wait_ns = waited
-            self._count_wait(waited)
+            counts[bisect_left(_WAIT_BUCKETS_NS, waited)] += 1
             if self._listener is not None:
-                self._emit("granted", now_ns, self._size(waiter.tokens), waited)
+                self._emit("granted", now_ns, self._size(tokens), waited)
             granted.append(waiter)
         return granted
-
-    def _count_wait(self, waited_ns: int) -> None:
-        self._wait_counts[bisect_left(_WAIT_BUCKETS_NS, waited_ns)] += 1
 
     # -- leaving the queue ---------------------------------------------------------------
 
