@@ -37,6 +37,7 @@ from ._rate import NS_PER_SECOND, Rate, RateLike
 
 __all__ = [
     "CompositeDecision",
+    "Cost",
     "CompositeGcra",
     "Decision",
     "Gcra",
@@ -311,6 +312,26 @@ def seconds_to_ns(seconds: float, what: str) -> int:
     return -int(-seconds * NS_PER_SECOND // 1)
 
 
+class Cost(tuple[int, ...]):
+    """A composite request's tokens, one amount per limit, added and subtracted per limit.
+
+    A tuple so it is light and hashable; ``+`` and ``-`` work limit by limit (not as tuple
+    concatenation), and it is false when it takes nothing anywhere. The queue adds costs up
+    with the same operators it uses for plain ints.
+    """
+
+    __slots__ = ()
+
+    def __add__(self, other: tuple[int, ...]) -> Cost:  # type: ignore[override]
+        return Cost(map(int.__add__, self, other))
+
+    def __sub__(self, other: tuple[int, ...]) -> Cost:
+        return Cost(map(int.__sub__, self, other))
+
+    def __bool__(self) -> bool:
+        return any(self)
+
+
 class CompositeDecision(NamedTuple):
     """Decision for several limits at once: ``marks`` holds one refund mark per limit."""
 
@@ -350,9 +371,7 @@ class CompositeGcra:
         """The limits' own buckets (read them; change them only through this object)."""
         return self._parts
 
-    def check_cost(
-        self, cost: Mapping[str, int] | int | None, settling: bool = False
-    ) -> tuple[int, ...]:
+    def check_cost(self, cost: Mapping[str, int] | int | None, settling: bool = False) -> Cost:
         """Return a cost as a tuple per limit; raise ValueError/TypeError naming the problem.
 
         A mapping names the tokens per limit (unnamed limits: 0). An int ``n`` (``None``: 1)
@@ -388,11 +407,11 @@ class CompositeGcra:
                 )
         if not any(values):
             raise ValueError(f"a cost must take at least one token somewhere, got {cost!r}")
-        return values
+        return Cost(values)
 
-    def zero(self) -> tuple[int, ...]:
+    def zero(self) -> Cost:
         """Return the cost that takes nothing."""
-        return (0,) * len(self._parts)
+        return Cost((0,) * len(self._parts))
 
     def _due_units(self, cost: tuple[int, ...], ahead: tuple[int, ...] | None = None) -> int:
         """Return when (ns) ``ahead`` then ``cost`` can all have gone (ceil, on every limit)."""

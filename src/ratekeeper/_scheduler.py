@@ -19,14 +19,13 @@ capped at one token's interval, so the envelope is never exceeded by more than o
 
 from __future__ import annotations
 
-import operator
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._gcra import CompositeGcra, Gcra, LimitsLike
+from ._gcra import CompositeGcra, Cost, Gcra, LimitsLike
 from ._rate import Rate
 
 __all__ = [
@@ -146,7 +145,8 @@ class Queue:
 
     ``Scheduler`` puts it on one Gcra (a request's cost is an int), ``CompositeScheduler``
     on a CompositeGcra (a cost is a tuple, one amount per limit). Costs are opaque here:
-    they are only added up, compared through the arithmetic, and committed.
+    they are only added up (ints, or ``Cost`` tuples that add limit by limit), compared
+    through the arithmetic, and committed.
     """
 
     if not TYPE_CHECKING:  # the concrete schedulers declare QUEUE_SLOTS
@@ -171,14 +171,6 @@ class Queue:
         raise NotImplementedError
 
     def _zero(self) -> Any:
-        raise NotImplementedError
-
-    @staticmethod
-    def _add(a: Any, b: Any) -> Any:
-        raise NotImplementedError
-
-    @staticmethod
-    def _sub(a: Any, b: Any) -> Any:
         raise NotImplementedError
 
     @staticmethod
@@ -249,7 +241,7 @@ class Queue:
         for level in self._levels:
             if level < priority:
                 break
-            ahead = self._add(ahead, self._queues[level][2])
+            ahead = ahead + self._queues[level][2]
         return ahead
 
     def plan(self, now_ns: int, tokens: Any, priority: int) -> tuple[int, Any]:
@@ -281,9 +273,9 @@ class Queue:
             self._levels.sort(reverse=True)
         entry[0].append(waiter)
         entry[1] += 1
-        entry[2] = self._add(entry[2], waiter.tokens)
+        entry[2] += waiter.tokens
         self._waiting += 1
-        self._waiting_tokens = self._add(self._waiting_tokens, waiter.tokens)
+        self._waiting_tokens += waiter.tokens
         return bool(self._levels[0] == priority and entry[1] == 1)
 
     def charge_now(self, now_ns: int, tokens: Any) -> Any:
@@ -361,9 +353,9 @@ class Queue:
         """Take a live waiter out of the counts (its deque slot is dropped lazily)."""
         entry = self._queues[waiter.priority]
         entry[1] -= 1
-        entry[2] = self._sub(entry[2], waiter.tokens)
+        entry[2] -= waiter.tokens
         self._waiting -= 1
-        self._waiting_tokens = self._sub(self._waiting_tokens, waiter.tokens)
+        self._waiting_tokens -= waiter.tokens
         if entry[1] == 0:
             del self._queues[waiter.priority]
             self._levels.remove(waiter.priority)
@@ -468,14 +460,6 @@ class Scheduler(Queue, Gcra):
         return 0
 
     @staticmethod
-    def _add(a: int, b: int) -> int:
-        return a + b
-
-    @staticmethod
-    def _sub(a: int, b: int) -> int:
-        return a - b
-
-    @staticmethod
     def _size(tokens: int) -> int:
         return tokens
 
@@ -503,16 +487,8 @@ class CompositeScheduler(Queue, CompositeGcra):
     def _head_due_units(self, tokens: tuple[int, ...]) -> int:
         return self._due_units(tokens)
 
-    def _zero(self) -> tuple[int, ...]:
+    def _zero(self) -> Cost:
         return self.zero()
-
-    @staticmethod
-    def _add(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(map(operator.add, a, b))
-
-    @staticmethod
-    def _sub(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(map(operator.sub, a, b))
 
     @staticmethod
     def _size(tokens: tuple[int, ...]) -> int:
