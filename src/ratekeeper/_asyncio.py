@@ -127,6 +127,8 @@ class _AsyncLimiter(Queue):
         tokens = self._check(tokens)
         check_priority(priority)
         now = self._now_ns()
+        if self._waiting:
+            self._release(now)  # a head already due is granted first, not held against us
         delay, ahead = self.plan(now, tokens, priority)
         if delay == 0 and not ahead:
             self.grant_now(now, tokens)
@@ -160,6 +162,8 @@ class _AsyncLimiter(Queue):
         With ``refund_on_error=True``, a block that raises an Exception gives its tokens
         back (the call it guarded is taken not to have happened).
         """
+        if self._closed:
+            raise LimiterClosed(f"{self!r} is closed")
         return _Take(self, self._check(tokens), refund_on_error, timeout, priority)
 
     def _admit(
@@ -268,12 +272,16 @@ class _AsyncLimiter(Queue):
         self._release(max(self._now_ns(), self._timer_when))
 
     def _release(self, now: int) -> None:
-        """Grant every waiter due by ``now`` (waking each once), then re-plan."""
+        """Grant every waiter due by ``now`` (waking each once), then re-arm the timer."""
         for waiter in self.release_due(now):
             waiter.future.set_result(None)  # type: ignore[attr-defined]
-        self._replan()
+        self._arm()
+        self._listener_changed()
 
     def _replan(self) -> None:
+        """Re-plan after a change (refund, cancellation, new rate...): re-arm the timer for
+        the head's new due time (at once if it is due now). A try in between grants a due
+        head first, so it is never refused for nothing."""
         self._arm()
         self._listener_changed()
 

@@ -2,7 +2,8 @@
 
 Pure: no clock reads, no I/O, no asyncio, no threads. Every method takes the time as an
 argument (``now_ns``, integer nanoseconds of some monotonic clock) and changes nothing but
-this object's fields.
+this object's fields. Should a caller's clock run backwards, decisions never grant more than
+at the latest time, and settling calls (refund, reconfigure) happen at the latest time seen.
 
 Units. The rate's emission interval is an exact fraction ``cost / scale`` nanoseconds per
 token. The core counts time in units of ``1/scale`` ns, so one token costs exactly ``cost``
@@ -147,11 +148,26 @@ def named_limits(limits: object) -> dict[str, Limit]:
 class Gcra:
     """The state of one token bucket and the decisions on it, in exact integer units."""
 
-    __slots__ = ("_booked", "_burst", "_capacity", "_cost", "_granted", "_rate", "_scale", "_tat")
+    __slots__ = (
+        "_booked",
+        "_burst",
+        "_capacity",
+        "_cost",
+        "_granted",
+        "_latest",
+        "_rate",
+        "_scale",
+        "_shift",
+        "_tat",
+    )
 
     def __init__(self, rate: Rate, capacity: int, now_ns: int, initial: int | None = None) -> None:
         self._granted = 0  # tokens granted or charged since creation (never decreases)
         self._booked = 0  # units: the latest slot booked ahead by reserve_at (0: none yet)
+        # Refund marks count ``_granted + _shift``: a capacity raise adds to the shift, so a
+        # grant made under the lower capacity cannot be given back beyond it.
+        self._shift = 0
+        self._latest = now_ns  # the latest time a settling call saw (see refund_at)
         self._configure(rate, capacity)
         if initial is None:
             initial = capacity
@@ -207,7 +223,9 @@ class Gcra:
             tat = now
         tat += tokens * self._cost
         if tat - now > self._burst:
-            return False
+            return False  # refused: nothing changes, not even the latest time
+        if now_ns > self._latest:
+            self._latest = now_ns
         self._tat = tat
         self._granted += tokens
         return True
@@ -227,6 +245,8 @@ class Gcra:
         wait_ns = -(-due // self._scale) if due > 0 else 0
         if max_wait_ns is not None and wait_ns > max_wait_ns:
             return Decision(False, wait_ns, 0)
+        if now_ns > self._latest:
+            self._latest = now_ns
         if wait_ns:
             self._book((now_ns + wait_ns) * self._scale)
         # For tokens <= capacity the grant time is never after max(tat, now), so committing
@@ -248,10 +268,12 @@ class Gcra:
             self._tat = at  # the bucket is full at ``at``: it cannot hold more
         self._tat += tokens * self._cost
         self._granted += tokens
-        return self._granted
+        return self._granted + self._shift
 
     def charge_at(self, now_ns: int, tokens: int) -> int:
         """Take ``tokens`` now even if that puts the bucket in debt; return the grant's mark."""
+        if now_ns > self._latest:
+            self._latest = now_ns
         return self._commit_units(now_ns * self._scale, tokens)
 
     def refund_at(self, now_ns: int, tokens: int, mark: int | None = None) -> float:
@@ -266,6 +288,10 @@ class Gcra:
         goes back (the tokens could be a sleeper's, whose slot is promised). Tokens never go
         above the capacity.
         """
+        # Time must not run backwards; if a caller's clock does, settle at the latest time
+        # seen, or an earlier one would count refill that was never there.
+        if now_ns < self._latest:
+            now_ns = self._latest
         now = now_ns * self._scale
         tat = self._tat
         if tat <= now:
@@ -276,10 +302,12 @@ class Gcra:
                 return 0.0
             floor = now
         else:
-            floor = (booked if booked > now else now) + max(self._granted - mark, 0) * self._cost
+            later = max(self._granted + self._shift - mark, 0)
+            floor = (booked if booked > now else now) + later * self._cost
         new_tat = max(tat - tokens * self._cost, floor)
         if new_tat >= tat:
-            return 0.0
+            return 0.0  # nothing goes back: nothing changes
+        self._latest = now_ns
         self._tat = new_tat
         return (tat - new_tat) / self._cost
 
@@ -287,12 +315,19 @@ class Gcra:
         """Change rate and capacity at ``now_ns``, carrying the balance over.
 
         The tokens available now stay available (capped at the new capacity); debt stays debt
-        in tokens. Refund marks of earlier grants stay valid (their later tokens are counted
-        at the new cost).
+        in tokens. Refund marks of earlier grants stay valid: their later tokens are counted
+        at the new cost, and a capacity raise counts as that many tokens granted later, so a
+        grant made under the lower capacity never gives back what that capacity had capped.
         """
+        if now_ns < self._latest:
+            now_ns = self._latest
+        self._latest = now_ns
         balance = Fraction(self._burst - max(self._tat - now_ns * self._scale, 0), self._cost)
         booked_ns = -(-self._booked // self._scale)
+        old_capacity = self._capacity
         self._configure(rate, capacity)
+        if self._capacity > old_capacity:
+            self._shift += self._capacity - old_capacity
         self._booked = booked_ns * self._scale
         balance = min(balance, Fraction(self._capacity))
         deficit_units = (self._capacity - balance) * self._cost  # exact in the new units
@@ -309,7 +344,10 @@ def seconds_to_ns(seconds: float, what: str) -> int:
         raise TypeError(f"{what} must be a number of seconds, not {type(seconds).__name__}")
     if not seconds >= 0 or seconds == float("inf"):
         raise ValueError(f"{what} must be a finite number of seconds >= 0, got {seconds!r}")
-    return -int(-seconds * NS_PER_SECOND // 1)
+    # Read a float as the decimal it prints as (as Rate does): 0.067 s is 67,000,000 ns, not
+    # the 67,000,001 its binary value rounds up to.
+    exact = Fraction(repr(seconds)) if isinstance(seconds, float) else Fraction(seconds)
+    return -(-exact.numerator * NS_PER_SECOND // exact.denominator)
 
 
 class Cost(tuple[int, ...]):
@@ -436,7 +474,7 @@ class CompositeGcra:
     def _commit_units(self, at: int, cost: tuple[int, ...]) -> tuple[int, ...]:
         """Take ``cost`` at ``at`` (ns) on every limit; return the marks."""
         return tuple(
-            part._commit_units(at * part._scale, tokens) if tokens else part._granted
+            part._commit_units(at * part._scale, tokens) if tokens else part._granted + part._shift
             for part, tokens in zip(self._parts, cost, strict=True)
         )
 
@@ -461,7 +499,7 @@ class CompositeGcra:
         marks = []
         for part, tokens, own_wait in zip(self._parts, cost, own, strict=True):
             if not tokens:
-                marks.append(part._granted)
+                marks.append(part._granted + part._shift)
                 continue
             at = now_ns if own_wait == wait else now_ns + wait
             marks.append(part._commit_units(at * part._scale, tokens))

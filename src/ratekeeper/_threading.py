@@ -112,6 +112,8 @@ class _SyncLimiter(Queue):
             if self._closed:
                 raise LimiterClosed(f"{self!r} is closed")
             now = self._now_ns()
+            if self._waiting:
+                self._release_locked(now)  # a head already due is granted first
             delay, ahead = self.plan(now, tokens, priority)
             if delay == 0 and not ahead:
                 self.grant_now(now, tokens)
@@ -208,8 +210,9 @@ class _SyncLimiter(Queue):
         """
         tokens = self._check_amount(tokens)
         with self._lock:
-            returned = self.give_back(self._now_ns(), tokens, None)
-            self._wake_head_locked()
+            now = self._now_ns()
+            returned = self.give_back(now, tokens, None)
+            self._release_locked(now)
         return returned
 
     def charge(self, tokens: Any) -> None:
@@ -288,6 +291,8 @@ class _SyncLimiter(Queue):
         priority: int = 0,
     ) -> _SyncTake:
         """Return a context manager that acquires ``tokens`` on entry (see TokenBucket.take)."""
+        if self._closed:
+            raise LimiterClosed(f"{self!r} is closed")
         return _SyncTake(self, self._check(tokens), refund_on_error, timeout, priority)
 
     def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
@@ -375,8 +380,9 @@ class SyncTokenBucket(_SyncLimiter, Scheduler):
                 raise ValueError(
                     f"capacity={capacity} is below a queued request for {largest} tokens"
                 )
-            self.reconfigure(self._now_ns(), rate, capacity)
-            self._wake_head_locked()
+            now = self._now_ns()
+            self.reconfigure(now, rate, capacity)
+            self._release_locked(now)
 
     def available(self) -> float:
         """Return the tokens available now (negative while in debt)."""
@@ -426,8 +432,9 @@ class SyncCompositeLimiter(_SyncLimiter, CompositeScheduler):
                 raise ValueError(
                     f"capacity={capacity} is below a queued cost of {largest} on {name!r}"
                 )
-            self.reconfigure_limit(self._now_ns(), name, rate, capacity)
-            self._wake_head_locked()
+            now = self._now_ns()
+            self.reconfigure_limit(now, name, rate, capacity)
+            self._release_locked(now)
 
     def available(self) -> dict[str, float]:
         """Return the tokens available now, per limit (negative while in debt)."""
@@ -467,5 +474,6 @@ class _SyncTake:
         if self._refund_on_error and exc_type is not None and issubclass(exc_type, Exception):
             limiter = self._limiter
             with limiter._lock:
-                limiter.give_back(limiter._now_ns(), self._tokens, self._mark)
-                limiter._wake_head_locked()
+                now = limiter._now_ns()
+                limiter.give_back(now, self._tokens, self._mark)
+                limiter._release_locked(now)

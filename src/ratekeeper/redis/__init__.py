@@ -3,6 +3,8 @@
 ``RedisTokenBucket`` (asyncio, on ``redis.asyncio``) and ``SyncRedisTokenBucket`` (threads,
 on ``redis.Redis``) have the in-memory limiters' API; ``RedisCompositeLimit`` and
 ``SyncRedisCompositeLimit`` check several limits on one key together, all or nothing.
+``RedisKeyedBackend`` and ``SyncRedisKeyedBackend`` give ``KeyedLimiter`` and
+``SyncKeyedLimiter`` per-key limits kept at the server (``KeyedLimiter(backend=...)``).
 Every decision is one atomic Lua script (``gcra.lua``) timed by the server's clock, in the
 same exact integer arithmetic as the core. Needs ``pip install 'ratekeeper[redis]'``.
 """
@@ -16,16 +18,19 @@ except ImportError as exc:  # pragma: no cover
 
 from ._async import RedisCompositeLimit, RedisReservation, RedisTokenBucket
 from ._common import Limit, OnFailure, RedisStatistics
+from ._keyed import RedisKeyedBackend, SyncRedisKeyedBackend
 from ._sync import SyncRedisCompositeLimit, SyncRedisReservation, SyncRedisTokenBucket
 
 __all__ = [
     "Limit",
     "OnFailure",
     "RedisCompositeLimit",
+    "RedisKeyedBackend",
     "RedisReservation",
     "RedisStatistics",
     "RedisTokenBucket",
     "SyncRedisCompositeLimit",
+    "SyncRedisKeyedBackend",
     "SyncRedisReservation",
     "SyncRedisTokenBucket",
 ]

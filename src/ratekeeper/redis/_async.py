@@ -110,6 +110,37 @@ class _Dispatcher:
         self.post(request)
         return await future
 
+    async def call_group(self, requests: list[Request]) -> tuple[list[list[int] | None], list[int]]:
+        """Return the replies to reads of a key and to a decision on it (last), sent together.
+
+        One script call when nothing is in flight; else they queue side by side and go in
+        the same batch (or, past MAX_BATCH, the reads in the batch before). Returns (the
+        reads' replies, None for a read whose batch failed; the decision's reply). Raises
+        ServerFailure if the decision's call failed. Cancelled: as ``call``.
+        """
+        if not self.in_flight and not self.pending:
+            keys, args = encode(requests)
+            replies = split(await self.execute(keys, args, requests[-1].owner), requests)
+            return list(replies[:-1]), replies[-1]
+        loop = asyncio.get_running_loop()
+        for request in requests:
+            request.future = loop.create_future()
+            self.post(request)
+        try:
+            decision = await requests[-1].future
+        except BaseException:
+            for request in requests[:-1]:
+                if not request.future.cancel() and not request.future.cancelled():
+                    request.future.exception()  # answered, now unread: mark it seen
+            raise
+        # Queued before the decision, the reads were answered in its batch or an earlier one.
+        reads: list[list[int] | None] = []
+        for request in requests[:-1]:
+            future = request.future
+            answered = future.done() and not future.cancelled() and future.exception() is None
+            reads.append(future.result() if answered else None)
+        return reads, decision
+
     def post(self, request: Request) -> None:
         """Queue ``request`` for the next batch (without waiting for it)."""
         self.pending.append(request)

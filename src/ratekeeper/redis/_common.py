@@ -278,8 +278,18 @@ class Core:
                 marks.append((NO_MARK, 0))
         return tuple(marks)
 
-    def _refusal(self, reply: list[int], amounts: tuple[int, ...], timeout: float | None) -> None:
-        """Count and raise the refusal in ``reply`` (status != DONE)."""
+    def _refusal(
+        self,
+        reply: list[int],
+        amounts: tuple[int, ...],
+        timeout: float | None,
+        specs: tuple[Spec, ...] | None = None,
+    ) -> None:
+        """Count and raise the refusal in ``reply`` (status != DONE).
+
+        ``specs``: the limits the request named, when not the limiter's own (a keyed
+        backend's, per key).
+        """
         status, code = reply[0], reply[1]
         if status == REFUSED:
             self._rejected += 1
@@ -288,7 +298,7 @@ class Core:
                 f"beyond the timeout of {timeout}s",
                 code / NS_PER_SECOND,
             )
-        spec = self._spec_of(code, amounts)
+        spec = self._spec_of(code, amounts, specs)
         if status == BEYOND:
             self._rejected += 1
             raise AcquireTimeout(
@@ -305,8 +315,11 @@ class Core:
             )
         raise BackendUnavailable(f"the script answered an unknown status {status}")
 
-    def _spec_of(self, index: int, amounts: tuple[int, ...]) -> Spec:
-        touched = [s for s, n in zip(self._specs, amounts, strict=False) if n] or list(self._specs)
+    def _spec_of(
+        self, index: int, amounts: tuple[int, ...], specs: tuple[Spec, ...] | None = None
+    ) -> Spec:
+        specs = self._specs if specs is None else specs
+        touched = [s for s, n in zip(specs, amounts, strict=False) if n] or list(specs)
         return touched[min(max(index, 1), len(touched)) - 1]
 
     def _show(self, amounts: tuple[int, ...]) -> str:
@@ -383,13 +396,7 @@ class Core:
         local = self._local
         if local is None:
             share = self._share or 1.0
-            limits = [
-                (
-                    Rate(float(s.rate.tokens) * share, s.rate.per),
-                    max(1, math.floor(s.capacity * share)),
-                )
-                for s in self._specs
-            ]
+            limits = [shared_limit(s, share) for s in self._specs]
             local = self._local = LocalLimits(limits, time.monotonic_ns())
         return local
 
@@ -455,6 +462,12 @@ class Core:
             f"<{type(self).__name__}{name} {head} on_failure={self._on_failure} "
             f"waiting={self._waiting}{closed}>"
         )
+
+
+def shared_limit(spec: Spec, share: float) -> tuple[Rate, int]:
+    """Return (rate, capacity) of the fallback limiter: ``share`` of the limit's, >= 1 token."""
+    rate = Rate(float(spec.rate.tokens) * share, spec.rate.per)
+    return rate, max(1, math.floor(spec.capacity * share))
 
 
 def single_spec(prefix: str, key: str, rate: RateLike, capacity: int | None) -> tuple[Spec]:

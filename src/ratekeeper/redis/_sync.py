@@ -126,6 +126,54 @@ class _SyncDispatcher:
         assert waiter.reply is not None
         return waiter.reply
 
+    def call_group(self, requests: list[Request]) -> tuple[list[list[int] | None], list[int]]:
+        """Return the replies to reads of a key and to a decision on it (last), sent together.
+
+        As ``call``, for requests that queue side by side and share one event: the thread
+        wakes when any of them is answered or handed the lead. Returns (the reads' replies,
+        None for a read whose batch failed; the decision's reply). Raises ServerFailure if
+        the decision's call failed.
+        """
+        with self.lock:
+            alone = not self.busy
+            if alone:
+                self.busy = True
+            else:
+                event = threading.Event()
+                waiters = []
+                for request in requests:
+                    waiter = request.future = _Waiter()
+                    waiter.event = event
+                    waiters.append(waiter)
+                self.pending.extend(requests)
+        if alone:
+            try:
+                replies = self.send(requests)
+            finally:
+                self.hand_off()
+            return list(replies[:-1]), replies[-1]
+        while True:
+            event.wait()
+            with self.lock:
+                # The lead is handed (and its event set) under the lock, and a batch's
+                # replies are all set before its events: so the event is cleared only while
+                # nothing of this group is being answered, and no wake-up is lost.
+                lead = any(w.lead for w in waiters)
+                for w in waiters:
+                    w.lead = False
+                answered = all(w.reply is not None or w.error is not None for w in waiters)
+                if not lead and not answered:
+                    event.clear()  # the reads were answered in an earlier batch
+            if lead:
+                self.serve()
+            elif answered:
+                break
+        decision = waiters[-1]
+        if decision.error is not None:
+            raise decision.error
+        assert decision.reply is not None
+        return [w.reply if w.error is None else None for w in waiters[:-1]], decision.reply
+
     def hand_off(self) -> None:
         """Pass the lead to the first queued thread, or let the next caller go alone."""
         with self.lock:
