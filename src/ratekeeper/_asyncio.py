@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ._clock import MONOTONIC, Clock, Timer
 from ._errors import AcquireTimeout, LimiterClosed
-from ._gcra import LimitsLike, check_tokens, seconds_to_ns
+from ._gcra import LimitsLike, seconds_to_ns
 from ._rate import Rate, RateLike
 from ._scheduler import (
     GRANTED,
@@ -104,17 +104,6 @@ class _AsyncLimiter(Queue):
         self._name = name
         if on_event is not None:
             self.on_event = on_event
-
-    def _check(self, tokens: Any) -> Any:
-        """Validate a request's cost; return it in the scheduler's form."""
-        raise NotImplementedError
-
-    def _check_amount(self, tokens: Any) -> Any:
-        """Validate an amount to refund or charge (may exceed capacity)."""
-        raise NotImplementedError
-
-    def _cost_text(self, tokens: Any) -> str:
-        return f"{tokens} token(s)"
 
     def try_acquire(self, tokens: Any = 1, *, priority: int = 0) -> bool:
         """Take ``tokens`` if they can be granted now without overtaking a waiter.
@@ -326,9 +315,6 @@ class _AsyncLimiter(Queue):
         self.charge_now(self._now_ns(), self._check_amount(tokens))
         self._replan()
 
-    def _queued(self) -> list[Waiter]:
-        return [w for entry in self._queues.values() for w in entry[0] if w.state == QUEUED]
-
     def close(self) -> None:
         """Refuse every later call and wake every waiter with LimiterClosed. Idempotent."""
         self._closed = True
@@ -531,12 +517,6 @@ class TokenBucket(_AsyncLimiter, Scheduler):
         open_ = not self._waiting and not self._closed and self._listener is None
         self._gate = self._burst if open_ else -1
 
-    def _check(self, tokens: Any) -> int:
-        return check_tokens(tokens, limit=self._capacity)
-
-    def _check_amount(self, tokens: Any) -> int:
-        return check_tokens(tokens)
-
     def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
         """Change the rate (and capacity; default: unchanged) now, carrying the balance over.
 
@@ -546,7 +526,7 @@ class TokenBucket(_AsyncLimiter, Scheduler):
         """
         rate = Rate.of(rate)
         capacity = self._capacity if capacity is None else capacity
-        largest = max((w.tokens for w in self._queued()), default=0)
+        largest = self._largest_queued()
         if type(capacity) is int and largest > capacity:
             raise ValueError(f"capacity={capacity} is below a queued request for {largest} tokens")
         self.reconfigure(self._now_ns(), rate, capacity)
@@ -586,34 +566,19 @@ class CompositeLimiter(_AsyncLimiter, CompositeScheduler):
         CompositeScheduler.__init__(self, limits, clock.now_ns())
         self._init_adapter(clock, name, on_event)
 
-    def _check(self, tokens: Any) -> tuple[int, ...]:
-        return self.check_cost(tokens)
-
-    def _check_amount(self, tokens: Any) -> tuple[int, ...]:
-        return self.check_cost(tokens, settling=True)
-
-    def _cost_text(self, tokens: Any) -> str:
-        return "cost " + repr(dict(zip(self._names, tokens, strict=True)))
-
     def set_rate(self, name: str, rate: RateLike, capacity: int | None = None) -> None:
         """Change one limit's rate (and capacity) now, carrying its balance over.
 
         Raises ValueError for an unknown name or a capacity below a queued request's cost.
         """
         rate = Rate.of(rate)
-        part = self._parts[self._index(name)]
-        capacity = part.capacity if capacity is None else capacity
-        index = self._index(name)
-        largest = max((w.tokens[index] for w in self._queued()), default=0)
+        index = self._limit_index(name)
+        capacity = self._parts[index].capacity if capacity is None else capacity
+        largest = self._largest_queued(index)
         if type(capacity) is int and largest > capacity:
             raise ValueError(f"capacity={capacity} is below a queued cost of {largest} on {name!r}")
         self.reconfigure_limit(self._now_ns(), name, rate, capacity)
         self._replan()
-
-    def _index(self, name: str) -> int:
-        if name not in self._names:
-            raise ValueError(f"unknown limit {name!r}; the limits are {list(self._names)}")
-        return self._names.index(name)
 
     def available(self) -> dict[str, float]:
         """Return the tokens available now, per limit (negative while in debt)."""

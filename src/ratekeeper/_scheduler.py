@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._gcra import CompositeGcra, Cost, Gcra, LimitsLike
+from ._gcra import CompositeGcra, Cost, Gcra, LimitsLike, check_tokens
 from ._rate import Rate
 
 __all__ = [
@@ -172,6 +172,30 @@ class Queue:
 
     def _zero(self) -> Any:
         raise NotImplementedError
+
+    def _check(self, tokens: Any) -> Any:
+        """Validate a request's cost; return it in the arithmetic's form."""
+        raise NotImplementedError
+
+    def _check_amount(self, tokens: Any) -> Any:
+        """Validate an amount to refund or charge (may exceed capacity)."""
+        raise NotImplementedError
+
+    def _cost_text(self, tokens: Any) -> str:
+        """Describe a cost in an error message."""
+        return f"{tokens} token(s)"
+
+    def _largest_queued(self, index: int | None = None) -> int:
+        """Return the largest queued cost (on limit ``index`` of a composite)."""
+        return max(
+            (
+                w.tokens if index is None else w.tokens[index]
+                for entry in self._queues.values()
+                for w in entry[0]
+                if w.state == QUEUED
+            ),
+            default=0,
+        )
 
     @staticmethod
     def _size(tokens: Any) -> int:
@@ -456,6 +480,12 @@ class Scheduler(Queue, Gcra):
     def _head_due_units(self, tokens: int) -> int:
         return self._tat + tokens * self._cost - self._burst
 
+    def _check(self, tokens: Any) -> int:
+        return check_tokens(tokens, limit=self._capacity)
+
+    def _check_amount(self, tokens: Any) -> int:
+        return check_tokens(tokens)
+
     def _zero(self) -> int:
         return 0
 
@@ -486,6 +516,21 @@ class CompositeScheduler(Queue, CompositeGcra):
 
     def _head_due_units(self, tokens: tuple[int, ...]) -> int:
         return self._due_units(tokens)
+
+    def _check(self, tokens: Any) -> Cost:
+        return self.check_cost(tokens)
+
+    def _check_amount(self, tokens: Any) -> Cost:
+        return self.check_cost(tokens, settling=True)
+
+    def _cost_text(self, tokens: Any) -> str:
+        return "cost " + repr(dict(zip(self._names, tokens, strict=True)))
+
+    def _limit_index(self, name: str) -> int:
+        """Return the position of limit ``name``; raise ValueError naming the limits."""
+        if name not in self._names:
+            raise ValueError(f"unknown limit {name!r}; the limits are {list(self._names)}")
+        return self._names.index(name)
 
     def _zero(self) -> Cost:
         return self.zero()

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from ._asyncio import check_priority, check_timeout
 from ._clock import MONOTONIC, Clock
 from ._errors import AcquireTimeout, LimiterClosed
-from ._gcra import LimitsLike, check_tokens
+from ._gcra import LimitsLike
 from ._rate import Rate, RateLike
 from ._scheduler import (
     GRANTED,
@@ -74,17 +74,6 @@ class _SyncLimiter(Queue):
         self._name = name
         if on_event is not None:
             self.on_event = on_event
-
-    def _check(self, tokens: Any) -> Any:
-        """Validate a request's cost; return it in the scheduler's form."""
-        raise NotImplementedError
-
-    def _check_amount(self, tokens: Any) -> Any:
-        """Validate an amount to refund or charge (may exceed capacity)."""
-        raise NotImplementedError
-
-    def _cost_text(self, tokens: Any) -> str:
-        return f"{tokens} token(s)"
 
     # -- acquiring -----------------------------------------------------------------------
 
@@ -224,18 +213,6 @@ class _SyncLimiter(Queue):
             self.charge_now(self._now_ns(), tokens)
             self._wake_head_locked()
 
-    def _largest_queued(self, index: int | None = None) -> int:
-        """Return the largest queued cost (on limit ``index`` of a composite)."""
-        return max(
-            (
-                w.tokens if index is None else w.tokens[index]
-                for entry in self._queues.values()
-                for w in entry[0]
-                if w.state == QUEUED
-            ),
-            default=0,
-        )
-
     def close(self) -> None:
         """Refuse every later call and wake every waiter with LimiterClosed. Idempotent."""
         with self._lock:
@@ -364,12 +341,6 @@ class SyncTokenBucket(_SyncLimiter, Scheduler):
                     return True
         return _SyncLimiter.try_acquire(self, tokens, priority=priority)
 
-    def _check(self, tokens: Any) -> int:
-        return check_tokens(tokens, limit=self._capacity)
-
-    def _check_amount(self, tokens: Any) -> int:
-        return check_tokens(tokens)
-
     def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
         """Change rate (and capacity) now, carrying the balance over (see TokenBucket)."""
         rate = Rate.of(rate)
@@ -407,15 +378,6 @@ class SyncCompositeLimiter(_SyncLimiter, CompositeScheduler):
         CompositeScheduler.__init__(self, limits, clock.now_ns())
         self._init_adapter(clock, name, on_event)
 
-    def _check(self, tokens: Any) -> tuple[int, ...]:
-        return self.check_cost(tokens)
-
-    def _check_amount(self, tokens: Any) -> tuple[int, ...]:
-        return self.check_cost(tokens, settling=True)
-
-    def _cost_text(self, tokens: Any) -> str:
-        return "cost " + repr(dict(zip(self._names, tokens, strict=True)))
-
     def set_rate(self, name: str, rate: RateLike, capacity: int | None = None) -> None:
         """Change one limit's rate (and capacity) now, carrying its balance over.
 
@@ -423,9 +385,7 @@ class SyncCompositeLimiter(_SyncLimiter, CompositeScheduler):
         """
         rate = Rate.of(rate)
         with self._lock:
-            if name not in self._names:
-                raise ValueError(f"unknown limit {name!r}; the limits are {list(self._names)}")
-            index = self._names.index(name)
+            index = self._limit_index(name)
             capacity = self._parts[index].capacity if capacity is None else capacity
             largest = self._largest_queued(index)
             if type(capacity) is int and largest > capacity:
