@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
 
-from ratekeeper import LoopClock, SyncTokenBucket, TokenBucket
+from ratekeeper import LoopClock, Rate, SyncTokenBucket, TokenBucket
 from ratekeeper._demo import run_demo
 
 
@@ -30,14 +31,8 @@ async def test_ten_thousand_concurrent_waiters_all_served_in_order() -> None:
 
 
 def test_seed_scenario_on_the_real_clock() -> None:
-    result = run_demo(limiter_rate(), 5, 20, 0.1, tolerance=0.25)
+    result = run_demo(Rate(5), 5, 20, 0.1, tolerance=0.25)
     assert result.ok, result
-
-
-def limiter_rate() -> object:
-    from ratekeeper import Rate
-
-    return Rate(5)
 
 
 def test_threads_on_the_real_clock_stay_within_the_envelope() -> None:
@@ -48,8 +43,6 @@ def test_threads_on_the_real_clock_stay_within_the_envelope() -> None:
         for _ in range(50):
             limiter.acquire()
             grants.append(time.monotonic())
-
-    import threading
 
     start = time.monotonic()
     threads = [threading.Thread(target=worker) for _ in range(4)]
