@@ -9,6 +9,7 @@ import logging
 from ._asyncio import CompositeLimiter, Reservation, TokenBucket, TokenBucketRateLimiter
 from ._clock import Clock, LoopClock, MonotonicClock
 from ._errors import AcquireTimeout, BackendUnavailable, LimiterClosed, RateKeeperError
+from ._events import EventStream
 from ._gcra import Limit
 from ._keyed import (
     AsyncKeyedBackend,
@@ -38,6 +39,7 @@ __all__ = [
     "Clock",
     "CompositeLimiter",
     "Event",
+    "EventStream",
     "LimiterClosed",
     "Listener",
     "LoopClock",
