@@ -452,3 +452,44 @@ async def test_seed_compatible_class(clock: ManualClock) -> None:
         pass
     assert await limiter.acquire(2) is True
     assert limiter.tokens == 2
+
+
+async def test_a_listener_that_raises_never_strands_a_waiter(clock: ManualClock) -> None:
+    def bad_listener(event: object) -> None:
+        raise RuntimeError("listener bug")
+
+    limiter = make(clock, capacity=1, on_event=bad_listener)
+    await limiter.acquire()
+    task = await start(limiter.acquire())
+    await clock.sleep(0.2)
+    assert task.done()
+    assert await task is True
+    assert limiter.statistics().waiting == 0
+
+
+async def test_huge_timeout_means_no_timeout_and_leaves_no_orphan(clock: ManualClock) -> None:
+    limiter = make(clock, capacity=1)
+    await limiter.acquire()
+    task = await start(limiter.acquire(timeout=1e300))
+    await clock.sleep(0.2)
+    assert await task is True
+    assert limiter.statistics().granted == 2
+
+
+async def test_a_refused_set_rate_changes_nothing(clock: ManualClock) -> None:
+    limiter = make(clock, capacity=1)
+    await limiter.acquire()
+    for capacity in (0, "5"):
+        with pytest.raises((ValueError, TypeError)):
+            limiter.set_rate("1000/s", capacity)  # type: ignore[arg-type]
+    assert limiter.rate == Rate(5)
+    await clock.sleep(0.2)
+    assert limiter.try_acquire()
+
+
+def test_initial_of_the_wrong_type_is_a_type_error() -> None:
+    for initial in ("3", 2.0, True):
+        with pytest.raises(TypeError, match="initial must be an int"):
+            TokenBucket(5, 5, initial=initial)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="initial must be an int from 0 to capacity=5"):
+        TokenBucket(5, 5, initial=6)

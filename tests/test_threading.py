@@ -194,3 +194,47 @@ def test_race_signal_consumed_before_blocking_never_releases_an_unlocked_lock() 
     assert errors == []
     assert len(done) == 4
     assert limiter.statistics().granted == 6000
+
+
+def test_a_waiter_whose_thread_is_interrupted_leaves_the_queue() -> None:
+    # KeyboardInterrupt (or any error) escaping a blocked acquire() once left its waiter
+    # queued for good: at the head, nobody re-armed its timer and every thread behind hung.
+    class InterruptingClock(ManualClock):
+        interrupt = True
+
+        def wait(self, lock: object, until_ns: int | None) -> bool:
+            if self.interrupt:
+                self.interrupt = False
+                raise KeyboardInterrupt
+            return super().wait(lock, until_ns)  # type: ignore[arg-type]
+
+    clock = InterruptingClock(auto_advance=True)
+    limiter = SyncTokenBucket(5, 1, clock=clock)
+    limiter.acquire()
+    with pytest.raises(KeyboardInterrupt):
+        limiter.acquire()
+    stats = limiter.statistics()
+    assert (stats.waiting, stats.cancelled) == (0, 1)
+    assert limiter.acquire()  # the queue moves on
+    assert clock.time() == pytest.approx(0.2)
+
+
+def test_a_listener_that_raises_never_strands_a_waiter(caplog: pytest.LogCaptureFixture) -> None:
+    def bad_listener(event: object) -> None:
+        raise RuntimeError("listener bug")
+
+    clock = ManualClock(auto_advance=True)
+    limiter = SyncTokenBucket(5, 1, clock=clock, on_event=bad_listener)
+    limiter.acquire()
+    assert limiter.acquire()  # granted and woken although every event raised
+    assert limiter.statistics().granted == 2
+    assert "on_event listener" in caplog.text
+
+
+def test_huge_timeouts_mean_no_timeout() -> None:
+    clock = ManualClock(auto_advance=True)
+    limiter = SyncTokenBucket(5, 1, clock=clock)
+    limiter.acquire()
+    assert limiter.acquire(timeout=1e300)
+    assert limiter.acquire(timeout=1e10)
+    assert limiter.statistics().waiting == 0

@@ -52,9 +52,17 @@ def check_priority(priority: object) -> int:
     return priority
 
 
+# Timeouts this long (about 31 years) or longer mean "no timeout": no clock or timer API can
+# represent every finite float, and nobody waits that long.
+_FOREVER_S = 1e9
+
+
 def check_timeout(timeout: float | None) -> int | None:
-    """Return a timeout in ns (None for no timeout, also for +inf); raise for bad values."""
-    if timeout is None or timeout == float("inf"):
+    """Return a timeout in ns (None for no timeout, also for +inf and anything >= 1e9 s);
+    raise TypeError/ValueError for bad values."""
+    if timeout is None:
+        return None
+    if type(timeout) in (int, float) and timeout >= _FOREVER_S:  # NaN is refused below
         return None
     return seconds_to_ns(timeout, "timeout")
 
@@ -548,8 +556,10 @@ class CompositeLimiter(_AsyncLimiter, CompositeScheduler):
     int, ``charge`` and ``refund`` settle only the limits without a weight.
     ``await llm.acquire({"requests": 1, "tokens": 1500})`` waits until both fit;
     ``charge({"tokens": 700})`` and ``refund({"tokens": 300})`` settle the true cost after
-    the call. Everything else is as in TokenBucket: FIFO, priorities, timeouts refused at
-    once, cancellation-safe.
+    the call. Everything else is as in TokenBucket: FIFO, priorities, cancellation-safe,
+    timeouts refused at once when the plan misses them; behind queued waiters the plan is a
+    lower bound (one limit may hold a waiter ahead while another refills), so a waiter can
+    also time out in the queue, having consumed nothing.
     """
 
     __slots__ = ("__weakref__", "_clock", "_closed", "_loop", "_now_ns", "_timer", "_timer_when")

@@ -10,6 +10,7 @@ moves only when a test moves it.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -67,7 +68,9 @@ class MonotonicClock:
         """Block on ``lock`` until it is released or ``until_ns`` passes."""
         if until_ns is None:
             return lock.acquire()
-        return lock.acquire(True, max(0, until_ns - time.monotonic_ns()) / 1e9)
+        # Capped at what the platform accepts; the caller's loop simply waits again.
+        timeout = min(max(0, until_ns - time.monotonic_ns()) / 1e9, threading.TIMEOUT_MAX)
+        return lock.acquire(True, timeout)
 
     def __repr__(self) -> str:
         return "MonotonicClock()"

@@ -171,15 +171,21 @@ class Gcra:
         self._configure(rate, capacity)
         if initial is None:
             initial = capacity
-        elif type(initial) is not int or not 0 <= initial <= capacity:
+        elif type(initial) is not int:
+            raise TypeError(
+                f"initial must be an int from 0 to capacity={capacity}, "
+                f"not {type(initial).__name__} {initial!r}"
+            )
+        elif not 0 <= initial <= capacity:
             raise ValueError(
                 f"initial must be an int from 0 to capacity={capacity}, got {initial!r}"
             )
         self._tat = now_ns * self._scale + (capacity - initial) * self._cost
 
     def _configure(self, rate: Rate, capacity: int) -> None:
+        check_capacity(capacity)  # before any field changes: a refused change changes nothing
         self._rate = rate
-        self._capacity = check_capacity(capacity)
+        self._capacity = capacity
         self._scale = rate.ns_per_token.denominator
         self._cost = rate.ns_per_token.numerator
         self._burst = self._capacity * self._cost
@@ -319,6 +325,7 @@ class Gcra:
         at the new cost, and a capacity raise counts as that many tokens granted later, so a
         grant made under the lower capacity never gives back what that capacity had capped.
         """
+        check_capacity(capacity)  # before anything moves: a refused change changes nothing
         if now_ns < self._latest:
             now_ns = self._latest
         self._latest = now_ns

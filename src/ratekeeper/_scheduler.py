@@ -19,6 +19,7 @@ capped at one token's interval, so the envelope is never exceeded by more than o
 
 from __future__ import annotations
 
+import logging
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 QUEUED, GRANTED, REMOVED = 0, 1, 2
+
+_log = logging.getLogger("ratekeeper")
 
 # Upper bounds (seconds) of the wait-time histogram kept by every limiter (+inf is implied).
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -253,7 +256,12 @@ class Queue:
     def _emit(self, kind: str, now_ns: int, tokens: float, wait_ns: int = 0) -> None:
         listener = self._listener
         if listener is not None:
-            listener(Event(kind, now_ns / 1e9, tokens, wait_ns / 1e9, self._name))
+            # A listener runs inside a decision: if it raised, a grant could be left half
+            # done (committed, never woken). Its errors are logged, never propagated.
+            try:
+                listener(Event(kind, now_ns / 1e9, tokens, wait_ns / 1e9, self._name))
+            except Exception:
+                _log.exception("on_event listener of %r raised; the decision stands", self)
 
     # -- planning ------------------------------------------------------------------------
 

@@ -139,8 +139,22 @@ class _SyncLimiter(Queue):
     def _wait(self, waiter: _ThreadWaiter, timeout: float | None) -> Any:
         """Block until ``waiter`` is granted; return its refund mark.
 
-        The deadline is kept here, on the waiter's own stack: a thread needs no timer.
+        The deadline is kept here, on the waiter's own stack: a thread needs no timer. If
+        anything else ends the wait (KeyboardInterrupt in this thread, say), the waiter
+        leaves the queue, or gives its grant back, and the next head is woken: a waiter
+        whose thread is gone must not hold up the queue.
         """
+        try:
+            return self._wait_loop(waiter, timeout)
+        except (AcquireTimeout, LimiterClosed):
+            raise
+        except BaseException:
+            with self._lock:
+                if self.cancel(waiter, self._now_ns()):
+                    self._wake_head_locked()
+            raise
+
+    def _wait_loop(self, waiter: _ThreadWaiter, timeout: float | None) -> Any:
         max_wait = check_timeout(timeout)
         deadline = None if max_wait is None else waiter.enqueued_ns + max_wait
         clock = self._clock
@@ -157,12 +171,14 @@ class _SyncLimiter(Queue):
                     raise LimiterClosed(f"{self!r} was closed while waiting")
                 now = self._now_ns()
                 wake_at = deadline
+                due = self.head_due_ns()
+                if due is not None and due <= now:
+                    # Whoever is due is granted first (this waiter, or ones ahead of it),
+                    # and before any timeout: grants come before timeouts.
+                    self._release_locked(now)
+                    continue
                 if self.head() is waiter:
-                    due = self.head_due_ns()
                     assert due is not None
-                    if due <= now:  # due: grant it (and whoever is due with it) first
-                        self._release_locked(now)
-                        continue
                     wake_at = due if deadline is None else min(due, deadline)
                 if deadline is not None and now >= deadline:
                     if self.time_out(waiter, now):
