@@ -532,12 +532,7 @@ class TokenBucket(_AsyncLimiter, Scheduler):
         debt. Waiters keep their order and are re-planned at the new rate. Raises ValueError
         if a queued request asks for more than the new capacity.
         """
-        rate = Rate.of(rate)
-        capacity = self._capacity if capacity is None else capacity
-        largest = self._largest_queued()
-        if type(capacity) is int and largest > capacity:
-            raise ValueError(f"capacity={capacity} is below a queued request for {largest} tokens")
-        self.reconfigure(self._now_ns(), rate, capacity)
+        self.change_limit(self._now_ns(), Rate.of(rate), capacity)
         self._replan()
 
     def available(self) -> float:
@@ -581,13 +576,7 @@ class CompositeLimiter(_AsyncLimiter, CompositeScheduler):
 
         Raises ValueError for an unknown name or a capacity below a queued request's cost.
         """
-        rate = Rate.of(rate)
-        index = self._limit_index(name)
-        capacity = self._parts[index].capacity if capacity is None else capacity
-        largest = self._largest_queued(index)
-        if type(capacity) is int and largest > capacity:
-            raise ValueError(f"capacity={capacity} is below a queued cost of {largest} on {name!r}")
-        self.reconfigure_limit(self._now_ns(), name, rate, capacity)
+        self.change_limit(self._now_ns(), name, Rate.of(rate), capacity)
         self._replan()
 
     def available(self) -> dict[str, float]:

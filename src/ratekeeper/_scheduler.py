@@ -488,6 +488,15 @@ class Scheduler(Queue, Gcra):
     def _head_due_units(self, tokens: int) -> int:
         return self._tat + tokens * self._cost - self._burst
 
+    def change_limit(self, now_ns: int, rate: Rate, capacity: int | None) -> None:
+        """Reconfigure at ``now_ns`` (capacity None: unchanged); raise ValueError, changing
+        nothing, if a queued request would no longer fit."""
+        capacity = self._capacity if capacity is None else capacity
+        largest = self._largest_queued()
+        if type(capacity) is int and largest > capacity:
+            raise ValueError(f"capacity={capacity} is below a queued request for {largest} tokens")
+        self.reconfigure(now_ns, rate, capacity)
+
     def _check(self, tokens: Any) -> int:
         return check_tokens(tokens, limit=self._capacity)
 
@@ -533,6 +542,17 @@ class CompositeScheduler(Queue, CompositeGcra):
 
     def _cost_text(self, tokens: Any) -> str:
         return "cost " + repr(dict(zip(self._names, tokens, strict=True)))
+
+    def change_limit(self, now_ns: int, name: str, rate: Rate, capacity: int | None) -> None:
+        """Reconfigure limit ``name`` at ``now_ns`` (capacity None: unchanged); raise
+        ValueError, changing nothing, for an unknown name or if a queued cost would no
+        longer fit."""
+        index = self._limit_index(name)
+        capacity = self._parts[index].capacity if capacity is None else capacity
+        largest = self._largest_queued(index)
+        if type(capacity) is int and largest > capacity:
+            raise ValueError(f"capacity={capacity} is below a queued cost of {largest} on {name!r}")
+        self.reconfigure_limit(now_ns, name, rate, capacity)
 
     def _limit_index(self, name: str) -> int:
         """Return the position of limit ``name``; raise ValueError naming the limits."""

@@ -361,14 +361,8 @@ class SyncTokenBucket(_SyncLimiter, Scheduler):
         """Change rate (and capacity) now, carrying the balance over (see TokenBucket)."""
         rate = Rate.of(rate)
         with self._lock:
-            capacity = self._capacity if capacity is None else capacity
-            largest = self._largest_queued()
-            if type(capacity) is int and largest > capacity:
-                raise ValueError(
-                    f"capacity={capacity} is below a queued request for {largest} tokens"
-                )
             now = self._now_ns()
-            self.reconfigure(now, rate, capacity)
+            self.change_limit(now, rate, capacity)
             self._release_locked(now)
 
     def available(self) -> float:
@@ -401,15 +395,8 @@ class SyncCompositeLimiter(_SyncLimiter, CompositeScheduler):
         """
         rate = Rate.of(rate)
         with self._lock:
-            index = self._limit_index(name)
-            capacity = self._parts[index].capacity if capacity is None else capacity
-            largest = self._largest_queued(index)
-            if type(capacity) is int and largest > capacity:
-                raise ValueError(
-                    f"capacity={capacity} is below a queued cost of {largest} on {name!r}"
-                )
             now = self._now_ns()
-            self.reconfigure_limit(now, name, rate, capacity)
+            self.change_limit(now, name, rate, capacity)
             self._release_locked(now)
 
     def available(self) -> dict[str, float]:
