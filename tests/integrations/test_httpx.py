@@ -20,8 +20,8 @@ from ratekeeper._keyed import KeyedLimiter
 from ratekeeper.integrations.asgi import RateLimitMiddleware
 from ratekeeper.integrations.httpx import (
     Aimd,
-    AsyncRateLimitTransport,
     RateLimitTransport,
+    SyncRateLimitTransport,
     parse_ratelimit,
     parse_retry_after,
 )
@@ -88,7 +88,7 @@ def mock(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.MockTransp
 
 def test_requests_take_tokens() -> None:
     clock = ManualClock(auto_advance=True)
-    transport = RateLimitTransport(
+    transport = SyncRateLimitTransport(
         mock(lambda r: httpx.Response(200)), rate="2/s", capacity=1, clock=clock
     )
     with httpx.Client(transport=transport) as client:
@@ -103,7 +103,7 @@ def test_cost_per_request() -> None:
     def cost(request: httpx.Request) -> int:
         return 0 if request.method == "HEAD" else len(request.content) // 10 + 1
 
-    transport = RateLimitTransport(
+    transport = SyncRateLimitTransport(
         mock(lambda r: httpx.Response(200)), rate="10/s", capacity=10, cost=cost, clock=clock
     )
     with httpx.Client(transport=transport) as client:
@@ -112,7 +112,7 @@ def test_cost_per_request() -> None:
         assert clock.time() == 0.0
         client.get("https://x/")
         assert clock.time() == pytest.approx(0.1)
-    bad = RateLimitTransport(mock(lambda r: httpx.Response(200)), rate=1, cost=lambda r: -1)
+    bad = SyncRateLimitTransport(mock(lambda r: httpx.Response(200)), rate=1, cost=lambda r: -1)
     with pytest.raises(TypeError, match="cost function"), httpx.Client(transport=bad) as client:
         client.get("https://x/")
 
@@ -124,7 +124,7 @@ def test_a_429_with_retry_after_pauses_the_limit() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(next(statuses), headers={"Retry-After": "3"})
 
-    transport = RateLimitTransport(mock(handler), rate="10/s", capacity=5, clock=clock)
+    transport = SyncRateLimitTransport(mock(handler), rate="10/s", capacity=5, clock=clock)
     with httpx.Client(transport=transport) as client:
         assert client.get("https://x/").status_code == 429
         assert client.get("https://x/").status_code == 200
@@ -134,7 +134,7 @@ def test_a_429_with_retry_after_pauses_the_limit() -> None:
 
 def test_concurrent_429s_pause_once() -> None:
     clock = ManualClock()
-    transport = RateLimitTransport(
+    transport = SyncRateLimitTransport(
         mock(lambda r: httpx.Response(429, headers={"Retry-After": "2"})),
         rate="10/s",
         capacity=5,
@@ -171,7 +171,7 @@ def test_concurrent_429s_pause_once() -> None:
 )
 def test_what_the_server_says(status: int, headers: dict[str, str], pause: float) -> None:
     clock = ManualClock()
-    transport = RateLimitTransport(
+    transport = SyncRateLimitTransport(
         mock(lambda r: httpx.Response(status, headers=headers)),
         rate="100/s",
         capacity=1,
@@ -205,7 +205,7 @@ def test_retries_after_the_pause_when_the_body_can_be_sent_again() -> None:
             seen.append(b"".join(request.stream))  # type: ignore[arg-type]
         return httpx.Response(next(statuses), headers={"Retry-After": "1"})
 
-    transport = RateLimitTransport(Unbuffered(handler), rate="10/s", retries=3, clock=clock)
+    transport = SyncRateLimitTransport(Unbuffered(handler), rate="10/s", retries=3, clock=clock)
     with httpx.Client(transport=transport) as client:
         assert client.post("https://x/", content=b"payload").status_code == 200
         assert clock.time() == pytest.approx(2.0, abs=0.11)
@@ -226,7 +226,7 @@ def test_aimd_halves_once_per_round_and_climbs_back() -> None:
         return httpx.Response(answers.pop(0) if answers else 200, headers={"Retry-After": "0"})
 
     aimd = Aimd(min_rate=2, max_rate=40, decrease=0.5, increase=10)
-    transport = RateLimitTransport(mock(handler), rate=40, capacity=1, aimd=aimd, clock=clock)
+    transport = SyncRateLimitTransport(mock(handler), rate=40, capacity=1, aimd=aimd, clock=clock)
     governor = transport._governor
     state = governor.host(httpx.Request("GET", "https://x/"))
     sent = governor.now_ns()
@@ -253,7 +253,7 @@ def test_aimd_halves_once_per_round_and_climbs_back() -> None:
 
 def test_per_host_buckets() -> None:
     clock = ManualClock(auto_advance=True)
-    transport = RateLimitTransport(
+    transport = SyncRateLimitTransport(
         mock(lambda r: httpx.Response(429 if r.url.host == "slow" else 200)),
         rate="1/s",
         per_host=True,
@@ -273,7 +273,7 @@ def test_per_host_buckets() -> None:
 
 def test_a_timeout_that_cannot_be_met_raises_at_once() -> None:
     clock = ManualClock()
-    transport = RateLimitTransport(
+    transport = SyncRateLimitTransport(
         mock(lambda r: httpx.Response(200)), rate="1/minute", capacity=1, timeout=1.0, clock=clock
     )
     with httpx.Client(transport=transport) as client:
@@ -285,8 +285,8 @@ def test_a_timeout_that_cannot_be_met_raises_at_once() -> None:
 def test_a_shared_limiter() -> None:
     clock = ManualClock(auto_advance=True)
     shared = SyncTokenBucket("2/s", 1, clock=clock)
-    one = RateLimitTransport(mock(lambda r: httpx.Response(200)), limiter=shared)
-    two = RateLimitTransport(mock(lambda r: httpx.Response(200)), limiter=shared)
+    one = SyncRateLimitTransport(mock(lambda r: httpx.Response(200)), limiter=shared)
+    two = SyncRateLimitTransport(mock(lambda r: httpx.Response(200)), limiter=shared)
     with httpx.Client(transport=one) as a, httpx.Client(transport=two) as b:
         for _ in range(2):
             a.get("https://x/")
@@ -310,7 +310,7 @@ def test_a_shared_limiter() -> None:
 )
 def test_bad_arguments(kwargs: dict[str, object], error: type, match: str) -> None:
     with pytest.raises(error, match=match):
-        RateLimitTransport(mock(lambda r: httpx.Response(200)), **kwargs)  # type: ignore[arg-type]
+        SyncRateLimitTransport(mock(lambda r: httpx.Response(200)), **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -340,7 +340,7 @@ async def test_async_transport_pauses_waiters_too() -> None:
         status = 429 if len(calls) == 1 else 200
         return httpx.Response(status, headers={"Retry-After": "2"})
 
-    transport = AsyncRateLimitTransport(mock(handler), rate="10/s", capacity=1, clock=clock)
+    transport = RateLimitTransport(mock(handler), rate="10/s", capacity=1, clock=clock)
     async with httpx.AsyncClient(transport=transport) as client:
         first = await client.get("https://x/")
         tasks = [asyncio.create_task(client.get("https://x/")) for _ in range(3)]
@@ -354,7 +354,7 @@ async def test_async_transport_pauses_waiters_too() -> None:
 async def test_async_transport_retries() -> None:
     clock = ManualClock()
     statuses = iter([429, 200])
-    transport = AsyncRateLimitTransport(
+    transport = RateLimitTransport(
         mock(lambda r: httpx.Response(next(statuses), headers={"Retry-After": "1"})),
         rate="10/s",
         retries=1,
@@ -387,7 +387,7 @@ def limited_server(rate: str, capacity: int, **kwargs: object) -> Starlette:
 async def test_client_converges_below_the_server_limit() -> None:
     """A client twice too fast, with AIMD: one wave of 429s, then it stays under 20/s."""
     server_rate = 20
-    transport = AsyncRateLimitTransport(
+    transport = RateLimitTransport(
         rate=40, capacity=5, aimd=Aimd(min_rate=2, max_rate=40, decrease=0.5, increase=3)
     )
     log: list[tuple[float, float, int]] = []  # (sent, answered, status)
@@ -415,7 +415,7 @@ async def test_client_converges_below_the_server_limit() -> None:
 
 
 def test_sync_client_against_a_real_server() -> None:
-    transport = RateLimitTransport(rate=50, capacity=1, retries=3)
+    transport = SyncRateLimitTransport(rate=50, capacity=1, retries=3)
     with (
         serve(limited_server("10/s", 2)) as url,
         httpx.Client(base_url=url, transport=transport) as client,

@@ -10,9 +10,9 @@ from redis.cluster import key_slot  # type: ignore[attr-defined]
 
 from ratekeeper.redis import (
     Limit,
-    RedisCompositeLimit,
+    RedisCompositeLimiter,
     RedisTokenBucket,
-    SyncRedisCompositeLimit,
+    SyncRedisCompositeLimiter,
     SyncRedisTokenBucket,
 )
 
@@ -22,7 +22,7 @@ from .conftest import Server
 async def test_limits_on_a_three_master_cluster(cluster_nodes: list[Server], key: str) -> None:
     client = RedisCluster(host="127.0.0.1", port=cluster_nodes[0].port, socket_timeout=2)
     try:
-        limits = RedisCompositeLimit(
+        limits = RedisCompositeLimiter(
             client,
             key,
             {"requests": Limit("10/s", 2, weight=1), "tokens": Limit("1000/s", 1000)},
@@ -55,7 +55,7 @@ async def test_limits_on_a_three_master_cluster(cluster_nodes: list[Server], key
 def test_sync_limits_on_a_three_master_cluster(cluster_nodes: list[Server], key: str) -> None:
     client = redis.RedisCluster(host="127.0.0.1", port=cluster_nodes[1].port, socket_timeout=2)
     try:
-        limits = SyncRedisCompositeLimit(
+        limits = SyncRedisCompositeLimiter(
             client, key, {"requests": Limit("10/s", 1, weight=1), "tokens": "100/s"}
         )
         assert limits.try_acquire(50)

@@ -17,11 +17,11 @@ import redis.asyncio
 from ratekeeper import AcquireTimeout, BackendUnavailable, LimiterClosed, RateKeeperError
 from ratekeeper.redis import (
     Limit,
-    RedisCompositeLimit,
+    RedisCompositeLimiter,
     RedisReservation,
     RedisStatistics,
     RedisTokenBucket,
-    SyncRedisCompositeLimit,
+    SyncRedisCompositeLimiter,
     SyncRedisTokenBucket,
 )
 
@@ -211,7 +211,7 @@ async def test_a_client_that_decodes_responses_works_too(redis_url: str, key: st
 
 
 async def test_a_composite_is_all_or_nothing(async_client: Any, key: str) -> None:
-    limits = RedisCompositeLimit(
+    limits = RedisCompositeLimiter(
         async_client,
         key,
         {"requests": Limit("60/minute", 3, weight=1), "tokens": Limit("1000/minute", 1000)},
@@ -238,7 +238,7 @@ async def test_a_composite_is_all_or_nothing(async_client: Any, key: str) -> Non
 
 
 async def test_a_composite_waits_for_its_slowest_limit(async_client: Any, key: str) -> None:
-    limits = RedisCompositeLimit(async_client, key, {"a": Limit("20/s", 1), "b": Limit("10/s", 1)})
+    limits = RedisCompositeLimiter(async_client, key, {"a": Limit("20/s", 1), "b": Limit("10/s", 1)})
     await limits.acquire()
     reservation = await limits.reserve()
     assert reservation.delay == pytest.approx(0.1, abs=0.005)
@@ -390,7 +390,7 @@ def test_sync_close_wakes_a_sleeping_thread(sync_client: redis.Redis, key: str) 
 
 
 def test_sync_composite(sync_client: redis.Redis, key: str) -> None:
-    limits = SyncRedisCompositeLimit(
+    limits = SyncRedisCompositeLimiter(
         sync_client, key, {"requests": Limit("10/s", 2, weight=1), "tokens": "100/s"}
     )
     assert limits.try_acquire(60)

@@ -1,7 +1,7 @@
 """httpx transports that keep a client under someone else's limit, and listen when told.
 
-``httpx.AsyncClient(transport=AsyncRateLimitTransport(rate="10/s"))`` takes tokens from a
-``TokenBucket`` before each request (``RateLimitTransport`` and ``SyncTokenBucket`` for the
+``httpx.AsyncClient(transport=RateLimitTransport(rate="10/s"))`` takes tokens from a
+``TokenBucket`` before each request (``SyncRateLimitTransport`` and ``SyncTokenBucket`` for the
 sync ``httpx.Client``). The server is listened to:
 
 - ``429`` or ``503`` with ``Retry-After`` (seconds, or an HTTP date: measured from the
@@ -48,8 +48,8 @@ from .._threading import SyncTokenBucket
 
 __all__ = [
     "Aimd",
-    "AsyncRateLimitTransport",
     "RateLimitTransport",
+    "SyncRateLimitTransport",
     "parse_ratelimit",
     "parse_retry_after",
 ]
@@ -408,7 +408,7 @@ _ARGS = """
 """
 
 
-class AsyncRateLimitTransport(httpx.AsyncBaseTransport):
+class RateLimitTransport(httpx.AsyncBaseTransport):
     """An httpx async transport that takes tokens before each request and heeds 429s.
 
     Wraps ``transport`` (default ``httpx.AsyncHTTPTransport()``), which it closes with
@@ -490,10 +490,10 @@ class AsyncRateLimitTransport(httpx.AsyncBaseTransport):
         return self._governor.buckets()
 
 
-class RateLimitTransport(httpx.BaseTransport):
+class SyncRateLimitTransport(httpx.BaseTransport):
     """An httpx sync transport that takes tokens before each request and heeds 429s.
 
-    The blocking twin of ``AsyncRateLimitTransport`` (a ``SyncTokenBucket``, FIFO among
+    The blocking twin of ``RateLimitTransport`` (a ``SyncTokenBucket``, FIFO among
     threads). Wraps ``transport`` (default ``httpx.HTTPTransport()``).
     """
 

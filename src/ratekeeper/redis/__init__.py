@@ -1,8 +1,8 @@
 """Distributed limits on Redis/Valkey: one limit shared by many processes and machines.
 
 ``RedisTokenBucket`` (asyncio, on ``redis.asyncio``) and ``SyncRedisTokenBucket`` (threads,
-on ``redis.Redis``) have the in-memory limiters' API; ``RedisCompositeLimit`` and
-``SyncRedisCompositeLimit`` check several limits on one key together, all or nothing.
+on ``redis.Redis``) have the in-memory limiters' API; ``RedisCompositeLimiter`` and
+``SyncRedisCompositeLimiter`` check several limits on one key together, all or nothing.
 ``RedisKeyedBackend`` and ``SyncRedisKeyedBackend`` give ``KeyedLimiter`` and
 ``SyncKeyedLimiter`` per-key limits kept at the server (``KeyedLimiter(backend=...)``).
 Every decision is one atomic Lua script (``gcra.lua``) timed by the server's clock, in the
@@ -16,20 +16,20 @@ except ImportError as exc:  # pragma: no cover
         "ratekeeper.redis needs the redis client: pip install 'ratekeeper[redis]'"
     ) from exc
 
-from ._async import RedisCompositeLimit, RedisReservation, RedisTokenBucket
+from ._async import RedisCompositeLimiter, RedisReservation, RedisTokenBucket
 from ._common import Limit, OnFailure, RedisStatistics
 from ._keyed import RedisKeyedBackend, SyncRedisKeyedBackend
-from ._sync import SyncRedisCompositeLimit, SyncRedisReservation, SyncRedisTokenBucket
+from ._sync import SyncRedisCompositeLimiter, SyncRedisReservation, SyncRedisTokenBucket
 
 __all__ = [
     "Limit",
     "OnFailure",
-    "RedisCompositeLimit",
+    "RedisCompositeLimiter",
     "RedisKeyedBackend",
     "RedisReservation",
     "RedisStatistics",
     "RedisTokenBucket",
-    "SyncRedisCompositeLimit",
+    "SyncRedisCompositeLimiter",
     "SyncRedisKeyedBackend",
     "SyncRedisReservation",
     "SyncRedisTokenBucket",

@@ -63,7 +63,7 @@ from ._script import (
     split,
 )
 
-__all__ = ["RedisCompositeLimit", "RedisReservation", "RedisTokenBucket"]
+__all__ = ["RedisCompositeLimiter", "RedisReservation", "RedisTokenBucket"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -667,12 +667,12 @@ class RedisTokenBucket(_AsyncLimiter):
         return _decorator(self, tokens, timeout)
 
 
-class RedisCompositeLimit(_AsyncLimiter):
+class RedisCompositeLimiter(_AsyncLimiter):
     """Several limits on one key, checked and charged together: all granted, or none.
 
     For example 60 requests/minute AND 90,000 tokens/minute on one API key::
 
-        limits = RedisCompositeLimit(client, "api-key-1", {
+        limits = RedisCompositeLimiter(client, "api-key-1", {
             "requests": Limit("60/minute", weight=1),   # every call takes 1
             "tokens": Limit("90000/minute"),            # a call takes its ``tokens``
         })
@@ -773,7 +773,7 @@ class RedisCompositeLimit(_AsyncLimiter):
         """Return an async context manager that acquires the call's tokens on entry."""
         return _Take(self, self._call_amounts(tokens), refund_on_error, timeout)
 
-    async def __aenter__(self) -> RedisCompositeLimit:
+    async def __aenter__(self) -> RedisCompositeLimiter:
         await self.acquire()
         return self
 

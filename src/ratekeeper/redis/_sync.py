@@ -42,7 +42,7 @@ from ._script import DONE, SCRIPT, Request, encode, split
 
 MAX_BATCH = 256
 
-__all__ = ["SyncRedisCompositeLimit", "SyncRedisReservation", "SyncRedisTokenBucket"]
+__all__ = ["SyncRedisCompositeLimiter", "SyncRedisReservation", "SyncRedisTokenBucket"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -521,8 +521,8 @@ class SyncRedisTokenBucket(_SyncLimiter):
         return self._state()[0][1]
 
 
-class SyncRedisCompositeLimit(_SyncLimiter):
-    """The blocking twin of RedisCompositeLimit: several limits on one key, all or nothing."""
+class SyncRedisCompositeLimiter(_SyncLimiter):
+    """The blocking twin of RedisCompositeLimiter: several limits on one key, all or nothing."""
 
     def __init__(
         self,
