@@ -150,7 +150,7 @@ def hot_path(profile: Profile, checks: list[Check], results: dict[str, Any]) -> 
 
     def try_batch(limiter: TokenBucket) -> Callable[[], int]:
         def run() -> int:
-            try_acquire = limiter.try_acquire
+            try_acquire = limiter.try_acquire_nowait
             start = time.perf_counter_ns()
             for _ in range(calls):
                 try_acquire()
@@ -280,7 +280,7 @@ def scrape_cost(profile: Profile, checks: list[Check], results: dict[str, Any]) 
         registry = CollectorRegistry()
         limiters = [TokenBucket(Rate(100), 10, name=f"limiter-{i}") for i in range(n)]
         for limiter in limiters:
-            limiter.try_acquire()
+            limiter.try_acquire_nowait()
         collector = LimiterCollector(*limiters)
         registry.register(collector)
         collect_us: list[float] = []

@@ -77,7 +77,7 @@ async def test_no_barging_when_tokens_free_up_while_others_wait(clock: ManualClo
     rec = Recorder(clock, limiter)
     rec.spawn("first", 2)  # due at 0.4 s
     await clock.sleep(0.3)  # one token is back, but "first" needs two
-    assert limiter.try_acquire() is False  # a newcomer does not overtake
+    assert limiter.try_acquire_nowait() is False  # a newcomer does not overtake
     rec.spawn("second")
     await clock.sleep(0.3)
     assert rec.grants == [("first", 0.4), ("second", 0.6)]
@@ -107,7 +107,7 @@ async def test_timeout_that_cannot_be_met_is_refused_at_once(clock: ManualClock)
     assert limiter.statistics().rejected == 1
     assert limiter.statistics().waiting == 0
     await clock.sleep(0.4)
-    assert limiter.try_acquire(2)  # nothing was consumed by the refusal
+    assert limiter.try_acquire_nowait(2)  # nothing was consumed by the refusal
 
 
 async def test_timeout_that_can_be_met_waits(clock: ManualClock) -> None:
@@ -136,15 +136,15 @@ async def test_waiter_times_out_when_the_plan_changes_and_consumes_nothing(
     stats = limiter.statistics()
     assert (stats.timed_out, stats.waiting) == (1, 0)
     await clock.sleep(0.1)
-    assert limiter.try_acquire()  # the slot low never used is free at 0.4 s
+    assert limiter.try_acquire_nowait()  # the slot low never used is free at 0.4 s
 
 
 async def test_try_acquire_never_waits(clock: ManualClock) -> None:
     limiter = make(clock, capacity=2)
-    assert limiter.try_acquire(2)
-    assert not limiter.try_acquire()
+    assert limiter.try_acquire_nowait(2)
+    assert not limiter.try_acquire_nowait()
     await clock.sleep(0.2)
-    assert limiter.try_acquire()
+    assert limiter.try_acquire_nowait()
     assert limiter.statistics().rejected == 1
 
 
@@ -169,11 +169,11 @@ async def test_waiter_cancelled_after_its_grant_gives_the_tokens_back(clock: Man
     await limiter.acquire()
     task = await start(limiter.acquire())
     clock.advance(0.2)  # the timer fires: the grant is made, the task has not run yet
-    assert limiter.available() == 0
+    assert limiter.available_nowait() == 0
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert limiter.available() == 1  # returned: the task never used its token
+    assert limiter.available_nowait() == 1  # returned: the task never used its token
     stats = limiter.statistics()
     assert (stats.cancelled, stats.refunded_tokens) == (1, 1)
 
@@ -193,11 +193,11 @@ async def test_only_the_head_has_a_timer(clock: ManualClock) -> None:
 
 async def test_reservation_delay_await_and_cancel(clock: ManualClock) -> None:
     limiter = make(clock)
-    now = limiter.reserve(5)
+    now = limiter.reserve_nowait(5)
     assert (now.granted, now.delay) == (True, 0)
-    later = limiter.reserve(2)
+    later = limiter.reserve_nowait(2)
     assert later.delay == pytest.approx(0.4) and not later.granted
-    last = limiter.reserve(1)
+    last = limiter.reserve_nowait(1)
     assert last.delay == pytest.approx(0.6)
     later.cancel()  # leaves the queue; "last" moves up
     await clock.sleep(0.2)
@@ -205,14 +205,14 @@ async def test_reservation_delay_await_and_cancel(clock: ManualClock) -> None:
     assert last.granted and later.cancelled
     assert clock.time() == pytest.approx(0.2)
     now.cancel()  # granted at 0, cancelled at 0.2 s: 4 of its 5 tokens are still outstanding
-    assert limiter.available() == pytest.approx(4)
+    assert limiter.available_nowait() == pytest.approx(4)
 
 
 async def test_reservation_refused_past_max_wait(clock: ManualClock) -> None:
     limiter = make(clock)
-    limiter.reserve(5)
+    limiter.reserve_nowait(5)
     with pytest.raises(AcquireTimeout):
-        limiter.reserve(1, max_wait=0.1)
+        limiter.reserve_nowait(1, timeout=0.1)
     assert limiter.statistics().waiting == 0
 
 
@@ -221,14 +221,14 @@ async def test_take_refunds_when_the_block_raises(clock: ManualClock) -> None:
     with pytest.raises(RuntimeError):
         async with limiter.take(3, refund_on_error=True):
             raise RuntimeError("the call failed before it reached the server")
-    assert limiter.available() == 5
+    assert limiter.available_nowait() == 5
     async with limiter.take(3, refund_on_error=True):
         pass
-    assert limiter.available() == 2
+    assert limiter.available_nowait() == 2
     with pytest.raises(RuntimeError):
         async with limiter.take(2):
             raise RuntimeError("without the option the tokens stay spent")
-    assert limiter.available() == 0
+    assert limiter.available_nowait() == 0
 
 
 async def test_refund_replans_waiters(clock: ManualClock) -> None:
@@ -237,15 +237,15 @@ async def test_refund_replans_waiters(clock: ManualClock) -> None:
     rec = Recorder(clock, limiter)
     rec.spawn("w", 3)  # due at 0.6 s
     await clock.sleep(0.1)
-    assert limiter.refund(2) == 2
+    assert limiter.refund_nowait(2) == 2
     await clock.sleep(0.5)
     assert rec.grants == [("w", 0.2)]
 
 
 async def test_charge_puts_the_bucket_in_debt(clock: ManualClock) -> None:
     limiter = make(clock)
-    limiter.charge(8)
-    assert limiter.available() == -3
+    limiter.charge_nowait(8)
+    assert limiter.available_nowait() == -3
     rec = Recorder(clock, limiter)
     rec.spawn("after")
     await clock.sleep(1)
@@ -260,8 +260,8 @@ async def test_set_rate_replans_waiters_and_carries_the_balance(clock: ManualClo
     rec = Recorder(clock, limiter)
     rec.spawn("w", 2)  # due at 0.4 s at 5/s
     await clock.sleep(0.1)  # half a token accrued
-    limiter.set_rate("10/s", 10)
-    assert limiter.available() == pytest.approx(0.5)
+    limiter.set_rate_nowait("10/s", 10)
+    assert limiter.available_nowait() == pytest.approx(0.5)
     await clock.sleep(1)
     assert rec.grants == [("w", 0.25)]
     assert limiter.rate == Rate.parse("10/s") and limiter.capacity == 10
@@ -272,7 +272,7 @@ async def test_set_rate_refuses_a_capacity_below_a_queued_request(clock: ManualC
     await limiter.acquire(5)
     task = await start(limiter.acquire(4))
     with pytest.raises(ValueError, match="below a queued request for 4 tokens"):
-        limiter.set_rate(5, 3)
+        limiter.set_rate_nowait(5, 3)
     limiter.close()
     with pytest.raises(LimiterClosed):
         await task
@@ -289,7 +289,7 @@ async def test_close_wakes_every_waiter_and_refuses_later_calls(clock: ManualClo
     with pytest.raises(LimiterClosed):
         await limiter.acquire()
     with pytest.raises(LimiterClosed):
-        limiter.try_acquire()
+        limiter.try_acquire_nowait()
     assert live_timers(clock) == 0
     assert limiter.closed and "closed" in repr(limiter)
     limiter.close()  # idempotent
@@ -298,7 +298,7 @@ async def test_close_wakes_every_waiter_and_refuses_later_calls(clock: ManualClo
 async def test_statistics_count_everything(clock: ManualClock) -> None:
     limiter = make(clock, capacity=2)
     await limiter.acquire(2)
-    limiter.try_acquire()
+    limiter.try_acquire_nowait()
     waiting = await start(limiter.acquire())
     cancelled = await start(limiter.acquire())
     await asyncio.sleep(0)
@@ -318,7 +318,7 @@ async def test_events_report_each_decision(clock: ManualClock) -> None:
         clock, capacity=1, name="api", on_event=lambda e: events.append((e.kind, e.time, e.wait))
     )
     await limiter.acquire()
-    limiter.try_acquire()
+    limiter.try_acquire_nowait()
     with pytest.raises(AcquireTimeout):
         await limiter.acquire(timeout=0.1)
     task = await start(limiter.acquire())
@@ -331,7 +331,7 @@ async def test_events_report_each_decision(clock: ManualClock) -> None:
         ("granted", 0.2, 0.2),
     ]
     limiter.on_event = None
-    assert not limiter.try_acquire()
+    assert not limiter.try_acquire_nowait()
     assert len(events) == 4
 
 
@@ -350,7 +350,7 @@ async def test_decorators(clock: ManualClock) -> None:
 
     assert await one(21) == 42
     await two()
-    assert limiter.available() == 0
+    assert limiter.available_nowait() == 0
     assert one.__name__ == "one"
     with pytest.raises(TypeError, match="not an async function"):
         limiter(lambda: None)  # type: ignore[arg-type]
@@ -421,7 +421,7 @@ def test_created_outside_a_loop_and_moves_between_loops() -> None:
 def test_waiting_in_two_loops_at_once_is_refused() -> None:
     clock = ManualClock()
     limiter = make(clock, capacity=1)
-    limiter.try_acquire()
+    limiter.try_acquire_nowait()
     other = asyncio.new_event_loop()
     try:
         task = other.create_task(limiter.acquire())
@@ -443,7 +443,7 @@ async def test_repr_shows_live_state(clock: ManualClock) -> None:
     limiter = make(clock, name="api")
     await limiter.acquire(3)
     assert repr(limiter) == "<TokenBucket 'api' 5/s capacity=5 tokens=2 waiting=0>"
-    assert limiter.full_in() == pytest.approx(0.6)
+    assert limiter.full_in_nowait() == pytest.approx(0.6)
 
 
 async def test_seed_compatible_class(clock: ManualClock) -> None:
@@ -481,10 +481,10 @@ async def test_a_refused_set_rate_changes_nothing(clock: ManualClock) -> None:
     await limiter.acquire()
     for capacity in (0, "5"):
         with pytest.raises((ValueError, TypeError)):
-            limiter.set_rate("1000/s", capacity)  # type: ignore[arg-type]
+            limiter.set_rate_nowait("1000/s", capacity)  # type: ignore[arg-type]
     assert limiter.rate == Rate(5)
     await clock.sleep(0.2)
-    assert limiter.try_acquire()
+    assert limiter.try_acquire_nowait()
 
 
 def test_initial_of_the_wrong_type_is_a_type_error() -> None:

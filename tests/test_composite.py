@@ -33,11 +33,11 @@ async def test_a_request_waits_until_it_fits_in_every_limit(clock: ManualClock) 
 
 async def test_try_acquire_is_all_or_nothing(clock: ManualClock) -> None:
     limiter = llm(clock)
-    assert limiter.try_acquire({"requests": 1, "tokens": 90})
-    assert not limiter.try_acquire({"requests": 1, "tokens": 20})  # tokens short
-    assert limiter.available() == {"requests": 1, "tokens": 10}  # requests not taken
-    assert limiter.try_acquire({"tokens": 10})  # a cost may skip a limit
-    assert limiter.available() == {"requests": 1, "tokens": 0}
+    assert limiter.try_acquire_nowait({"requests": 1, "tokens": 90})
+    assert not limiter.try_acquire_nowait({"requests": 1, "tokens": 20})  # tokens short
+    assert limiter.available_nowait() == {"requests": 1, "tokens": 10}  # requests not taken
+    assert limiter.try_acquire_nowait({"tokens": 10})  # a cost may skip a limit
+    assert limiter.available_nowait() == {"requests": 1, "tokens": 0}
 
 
 async def test_fifo_across_the_composite(clock: ManualClock) -> None:
@@ -60,10 +60,10 @@ async def test_fifo_across_the_composite(clock: ManualClock) -> None:
 async def test_charge_and_refund_settle_the_true_cost(clock: ManualClock) -> None:
     limiter = llm(clock)
     await limiter.acquire({"requests": 1, "tokens": 50})  # estimate
-    limiter.charge({"tokens": 80})  # the reply used 130 tokens
-    assert limiter.available() == {"requests": 1, "tokens": -30}
-    assert limiter.refund({"tokens": 20}) == 20
-    assert limiter.available()["tokens"] == -10
+    limiter.charge_nowait({"tokens": 80})  # the reply used 130 tokens
+    assert limiter.available_nowait() == {"requests": 1, "tokens": -30}
+    assert limiter.refund_nowait({"tokens": 20}) == 20
+    assert limiter.available_nowait()["tokens"] == -10
     with pytest.raises(AcquireTimeout):
         await limiter.acquire({"tokens": 1}, timeout=0.05)
 
@@ -76,18 +76,18 @@ async def test_cancelled_composite_waiter_consumes_nothing(clock: ManualClock) -
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert limiter.available() == {"requests": 0, "tokens": 100}
+    assert limiter.available_nowait() == {"requests": 0, "tokens": 100}
     assert limiter.statistics().cancelled == 1
 
 
 async def test_set_rate_of_one_limit(clock: ManualClock) -> None:
     limiter = llm(clock)
     await limiter.acquire({"tokens": 100})
-    limiter.set_rate("tokens", "1000/s", 1000)
+    limiter.set_rate_nowait("tokens", "1000/s", 1000)
     await clock.sleep(0.1)
-    assert limiter.available()["tokens"] == pytest.approx(100)
+    assert limiter.available_nowait()["tokens"] == pytest.approx(100)
     with pytest.raises(ValueError, match="unknown limit 'words'"):
-        limiter.set_rate("words", "1/s")
+        limiter.set_rate_nowait("words", "1/s")
 
 
 @pytest.mark.parametrize(
@@ -132,13 +132,13 @@ def test_sync_twin() -> None:
 
 async def test_reservations_with_composite_costs(clock: ManualClock) -> None:
     limiter = llm(clock)
-    now = limiter.reserve({"requests": 1, "tokens": 80})
-    later = limiter.reserve({"requests": 1, "tokens": 80})
+    now = limiter.reserve_nowait({"requests": 1, "tokens": 80})
+    later = limiter.reserve_nowait({"requests": 1, "tokens": 80})
     assert now.granted
     assert later.delay == pytest.approx(0.6)
     later.cancel()
     now.cancel()  # nothing was granted after it: both limits get everything back
-    assert limiter.available() == {"requests": 2, "tokens": 100}
+    assert limiter.available_nowait() == {"requests": 2, "tokens": 100}
     assert now.cancelled
     assert not now.granted
     assert limiter.statistics().cancelled == 2
@@ -150,10 +150,10 @@ async def test_weighted_limits_take_their_weight_from_an_int_cost(clock: ManualC
     limiter = CompositeLimiter(
         {"requests": Limit("2/s", weight=1), "tokens": Limit("100/s", 100)}, clock=clock
     )
-    assert limiter.try_acquire(60)  # one request and 60 tokens
-    assert limiter.available() == {"requests": 1, "tokens": 40}
-    limiter.charge(10)  # settling an int touches only the unweighted limits
-    assert limiter.available() == {"requests": 1, "tokens": 30}
-    assert limiter.refund(20) == 20
-    assert limiter.available() == {"requests": 1, "tokens": 50}
+    assert limiter.try_acquire_nowait(60)  # one request and 60 tokens
+    assert limiter.available_nowait() == {"requests": 1, "tokens": 40}
+    limiter.charge_nowait(10)  # settling an int touches only the unweighted limits
+    assert limiter.available_nowait() == {"requests": 1, "tokens": 30}
+    assert limiter.refund_nowait(20) == 20
+    assert limiter.available_nowait() == {"requests": 1, "tokens": 50}
     assert limiter.limits["requests"].weight == 1

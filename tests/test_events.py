@@ -16,7 +16,7 @@ async def test_stream_yields_each_decision_and_chains_the_listener(clock: Manual
     limiter = TokenBucket(5, 1, clock=clock, on_event=lambda e: seen_by_callback.append(e.kind))
     async with EventStream(limiter) as events:
         await limiter.acquire()
-        assert not limiter.try_acquire()
+        assert not limiter.try_acquire_nowait()
         task = asyncio.ensure_future(limiter.acquire())
         await clock.sleep(0.2)
         await task
@@ -35,7 +35,7 @@ async def test_a_slow_reader_loses_the_oldest_events_not_decisions(clock: Manual
     limiter = TokenBucket(1000, 1000, clock=clock)
     stream = EventStream(limiter, maxsize=3)
     for _ in range(10):
-        limiter.try_acquire()
+        limiter.try_acquire_nowait()
     assert stream.dropped == 7
     stream.close()
     assert len([e async for e in stream]) == 3

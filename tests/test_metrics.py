@@ -38,9 +38,9 @@ async def test_counters_gauges_and_histogram_follow_the_limiter(
     assert value(registry, "ratekeeper_capacity_tokens", "api") == 2
     assert value(registry, "ratekeeper_rate_tokens_per_second", "api") == 5
 
-    assert limiter.try_acquire()
-    assert limiter.try_acquire()
-    assert not limiter.try_acquire()  # rejected
+    assert limiter.try_acquire_nowait()
+    assert limiter.try_acquire_nowait()
+    assert not limiter.try_acquire_nowait()  # rejected
     with pytest.raises(AcquireTimeout):
         await limiter.acquire(timeout=0.1)  # would wait 0.2 s: refused at once
     waiter = asyncio.create_task(limiter.acquire())  # due at 0.2 s
@@ -50,7 +50,9 @@ async def test_counters_gauges_and_histogram_follow_the_limiter(
     assert value(registry, "ratekeeper_waiting", "api") == 3
     assert value(registry, "ratekeeper_waiting_tokens", "api") == 3
     cancelled.cancel()
-    limiter.charge(1)  # pushes the waiters back by a token: "queued" is now due past its timeout
+    limiter.charge_nowait(
+        1
+    )  # pushes the waiters back by a token: "queued" is now due past its timeout
     await clock.sleep(0.55)
     await waiter
     with pytest.raises(AcquireTimeout):
@@ -91,7 +93,7 @@ def test_the_exposition_parses_and_every_histogram_is_cumulative(
     limiters = [TokenBucket(10, 5, name=f"l{i}") for i in range(3)]
     register(*limiters, registry=registry)
     for limiter in limiters:
-        limiter.try_acquire()
+        limiter.try_acquire_nowait()
     families = {
         f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())
     }
@@ -307,7 +309,7 @@ def test_a_composite_limiter_publishes_tokens_per_limit(
     limits = {"requests": "60/minute", "tokens": ("90000/minute", 90000)}
     llm = CompositeLimiter(limits, name="llm", clock=clock)
     register(llm, registry=registry)
-    assert llm.try_acquire({"requests": 1, "tokens": 1500})
+    assert llm.try_acquire_nowait({"requests": 1, "tokens": 1500})
     assert value(registry, GRANTED, "llm") == 1
     assert (
         registry.get_sample_value(

@@ -541,7 +541,9 @@ async def _run_asyncio(sc: Scenario) -> Seen:
             spawn(i, take(i, op))
         elif isinstance(op, Reserve):
             try:
-                r = limiter.reserve(op.tokens, priority=op.priority, max_wait=seconds(op.max_wait))
+                r = limiter.reserve_nowait(
+                    op.tokens, priority=op.priority, timeout=seconds(op.max_wait)
+                )
             except (AcquireTimeout, LimiterClosed, ValueError) as exc:
                 rec.end = (outcome(exc), now)
             else:
@@ -580,11 +582,11 @@ async def _run_asyncio(sc: Scenario) -> Seen:
             if j is not None:
                 releases[j].set()
         elif isinstance(op, Refund):
-            limiter.refund(op.tokens)
+            limiter.refund_nowait(op.tokens)
             rec.end = ("ok", now)
         elif isinstance(op, Charge):
             try:
-                limiter.charge(op.tokens)
+                limiter.charge_nowait(op.tokens)
             except LimiterClosed as exc:
                 rec.end = (outcome(exc), now)
             else:
@@ -592,7 +594,7 @@ async def _run_asyncio(sc: Scenario) -> Seen:
                 seen.log.append(("charge", now, op.tokens))
         elif isinstance(op, SetRate):
             try:
-                limiter.set_rate(RATES[op.rate], op.capacity)
+                limiter.set_rate_nowait(RATES[op.rate], op.capacity)
             except ValueError as exc:
                 rec.end = (outcome(exc), now)
             else:
@@ -628,7 +630,7 @@ async def _run_asyncio(sc: Scenario) -> Seen:
 
 def _step(limiter: TokenBucket, now: int) -> Step:
     tokens = exact_tokens(limiter, now)
-    assert limiter.available() == float(tokens)
+    assert limiter.available_nowait() == float(tokens)
     stats = limiter.statistics()
     return Step(now, tokens, {name: getattr(stats, name) for name in STAT_NAMES})
 
@@ -1300,19 +1302,19 @@ def test_fast_path_decides_like_try_take(config: tuple[int, int, int], steps: li
                 assert acquires_at_once(slow) == want
             elif kind == "try":
                 want = twin.try_take(now, 1)
-                assert fast.try_acquire() == want
-                assert slow.try_acquire() == want
+                assert fast.try_acquire_nowait() == want
+                assert slow.try_acquire_nowait() == want
             elif kind == "charge":
                 for bucket in (fast, slow):
-                    bucket.charge(tokens)
+                    bucket.charge_nowait(tokens)
                 twin.charge_at(now, tokens)
             elif kind == "refund":
                 for bucket in (fast, slow):
-                    bucket.refund(tokens)
+                    bucket.refund_nowait(tokens)
                 twin.refund_at(now, tokens)
             else:
                 for bucket in (fast, slow):
-                    bucket.set_rate(RATES[new_rate], tokens)
+                    bucket.set_rate_nowait(RATES[new_rate], tokens)
                 twin.reconfigure(now, RATES[new_rate], tokens)
             assert exact_tokens(fast, now) == exact_tokens(twin, now)
             assert exact_tokens(slow, now) == exact_tokens(twin, now)
@@ -1422,10 +1424,10 @@ def test_try_acquire_right_after_a_refund_never_leaves_a_waiter(
     async def run() -> None:
         clock = ManualClock()
         limiter = TokenBucket(Rate(1), capacity, clock=clock)
-        assert limiter.try_acquire(capacity)
+        assert limiter.try_acquire_nowait(capacity)
         tasks = [asyncio.ensure_future(limiter.acquire(min(w, capacity))) for w in waiting]
         await clock.sleep(0)
-        limiter.refund(give)  # may make the head due; its timer runs at the next chance
+        limiter.refund_nowait(give)  # may make the head due; its timer runs at the next chance
         before = limiter.statistics().waiting
         balance = exact_tokens(limiter, 0)
         granted = limiter.try_acquire(min(tokens, capacity))

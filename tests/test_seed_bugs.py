@@ -44,8 +44,8 @@ async def test_seed_bug_wall_clock_jumps_do_not_change_decisions(
     real = time.time
     for jump in (+86400.0, -86400.0):
         monkeypatch.setattr(time, "time", lambda jump=jump: real() + jump)
-        assert limiter.try_acquire() is False
-        assert limiter.available() < 1
+        assert limiter.try_acquire_nowait() is False
+        assert limiter.available_nowait() < 1
 
 
 async def test_seed_bug_request_larger_than_capacity_hung_forever(clock: ManualClock) -> None:
@@ -53,7 +53,7 @@ async def test_seed_bug_request_larger_than_capacity_hung_forever(clock: ManualC
     with pytest.raises(ValueError, match="tokens=6 exceeds the capacity 5"):
         await asyncio.wait_for(limiter.acquire(6), 1)
     with pytest.raises(ValueError, match="exceeds the capacity"):
-        limiter.try_acquire(6)
+        limiter.try_acquire_nowait(6)
 
 
 async def test_seed_bug_thundering_herd_woke_every_waiter(clock: ManualClock) -> None:
@@ -103,7 +103,7 @@ async def test_seed_bug_cancelled_waiter_lost_tokens(clock: ManualClock) -> None
     await clock.sleep(0.2)
     assert survivor.done()  # it got the slot at 0.2 s, as if the cancelled one never came
     await clock.sleep(0.2)
-    assert limiter.available() == 1  # and no token was lost
+    assert limiter.available_nowait() == 1  # and no token was lost
 
 
 @pytest.mark.parametrize("rate", [0, -5, float("nan")])

@@ -115,7 +115,7 @@ async def replay_on_token_bucket(limit: Limit, arrivals: Traffic) -> list[int]:
     for index, (t, tokens) in enumerate(zip(arrivals.times_ns, arrivals.tokens, strict=True)):
         await clock.sleep((t - clock.now_ns()) / 1e9)
         if limit.mode == "refuse":
-            if limiter.try_acquire(tokens):
+            if limiter.try_acquire_nowait(tokens):
                 grants[index] = clock.now_ns()
         else:
             tasks.append(asyncio.create_task(wait(index, tokens)))

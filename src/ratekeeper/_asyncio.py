@@ -17,7 +17,7 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from ._clock import MONOTONIC, Clock, Timer
 from ._errors import AcquireTimeout, LimiterClosed
@@ -38,7 +38,8 @@ __all__ = ["CompositeLimiter", "Reservation", "TokenBucket", "TokenBucketRateLim
 
 P = ParamSpec("P")
 R = TypeVar("R")
-L = TypeVar("L", bound="_AsyncLimiter")
+L = TypeVar("L", bound="_AsyncLimiter[Any]")
+A = TypeVar("A")  # tokens as refund() and available() report them: float, or per limit
 
 # The fast path recognises the default arguments by identity: cheaper than validating them.
 _ONE = 1
@@ -67,6 +68,14 @@ def check_timeout(timeout: float | None) -> int | None:
     return seconds_to_ns(timeout, "timeout")
 
 
+def _fail(future: asyncio.Future[None], error: BaseException) -> None:
+    """Fail a waiter's future, marked as seen: a reservation nobody awaits must not log
+    "Future exception was never retrieved" when it times out or is closed."""
+    if not future.done():
+        future.set_exception(error)
+        future.exception()
+
+
 class _AsyncWaiter(Waiter):
     __slots__ = ("deadline", "future")
 
@@ -85,7 +94,7 @@ class _AsyncWaiter(Waiter):
         return self.future.cancelled()
 
 
-class _AsyncLimiter(Queue):
+class _AsyncLimiter(Queue, Generic[A]):
     """The asyncio adapter over a scheduler: futures for waiters, one timer for the head.
 
     Shared by TokenBucket (one bucket) and CompositeLimiter (several limits at once); each
@@ -113,17 +122,27 @@ class _AsyncLimiter(Queue):
         if on_event is not None:
             self.on_event = on_event
 
-    def try_acquire(self, tokens: Any = 1, *, priority: int = 0) -> bool:
+    async def try_acquire(self, tokens: Any = 1, *, priority: int = 0) -> bool:
         """Take ``tokens`` if they can be granted now without overtaking a waiter.
 
-        Never waits. The same decision as a reservation with a maximum wait of 0, without
-        the cost of raising and catching its refusal.
+        Never waits. Shorthand for ``try_acquire_nowait``, awaitable as on every limiter.
+        """
+        return self.try_acquire_nowait(tokens, priority=priority)
+
+    def try_acquire_nowait(self, tokens: Any = 1, *, priority: int = 0) -> bool:
+        """Take ``tokens`` if they can be granted now without overtaking a waiter; return
+        True if they were (the in-memory, synchronous form of ``try_acquire``).
+
+        The same decision as a reservation with a maximum wait of 0, without the cost of
+        raising and catching its refusal.
         """
         if self._closed:
             raise LimiterClosed(f"{self!r} is closed")
         tokens = self._check(tokens)
         check_priority(priority)
         now = self._now_ns()
+        if self._waiting:
+            self._abandon_dead_loop()
         if self._waiting:
             self._release(now)  # a head already due is granted first, not held against us
         delay, ahead = self.plan(now, tokens, priority)
@@ -133,17 +152,25 @@ class _AsyncLimiter(Queue):
         self.reject(now, tokens)
         return False
 
-    def reserve(
-        self, tokens: Any = 1, *, priority: int = 0, max_wait: float | None = None
+    async def reserve(
+        self, tokens: Any = 1, *, timeout: float | None = None, priority: int = 0
+    ) -> Reservation:
+        """Queue for ``tokens`` now and return the Reservation (see ``reserve_nowait``)."""
+        return self.reserve_nowait(tokens, timeout=timeout, priority=priority)
+
+    def reserve_nowait(
+        self, tokens: Any = 1, *, timeout: float | None = None, priority: int = 0
     ) -> Reservation:
         """Queue for ``tokens`` now and return the Reservation at once.
 
         ``reservation.delay`` says how long it is expected to wait; ``await reservation``
-        waits for the grant; ``reservation.cancel()`` withdraws it (a granted reservation's
-        tokens go back as far as that is still correct). Raises AcquireTimeout if the
-        expected wait exceeds ``max_wait``. Must be called in a running loop if it must wait.
+        waits for the grant; ``reservation.cancel()`` withdraws it (a granted reservation
+        not yet awaited gives its tokens back as far as that is still correct; once
+        ``await reservation`` has returned, the tokens are in use and cancel does nothing).
+        Raises AcquireTimeout if the expected wait exceeds ``timeout``. Must be called in a
+        running loop if it must wait.
         """
-        mark, waiter, delay_ns = self._admit(tokens, max_wait, priority, plan_wait=True)
+        mark, waiter, delay_ns = self._admit(tokens, timeout, priority, plan_wait=True)
         return Reservation(self, self._check(tokens), mark, waiter, delay_ns / 1e9)
 
     def take(
@@ -195,6 +222,8 @@ class _AsyncLimiter(Queue):
         without planning: nothing would use the plan (the expected wait is then returned as
         -1), and under saturation that is most calls.
         """
+        if self._waiting:
+            self._abandon_dead_loop()
         levels = self._levels
         if max_wait is None and levels and levels[0] >= priority and not plan_wait:
             delay = -1
@@ -279,11 +308,33 @@ class _AsyncLimiter(Queue):
         """Re-plan after a change (refund, cancellation, new rate...): re-arm the timer for
         the head's new due time (at once if it is due now). A try in between grants a due
         head first, so it is never refused for nothing."""
+        if self._waiting:
+            self._abandon_dead_loop()
         self._arm()
+        self._listener_changed()
+
+    def _abandon_dead_loop(self) -> None:
+        """Drop every waiter if their event loop was closed under them (never cancelled).
+
+        Their tasks will never run again: they are abandoned, counted as cancelled, and
+        cost nothing; the limiter is free to serve another loop.
+        """
+        loop = self._loop
+        if loop is None or not loop.is_closed():
+            return
+        dropped = self.drain()
+        self._cancelled += len(dropped)
+        self._timer = None  # its loop is gone with it
+        self._loop = None
         self._listener_changed()
 
     def _expire(self, waiter: _AsyncWaiter, timeout: float | None) -> None:
         if waiter.state != QUEUED:
+            return
+        if waiter.future.cancelled():
+            # Its task was cancelled in this same tick, before its handler ran: that is a
+            # cancellation, not a timeout.
+            self._withdraw(waiter)
             return
         now = self._now_ns()
         due = self.head_due_ns()
@@ -293,27 +344,38 @@ class _AsyncLimiter(Queue):
             if waiter.state != QUEUED:
                 return
         was_head = self.time_out(waiter, now)
-        if not waiter.future.done():
-            waiter.future.set_exception(
-                AcquireTimeout(f"{self._cost_text(waiter.tokens)} not granted within {timeout}s")
-            )
+        _fail(
+            waiter.future,
+            AcquireTimeout(f"{self._cost_text(waiter.tokens)} not granted within {timeout}s"),
+        )
         if was_head or not self._waiting:
             self._replan()
 
     # -- settling accounts ---------------------------------------------------------------
 
-    def refund(self, tokens: Any) -> float:
+    async def refund(self, tokens: Any) -> A:
+        """Give back ``tokens`` taken earlier and unused; return how many went back.
+
+        Shorthand for ``refund_nowait``, awaitable as on every limiter.
+        """
+        return self.refund_nowait(tokens)
+
+    def refund_nowait(self, tokens: Any) -> A:
         """Give back ``tokens`` taken earlier and unused; return how many went back.
 
         The caller vouches that they were taken and not used. They never fill the bucket
         above its capacity. Waiters are re-planned.
         """
         tokens = self._check_amount(tokens)
-        returned = self.give_back(self._now_ns(), tokens, None)
+        returned: A = self.give_back(self._now_ns(), tokens, None)
         self._replan()
         return returned
 
-    def charge(self, tokens: Any) -> None:
+    async def charge(self, tokens: Any) -> None:
+        """Take ``tokens`` now, even into debt. Shorthand for ``charge_nowait``."""
+        self.charge_nowait(tokens)
+
+    def charge_nowait(self, tokens: Any) -> None:
         """Take ``tokens`` now without waiting, even into debt (later callers wait it off).
 
         For settling a cost known only after the call, e.g. the tokens an LLM reply used.
@@ -326,12 +388,16 @@ class _AsyncLimiter(Queue):
     def close(self) -> None:
         """Refuse every later call and wake every waiter with LimiterClosed. Idempotent."""
         self._closed = True
+        if self._waiting:
+            self._abandon_dead_loop()
         self._listener_changed()
         for waiter in self.drain():
-            future: asyncio.Future[None] = waiter.future  # type: ignore[attr-defined]
-            if not future.done():
-                future.set_exception(LimiterClosed(f"{self!r} was closed while waiting"))
+            _fail(waiter.future, LimiterClosed(f"{self!r} was closed while waiting"))  # type: ignore[attr-defined]
         self._arm()
+
+    async def aclose(self) -> None:
+        """Close (see ``close``); an in-memory limiter holds nothing else."""
+        self.close()
 
     @property
     def closed(self) -> bool:
@@ -340,8 +406,20 @@ class _AsyncLimiter(Queue):
 
     # -- reading -------------------------------------------------------------------------
 
-    def full_in(self) -> float:
+    async def available(self) -> A:
+        """Return the tokens available now (negative while in debt)."""
+        return self.available_nowait()
+
+    def available_nowait(self) -> A:
+        """Return the tokens available now (negative while in debt), synchronously."""
+        return self.tokens_at(self._now_ns())  # type: ignore[attr-defined,no-any-return]
+
+    async def full_in(self) -> float:
         """Return seconds until the bucket is full again (0.0 when full)."""
+        return self.full_in_nowait()
+
+    def full_in_nowait(self) -> float:
+        """Return seconds until the bucket is full again (0.0 when full), synchronously."""
         return self.full_in_ns(self._now_ns()) / 1e9
 
     def statistics(self) -> Statistics:
@@ -408,7 +486,7 @@ class _AsyncLimiter(Queue):
         return decorate
 
 
-class TokenBucket(_AsyncLimiter, Scheduler):
+class TokenBucket(_AsyncLimiter[float], Scheduler):
     """An asyncio token bucket: ``rate`` tokens per second, bursts up to ``capacity``.
 
     ===================  ===========================================================
@@ -507,10 +585,17 @@ class TokenBucket(_AsyncLimiter, Scheduler):
                     waiter.deadline.cancel()
         return True
 
-    def try_acquire(self, tokens: int = 1, *, priority: int = 0) -> bool:
+    async def try_acquire(self, tokens: int = 1, *, priority: int = 0) -> bool:
         """Take ``tokens`` if they can be granted now without overtaking a waiter.
 
-        Never waits. Shorthand for a reservation with a maximum wait of 0.
+        Never waits. Shorthand for ``try_acquire_nowait``.
+        """
+        return self.try_acquire_nowait(tokens, priority=priority)
+
+    def try_acquire_nowait(self, tokens: int = 1, *, priority: int = 0) -> bool:
+        """Take ``tokens`` if they can be granted now without overtaking a waiter; return
+        True if they were. Synchronous (memory only); shorthand for a reservation with a
+        maximum wait of 0.
         """
         if (
             tokens is _ONE
@@ -519,13 +604,17 @@ class TokenBucket(_AsyncLimiter, Scheduler):
             and self.try_take(self._now_ns(), 1)
         ):
             return True
-        return _AsyncLimiter.try_acquire(self, tokens, priority=priority)
+        return _AsyncLimiter.try_acquire_nowait(self, tokens, priority=priority)
 
     def _listener_changed(self) -> None:
         open_ = not self._waiting and not self._closed and self._listener is None
         self._gate = self._burst if open_ else -1
 
-    def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
+    async def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
+        """Change the rate (and capacity). Shorthand for ``set_rate_nowait``."""
+        self.set_rate_nowait(rate, capacity)
+
+    def set_rate_nowait(self, rate: RateLike, capacity: int | None = None) -> None:
         """Change the rate (and capacity; default: unchanged) now, carrying the balance over.
 
         The tokens available now stay available, capped at the new capacity; debt stays
@@ -535,12 +624,8 @@ class TokenBucket(_AsyncLimiter, Scheduler):
         self.change_limit(self._now_ns(), Rate.of(rate), capacity)
         self._replan()
 
-    def available(self) -> float:
-        """Return the tokens available now (negative while in debt)."""
-        return self.tokens_at(self._now_ns())
 
-
-class CompositeLimiter(_AsyncLimiter, CompositeScheduler):
+class CompositeLimiter(_AsyncLimiter[dict[str, float]], CompositeScheduler):
     """Several limits checked and charged together, all or nothing, with one FIFO queue.
 
     ``CompositeLimiter({"requests": Limit("60/minute", weight=1), "tokens":
@@ -571,17 +656,17 @@ class CompositeLimiter(_AsyncLimiter, CompositeScheduler):
         CompositeScheduler.__init__(self, limits, clock.now_ns())
         self._init_adapter(clock, name, on_event)
 
-    def set_rate(self, name: str, rate: RateLike, capacity: int | None = None) -> None:
+    async def set_rate(self, name: str, rate: RateLike, capacity: int | None = None) -> None:
+        """Change one limit's rate (and capacity). Shorthand for ``set_rate_nowait``."""
+        self.set_rate_nowait(name, rate, capacity)
+
+    def set_rate_nowait(self, name: str, rate: RateLike, capacity: int | None = None) -> None:
         """Change one limit's rate (and capacity) now, carrying its balance over.
 
         Raises ValueError for an unknown name or a capacity below a queued request's cost.
         """
         self.change_limit(self._now_ns(), name, Rate.of(rate), capacity)
         self._replan()
-
-    def available(self) -> dict[str, float]:
-        """Return the tokens available now, per limit (negative while in debt)."""
-        return self.tokens_at(self._now_ns())
 
 
 class TokenBucketRateLimiter(TokenBucket):
@@ -599,21 +684,23 @@ class TokenBucketRateLimiter(TokenBucket):
     @property
     def tokens(self) -> float:
         """The tokens available now, as the seed's attribute of that name meant."""
-        return self.available()
+        return self.available_nowait()
 
 
 class Reservation:
     """A place in a limiter's queue, returned by ``reserve()``.
 
     ``delay`` is the wait expected when it was made; ``await reservation`` waits for the
-    grant; ``cancel()`` withdraws it.
+    grant; ``cancel()`` withdraws it. Once ``await reservation`` has returned, its holder is
+    using the tokens: the reservation is spent and ``cancel()`` does nothing (a refund then
+    could hand the same tokens to a second caller: a burst).
     """
 
-    __slots__ = ("_limiter", "_mark", "_waiter", "_withdrawn", "delay", "tokens")
+    __slots__ = ("_limiter", "_mark", "_spent", "_waiter", "_withdrawn", "delay", "tokens")
 
     def __init__(
         self,
-        limiter: _AsyncLimiter,
+        limiter: _AsyncLimiter[Any],
         tokens: Any,
         mark: Any,
         waiter: _AsyncWaiter | None,
@@ -623,6 +710,7 @@ class Reservation:
         self._mark = mark
         self._waiter = waiter
         self._withdrawn = False
+        self._spent = False
         self.tokens = tokens
         self.delay = delay
 
@@ -642,13 +730,15 @@ class Reservation:
     def __await__(self) -> Generator[Any, None, None]:
         if self._waiter is not None:
             yield from self._limiter._wait(self._waiter).__await__()
+        self._spent = not self._withdrawn
 
     def cancel(self) -> None:
-        """Withdraw: leave the queue, or give a granted reservation's tokens back. Idempotent.
+        """Withdraw: leave the queue, or give the tokens of a granted reservation not yet
+        awaited back. Idempotent; does nothing once ``await reservation`` has returned.
 
         A task awaiting the reservation gets CancelledError.
         """
-        if self._withdrawn:
+        if self._withdrawn or self._spent:
             return
         self._withdrawn = True
         limiter = self._limiter
@@ -674,7 +764,7 @@ class _Take:
 
     def __init__(
         self,
-        limiter: _AsyncLimiter,
+        limiter: _AsyncLimiter[Any],
         tokens: Any,
         refund_on_error: bool,
         timeout: float | None,

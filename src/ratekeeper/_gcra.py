@@ -520,13 +520,17 @@ class CompositeGcra:
 
     def refund_at(
         self, now_ns: int, cost: tuple[int, ...], mark: tuple[int, ...] | None = None
-    ) -> float:
-        """Give ``cost`` back limit by limit (see Gcra.refund_at); return the tokens returned."""
-        return sum(
-            part.refund_at(now_ns, tokens, None if mark is None else mark[index])
-            for index, (part, tokens) in enumerate(zip(self._parts, cost, strict=True))
+    ) -> dict[str, float]:
+        """Give ``cost`` back limit by limit (see Gcra.refund_at); return the tokens returned
+        per limit."""
+        return {
+            name: part.refund_at(now_ns, tokens, None if mark is None else mark[index])
             if tokens
-        )
+            else 0.0
+            for index, (name, part, tokens) in enumerate(
+                zip(self._names, self._parts, cost, strict=True)
+            )
+        }
 
     def tokens_at(self, now_ns: int) -> dict[str, float]:
         """Return the tokens available per limit at ``now_ns``."""

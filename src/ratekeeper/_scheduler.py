@@ -163,7 +163,7 @@ class Queue:
 
         def wait_ns(self, now_ns: int, tokens: Any, ahead: Any = ...) -> int: ...
         def _commit_units(self, at: int, tokens: Any) -> Any: ...
-        def refund_at(self, now_ns: int, tokens: Any, mark: Any = None) -> float: ...
+        def refund_at(self, now_ns: int, tokens: Any, mark: Any = None) -> Any: ...
         def charge_at(self, now_ns: int, tokens: Any) -> Any: ...
         def full_in_ns(self, now_ns: int) -> int: ...
         def describe(self, now_ns: int) -> str: ...
@@ -438,12 +438,13 @@ class Queue:
             waiter.state = REMOVED
         return out
 
-    def give_back(self, now_ns: int, tokens: Any, mark: Any) -> float:
-        """Refund and count it; return the tokens that went back."""
+    def give_back(self, now_ns: int, tokens: Any, mark: Any) -> Any:
+        """Refund and count it; return the tokens that went back (per limit, on a composite)."""
         returned = self.refund_at(now_ns, tokens, mark)
-        self._refunded += returned
-        if returned:
-            self._emit("refunded", now_ns, returned)
+        total = returned if type(returned) is not dict else sum(returned.values())
+        self._refunded += total
+        if total:
+            self._emit("refunded", now_ns, total)
         return returned
 
     # -- reporting -----------------------------------------------------------------------
@@ -535,7 +536,8 @@ class CompositeScheduler(Queue, CompositeGcra):
         return self._due_units(tokens)
 
     def _check(self, tokens: Any) -> Cost:
-        return self.check_cost(tokens)
+        # take() and limit() check a cost once, up front; their acquires pass it on checked.
+        return tokens if type(tokens) is Cost else self.check_cost(tokens)
 
     def _check_amount(self, tokens: Any) -> Cost:
         return self.check_cost(tokens, settling=True)

@@ -12,7 +12,7 @@ import functools
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from ._asyncio import check_priority, check_timeout
 from ._clock import MONOTONIC, Clock
@@ -30,11 +30,12 @@ from ._scheduler import (
     Waiter,
 )
 
-__all__ = ["SyncCompositeLimiter", "SyncTokenBucket"]
+__all__ = ["SyncCompositeLimiter", "SyncReservation", "SyncTokenBucket"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-L = TypeVar("L", bound="_SyncLimiter")
+L = TypeVar("L", bound="_SyncLimiter[Any]")
+A = TypeVar("A")  # tokens as refund() reports them: float, or per limit
 
 # The fast path recognises the default arguments by identity, as TokenBucket.acquire does.
 _ONE = 1
@@ -42,16 +43,18 @@ _ZERO = 0
 
 
 class _ThreadWaiter(Waiter):
-    __slots__ = ("signalled", "wake")
+    # ``attached``: a thread is waiting for it (False for a reservation until its wait()).
+    __slots__ = ("attached", "signalled", "wake")
 
-    def __init__(self, tokens: Any, priority: int) -> None:
+    def __init__(self, tokens: Any, priority: int, attached: bool = True) -> None:
         super().__init__(tokens, priority)
         self.wake = threading.Lock()
         self.wake.acquire()
         self.signalled = False
+        self.attached = attached
 
 
-class _SyncLimiter(Queue):
+class _SyncLimiter(Queue, Generic[A]):
     """The thread adapter over a scheduler: a wake-lock per waiter, the head sleeps.
 
     Shared by SyncTokenBucket and SyncCompositeLimiter; each declares the fields below as
@@ -84,10 +87,25 @@ class _SyncLimiter(Queue):
         ``timeout`` seconds (refused at once when the plan already says so), LimiterClosed
         after close(), ValueError/TypeError for bad arguments.
         """
-        _, waiter = self._admit(tokens, timeout, priority)
+        _, waiter, _ = self._admit(tokens, timeout, priority)
         if waiter is not None:
             self._wait(waiter, timeout)
         return True
+
+    def reserve(
+        self, tokens: Any = 1, *, timeout: float | None = None, priority: int = 0
+    ) -> SyncReservation:
+        """Queue for ``tokens`` now and return the SyncReservation at once.
+
+        ``reservation.delay`` says how long it is expected to wait; ``reservation.wait()``
+        blocks until the grant; ``reservation.cancel()`` withdraws it (a granted
+        reservation not yet waited for gives its tokens back as far as that is still
+        correct; once ``wait()`` has returned, cancel does nothing). Raises AcquireTimeout
+        if the expected wait exceeds ``timeout``; ``wait()`` raises it if the grant does not
+        come within ``timeout`` of the reservation.
+        """
+        mark, waiter, delay_ns = self._admit(tokens, timeout, priority, attached=False)
+        return SyncReservation(self, self._check(tokens), mark, waiter, delay_ns, timeout=timeout)
 
     def try_acquire(self, tokens: Any = 1, *, priority: int = 0) -> bool:
         """Take ``tokens`` if they can be granted now without overtaking a waiter.
@@ -111,9 +129,10 @@ class _SyncLimiter(Queue):
             return False
 
     def _admit(
-        self, tokens: Any, timeout: float | None, priority: int
-    ) -> tuple[Any, _ThreadWaiter | None]:
-        """Grant now (mark, None), or queue (0, waiter); raise AcquireTimeout on refusal."""
+        self, tokens: Any, timeout: float | None, priority: int, attached: bool = True
+    ) -> tuple[Any, _ThreadWaiter | None, int]:
+        """Grant now (mark, None, 0), or queue (0, waiter, expected wait in ns); raise
+        AcquireTimeout on refusal."""
         tokens = self._check(tokens)
         check_priority(priority)
         max_wait = check_timeout(timeout)
@@ -123,7 +142,7 @@ class _SyncLimiter(Queue):
             now = self._now_ns()
             delay, ahead = self.plan(now, tokens, priority)
             if delay == 0 and not ahead:
-                return self.grant_now(now, tokens), None
+                return self.grant_now(now, tokens), None, 0
             if max_wait is not None and delay > max_wait:
                 self.reject(now, tokens)
                 raise AcquireTimeout(
@@ -131,10 +150,10 @@ class _SyncLimiter(Queue):
                     f"beyond the timeout of {timeout}s",
                     delay / 1e9,
                 )
-            waiter = _ThreadWaiter(tokens, priority)
+            waiter = _ThreadWaiter(tokens, priority, attached)
             if self.enqueue(waiter, now):
                 self._wake_head_locked()
-            return 0, waiter
+            return 0, waiter, delay
 
     def _wait(self, waiter: _ThreadWaiter, timeout: float | None) -> Any:
         """Block until ``waiter`` is granted; return its refund mark.
@@ -177,7 +196,7 @@ class _SyncLimiter(Queue):
                     # and before any timeout: grants come before timeouts.
                     self._release_locked(now)
                     continue
-                if self.head() is waiter:
+                if self._timekeeper() is waiter:
                     assert due is not None
                     wake_at = due if deadline is None else min(due, deadline)
                 if deadline is not None and now >= deadline:
@@ -194,9 +213,22 @@ class _SyncLimiter(Queue):
         self._wake_head_locked()
 
     def _wake_head_locked(self) -> None:
+        keeper = self._timekeeper()
+        if keeper is not None:
+            self._signal(keeper)
+
+    def _timekeeper(self) -> _ThreadWaiter | None:
+        """Return the waiter whose thread sleeps until the head's due time: the head, or,
+        while the head is a reservation nobody waits for yet, the first waiter with a
+        thread (it grants the head when due, so the queue never stalls behind it)."""
         head = self.head()
-        if head is not None:
-            self._signal(head)
+        if head is None or head.attached:  # type: ignore[attr-defined]
+            return head  # type: ignore[return-value]
+        for level in self._levels:
+            for waiter in self._queues[level][0]:
+                if waiter.state == QUEUED and waiter.attached:
+                    return waiter  # type: ignore[no-any-return]
+        return None
 
     @staticmethod
     def _signal(waiter: Waiter) -> None:
@@ -207,7 +239,7 @@ class _SyncLimiter(Queue):
 
     # -- settling accounts ---------------------------------------------------------------
 
-    def refund(self, tokens: Any) -> float:
+    def refund(self, tokens: Any) -> A:
         """Give back ``tokens`` taken earlier and unused; return how many went back.
 
         The caller vouches that they were taken and not used. They never fill the bucket
@@ -216,7 +248,7 @@ class _SyncLimiter(Queue):
         tokens = self._check_amount(tokens)
         with self._lock:
             now = self._now_ns()
-            returned = self.give_back(now, tokens, None)
+            returned: A = self.give_back(now, tokens, None)
             self._release_locked(now)
         return returned
 
@@ -311,7 +343,7 @@ class _SyncLimiter(Queue):
         return decorate
 
 
-class SyncTokenBucket(_SyncLimiter, Scheduler):
+class SyncTokenBucket(_SyncLimiter[float], Scheduler):
     """A thread-safe, blocking token bucket with the asyncio limiter's API and guarantees.
 
     ``acquire(n, timeout=)`` blocks until granted (FIFO among threads, higher ``priority``
@@ -371,7 +403,7 @@ class SyncTokenBucket(_SyncLimiter, Scheduler):
             return self.tokens_at(self._now_ns())
 
 
-class SyncCompositeLimiter(_SyncLimiter, CompositeScheduler):
+class SyncCompositeLimiter(_SyncLimiter[dict[str, float]], CompositeScheduler):
     """The thread-safe, blocking twin of CompositeLimiter (same costs, same semantics)."""
 
     __slots__ = ("__weakref__", "_clock", "_closed", "_lock", "_now_ns")
@@ -410,7 +442,7 @@ class _SyncTake:
 
     def __init__(
         self,
-        limiter: _SyncLimiter,
+        limiter: _SyncLimiter[Any],
         tokens: Any,
         refund_on_error: bool,
         timeout: float | None,
@@ -425,7 +457,7 @@ class _SyncTake:
 
     def __enter__(self) -> None:
         limiter = self._limiter
-        mark, waiter = limiter._admit(self._tokens, self._timeout, self._priority)
+        mark, waiter, _ = limiter._admit(self._tokens, self._timeout, self._priority)
         self._mark = limiter._wait(waiter, self._timeout) if waiter is not None else mark
 
     def __exit__(
@@ -440,3 +472,91 @@ class _SyncTake:
                 now = limiter._now_ns()
                 limiter.give_back(now, self._tokens, self._mark)
                 limiter._release_locked(now)
+
+
+class SyncReservation:
+    """A place in a blocking limiter's queue, returned by ``reserve()``.
+
+    ``delay`` is the wait expected when it was made; ``wait()`` blocks until the grant;
+    ``cancel()`` withdraws it. Once ``wait()`` has returned, its holder is using the tokens:
+    the reservation is spent and ``cancel()`` does nothing.
+    """
+
+    __slots__ = (
+        "_limiter",
+        "_mark",
+        "_spent",
+        "_timeout",
+        "_waiter",
+        "_withdrawn",
+        "delay",
+        "tokens",
+    )
+
+    def __init__(
+        self,
+        limiter: _SyncLimiter[Any],
+        tokens: Any,
+        mark: Any,
+        waiter: _ThreadWaiter | None,
+        delay_ns: int,
+        *,
+        timeout: float | None,
+    ) -> None:
+        self._limiter = limiter
+        self._mark = mark
+        self._waiter = waiter
+        self._timeout = timeout
+        self._withdrawn = False
+        self._spent = False
+        self.tokens = tokens
+        self.delay = delay_ns / 1e9
+
+    @property
+    def granted(self) -> bool:
+        """True once the tokens are granted (at once, or when the wait is over)."""
+        if self._withdrawn:
+            return False
+        return self._waiter is None or self._waiter.state == GRANTED
+
+    @property
+    def cancelled(self) -> bool:
+        """True after cancel(), a timeout or close()."""
+        waiter = self._waiter
+        return self._withdrawn or (waiter is not None and waiter.state not in (QUEUED, GRANTED))
+
+    def wait(self) -> None:
+        """Block until granted; raise AcquireTimeout (past the reservation's timeout) or
+        LimiterClosed (closed, or cancelled, while waiting)."""
+        waiter = self._waiter
+        if self._withdrawn:
+            raise LimiterClosed(f"{self!r} was cancelled")
+        if waiter is not None and not self._spent:
+            limiter = self._limiter
+            with limiter._lock:
+                waiter.attached = True
+                if waiter.state == QUEUED:
+                    limiter._wake_head_locked()  # it may have to keep the time now
+            self._mark = limiter._wait(waiter, self._timeout)
+        self._spent = True
+
+    def cancel(self) -> None:
+        """Withdraw: leave the queue, or give the tokens of a granted reservation not yet
+        waited for back. Idempotent; does nothing once ``wait()`` has returned."""
+        if self._withdrawn or self._spent:
+            return
+        self._withdrawn = True
+        limiter = self._limiter
+        waiter = self._waiter
+        with limiter._lock:
+            now = limiter._now_ns()
+            if waiter is None:
+                limiter.withdraw_grant(now, self.tokens, self._mark)
+            else:
+                limiter.cancel(waiter, now)
+                limiter._signal(waiter)  # a thread in wait() sees it withdrawn
+            limiter._release_locked(now)
+
+    def __repr__(self) -> str:
+        state = "granted" if self.granted else "cancelled" if self.cancelled else "queued"
+        return f"<SyncReservation tokens={self.tokens} delay={self.delay:.6f}s {state}>"

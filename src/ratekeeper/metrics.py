@@ -96,8 +96,8 @@ _EXTRA_DOCS = {
 class Observable(Protocol):
     """What the collector reads: any limiter with ``statistics()`` (the rest is optional).
 
-    ``available()``, ``capacity`` and ``rate`` are published when present and not
-    asynchronous; extra numeric fields of a Statistics subclass are published as counters.
+    ``available()`` (or ``available_nowait()``), ``capacity`` and ``rate`` are published when
+    present and not asynchronous; extra numeric fields of a Statistics subclass are published as counters.
     """
 
     def statistics(self) -> Statistics: ...
@@ -329,7 +329,9 @@ class _Families:
                 extra = getattr(stats, field.name)
                 if _is_number(extra):
                     self.extra(field.name).add_metric(labels, extra)
-        available = _read(limiter, "available", label)
+        # An in-memory asyncio limiter answers at once through its synchronous twin.
+        reader = "available_nowait" if hasattr(limiter, "available_nowait") else "available"
+        available = _read(limiter, reader, label)
         if isinstance(available, Mapping):  # a composite limiter: tokens per limit
             for limit, tokens in sorted(available.items()):
                 if _is_number(tokens):

@@ -238,7 +238,9 @@ async def test_a_composite_is_all_or_nothing(async_client: Any, key: str) -> Non
 
 
 async def test_a_composite_waits_for_its_slowest_limit(async_client: Any, key: str) -> None:
-    limits = RedisCompositeLimiter(async_client, key, {"a": Limit("20/s", 1), "b": Limit("10/s", 1)})
+    limits = RedisCompositeLimiter(
+        async_client, key, {"a": Limit("20/s", 1), "b": Limit("10/s", 1)}
+    )
     await limits.acquire()
     reservation = await limits.reserve()
     assert reservation.delay == pytest.approx(0.1, abs=0.005)

@@ -342,12 +342,17 @@ class _Governor(Generic[Bucket]):
         Idempotent: a bucket that already waits that long is left alone.
         """
         bucket = state.bucket
-        need = bucket.available() - 1 + seconds * bucket.rate.per_second
+        # The bucket is in this process: its synchronous calls (the asyncio one's *_nowait).
+        if isinstance(bucket, TokenBucket):
+            available, charge = bucket.available_nowait(), bucket.charge_nowait
+        else:
+            available, charge = bucket.available(), bucket.charge
+        need = available - 1 + seconds * bucket.rate.per_second
         tokens = math.ceil(need - 1e-9)
         if tokens >= 1:
             self.paused += seconds
             logger.debug("pausing %r for %.3fs (%s)", bucket, seconds, why)
-            bucket.charge(tokens)
+            charge(tokens)
 
     def _decrease(self, state: _Host[Bucket], sent_ns: int) -> None:
         aimd = self._aimd
@@ -369,7 +374,11 @@ class _Governor(Generic[Bucket]):
     def _apply(self, state: _Host[Bucket]) -> None:
         rate = _round(state.rate)
         state.applied = rate
-        state.bucket.set_rate(Rate(rate))
+        bucket = state.bucket
+        if isinstance(bucket, TokenBucket):
+            bucket.set_rate_nowait(Rate(rate))
+        else:
+            bucket.set_rate(Rate(rate))
 
     def current_rate(self, host: str | None = None) -> float:
         """Return the rate (tokens/s) now in force, for ``host`` when ``per_host``."""

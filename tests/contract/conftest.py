@@ -1,0 +1,145 @@
+"""The implementations the contract suite runs on, and a driver that calls either family.
+
+Every scenario in ``test_contract.py`` runs once per implementation: in memory and on a
+real Valkey server, asyncio and blocking, one limit and a composite. A composite is tested
+through its limit ``"main"`` (the scenario's rate and capacity) beside a generous second
+limit that never decides; an int cost takes that many tokens of each.
+
+The blocking limiters are driven from worker threads (``asyncio.to_thread``), so one
+scenario body, written with ``await``, holds both families to the same answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from ratekeeper import CompositeLimiter, SyncCompositeLimiter, SyncTokenBucket, TokenBucket
+
+from .._redis_fixtures import redis_url
+
+__all__ = ["Driver", "redis_url"]
+
+SIDE = ("1000/s", 1000)  # the composite's second limit: never the one that decides
+
+
+@dataclass(frozen=True)
+class Impl:
+    name: str
+    is_async: bool
+    composite: bool
+    redis: bool
+
+    def make(self, url: str | None, rate: str, capacity: int) -> Any:
+        limits = {"main": (rate, capacity), "side": SIDE}
+        key = f"contract-{uuid.uuid4().hex[:12]}"
+        if not self.redis:
+            if self.composite:
+                return (CompositeLimiter if self.is_async else SyncCompositeLimiter)(limits)
+            return (TokenBucket if self.is_async else SyncTokenBucket)(rate, capacity)
+        from ratekeeper.redis import (
+            RedisCompositeLimiter,
+            RedisTokenBucket,
+            SyncRedisCompositeLimiter,
+            SyncRedisTokenBucket,
+        )
+
+        if self.composite:
+            cls = RedisCompositeLimiter if self.is_async else SyncRedisCompositeLimiter
+            return cls(url, key, limits)
+        cls = RedisTokenBucket if self.is_async else SyncRedisTokenBucket
+        return cls(url, key, rate, capacity)
+
+
+IMPLS = [
+    Impl(f"{where}-{family}-{form}", family == "async", form == "composite", where == "redis")
+    for where in ("memory", "redis")
+    for family in ("async", "sync")
+    for form in ("bucket", "composite")
+]
+
+
+class Driver:
+    """One limiter under test, called the same way whichever family it is of."""
+
+    def __init__(self, impl: Impl, url: str | None) -> None:
+        self.impl = impl
+        self._url = url
+        self._made: list[Any] = []
+
+    def make(self, rate: str = "10/s", capacity: int = 2) -> Any:
+        """Return a new limiter of this implementation (a fresh key on Redis)."""
+        limiter = self.impl.make(self._url, rate, capacity)
+        self._made.append(limiter)
+        return limiter
+
+    async def call(self, limiter: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``limiter.method``: awaited (asyncio) or in a worker thread (blocking)."""
+        bound = getattr(limiter, method)
+        if self.impl.is_async:
+            return await bound(*args, **kwargs)
+        return await asyncio.to_thread(bound, *args, **kwargs)
+
+    async def wait(self, reservation: Any) -> None:
+        if self.impl.is_async:
+            await reservation
+        else:
+            await asyncio.to_thread(reservation.wait)
+
+    @contextlib.asynccontextmanager
+    async def take(self, limiter: Any, *args: Any, **kwargs: Any) -> AsyncIterator[None]:
+        manager = limiter.take(*args, **kwargs)
+        if self.impl.is_async:
+            async with manager:
+                yield
+            return
+        await asyncio.to_thread(manager.__enter__)
+        try:
+            yield
+        except BaseException as exc:
+            manager.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        manager.__exit__(None, None, None)
+
+    async def decorated_calls(self, decorator: Callable[[Any], Any], calls: int) -> list[int]:
+        """Decorate a function with ``decorator``, call it ``calls`` times; return the calls
+        that ran (each raises AcquireTimeout or returns its index)."""
+        if self.impl.is_async:
+
+            async def work_async(i: int) -> int:
+                return i
+
+            limited_async = decorator(work_async)
+            return [await limited_async(i) for i in range(calls)]
+
+        def work(i: int) -> int:
+            return i
+
+        limited = decorator(work)
+        return [await asyncio.to_thread(limited, i) for i in range(calls)]
+
+    def main(self, tokens: Any) -> float:
+        """The tokens of the limit under test (a composite reports them per limit)."""
+        return float(tokens["main"]) if isinstance(tokens, dict) else float(tokens)
+
+    async def close_all(self) -> None:
+        for limiter in self._made:
+            if self.impl.is_async:
+                await limiter.aclose()
+            else:
+                limiter.close()
+
+
+@pytest.fixture(params=IMPLS, ids=[impl.name for impl in IMPLS])
+async def driver(request: pytest.FixtureRequest) -> AsyncIterator[Driver]:
+    impl: Impl = request.param
+    url = request.getfixturevalue("redis_url") if impl.redis else None
+    drv = Driver(impl, url)
+    yield drv
+    await drv.close_all()
