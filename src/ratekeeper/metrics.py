@@ -97,7 +97,8 @@ class Observable(Protocol):
     """What the collector reads: any limiter with ``statistics()`` (the rest is optional).
 
     ``available()`` (or ``available_nowait()``), ``capacity`` and ``rate`` are published when
-    present and not asynchronous; extra numeric fields of a Statistics subclass are published as counters.
+    present and not asynchronous; extra numeric fields of a Statistics subclass are
+    published as counters.
     """
 
     def statistics(self) -> Statistics: ...
