@@ -256,3 +256,11 @@ def test_accepted_amounts_keep_every_float_finite(
         assert math.isfinite(g.wait_ns(now, min(tokens, capacity)) / 1e9)
         assert math.isfinite(g.full_in_ns(now) / 1e9)
         assert g.describe(now)
+
+
+def test_the_slowest_rate_fits_the_redis_script_and_larger_bursts_fail_clearly() -> None:
+    from ratekeeper.redis._script import make_spec
+
+    assert make_spec("k", "", Rate(1, per=7 * 86400), 1).burst == MAX_INTERVAL_NS
+    with pytest.raises(ValueError, match="2\\^51"):
+        make_spec("k", "", Rate(MAX_TOKENS, MAX_TOKENS), MAX_TOKENS)
