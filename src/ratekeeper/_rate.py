@@ -24,12 +24,13 @@ About 2.8e14. With intervals bounded as below, every sum the core forms stays a 
 integer and every float it reports (tokens available, seconds to wait) stays finite."""
 MIN_INTERVAL_NS = 1
 """The shortest emission interval: one token per nanosecond (1e9 tokens/s)."""
-MAX_INTERVAL_NS = 7 * 86_400 * NS_PER_SECOND
-"""The longest emission interval: one token a week. A full bucket of one such token spans
-6.048e14 ns, inside the 2^51 units the Redis script keeps exact."""
+MAX_INTERVAL_NS = 3650 * 86_400 * NS_PER_SECOND
+"""The longest emission interval: 3650 days, one token per 10 years (3.15e17 ns). The Redis
+script keeps only 2^51 units exact (about 26 days of whole ns for a full bucket); a slower
+limit is refused there by ``make_spec``, naming that bound."""
 _RANGES = (
     f"a rate takes at most 2**48 ({MAX_TOKENS}) tokens per period, one token every "
-    f"1 ns (1e9 tokens/s) to 7 days (one a week)"
+    f"1 ns (1e9 tokens/s) to 3650 days (one per 10 years)"
 )
 # The emission interval is reduced to a fraction whose denominator is at most this; any rate
 # written with a few decimal digits is represented exactly.
@@ -134,11 +135,11 @@ class Rate:
 
     - ``tokens`` at most ``MAX_TOKENS`` = 2**48 (about 2.8e14);
     - the emission interval ``per / tokens`` from ``MIN_INTERVAL_NS`` = 1 ns (a rate of at
-      most 1e9 tokens/s) to ``MAX_INTERVAL_NS`` = 7 days (at least one token a week).
+      most 1e9 tokens/s) to ``MAX_INTERVAL_NS`` = 3650 days (one token per 10 years).
 
-    So ``per`` is at most 2**48 weeks, and ``str()``, ``interval`` and ``per_second`` of any
-    Rate are finite. The Redis backend has a tighter bound of its own (capacity * interval,
-    see ``make_spec``), refused there with its own message.
+    So ``per`` is at most 2**48 times 10 years, and ``str()``, ``interval`` and
+    ``per_second`` of any Rate are finite. The Redis backend has a tighter bound of its own
+    (capacity * interval, see ``make_spec``), refused there with its own message.
     """
 
     tokens: float
