@@ -22,7 +22,7 @@ from ratekeeper.testing import ManualClock
 
 RANGE = r"2\*\*48 .* 1 ns .* 3650 days"
 SLOWEST = 3650 * 86400  # seconds per token
-FAST = settings(max_examples=200, deadline=200)
+FAST = settings(max_examples=100, deadline=200)
 
 
 def refusal(call: Callable[[], object]) -> str | None:

@@ -26,7 +26,7 @@ from ratekeeper.testing import ManualClock
 
 HUGE = "9" * 5000  # past Python's 4300-digit limit for int(str)
 BOUND = 1e15
-FAST = settings(max_examples=100, deadline=500)
+FAST = settings(max_examples=60, deadline=500)
 
 
 @pytest.fixture(autouse=True)
