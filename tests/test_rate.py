@@ -80,3 +80,25 @@ def test_str_and_properties() -> None:
     assert Rate(4).interval == 0.25
     assert Rate(0.5).default_capacity == 1
     assert Rate.parse("100/minute").default_capacity == 100
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1.5e3/h", Rate(1500, 3600)),
+        (".5/s", Rate(0.5)),
+        ("5 per .5 s", Rate(5, 0.5)),
+        ("5/1e-3s", Rate(5, 0.001)),
+        ("2E+1 per 1E1 seconds", Rate(20, 10)),
+        ("1e9/s", Rate(10**9)),
+        ("1 per 3650 days", Rate(1, 3650 * 86400)),
+    ],
+)
+def test_parse_keeps_decimal_and_exponent_forms(text: str, expected: Rate) -> None:
+    assert Rate.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["2e9/s", "1 per 3651 days", "1e15/s", "3e14 per 1e20 s"])
+def test_parse_refuses_rates_out_of_range_naming_it(text: str) -> None:
+    with pytest.raises(ValueError, match=r"too (fast|slow|many).*1 ns .* to 3650 days"):
+        Rate.parse(text)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import NamedTuple
 
-from ._rate import NS_PER_SECOND, Rate, RateLike
+from ._rate import MAX_TOKENS, NS_PER_SECOND, Rate, RateLike, _show
 
 __all__ = [
     "CompositeDecision",
@@ -59,28 +59,41 @@ class Decision(NamedTuple):
 
 
 def check_tokens(tokens: object, what: str = "tokens", limit: int | None = None) -> int:
-    """Return ``tokens`` if it is an int >= 1 (and <= limit); raise TypeError/ValueError."""
-    if type(tokens) is not int:  # bools and floats are refused, not coerced
-        raise TypeError(f"{what} must be an int >= 1, not {type(tokens).__name__} {tokens!r}")
+    """Return ``tokens`` if it is an int from 1 to ``MAX_TOKENS`` (and <= limit).
+
+    ``MAX_TOKENS`` is 2**48 (about 2.8e14), for every amount: a call's tokens, a charge, a
+    refund, a weight. Raises TypeError for a value that is not an int (bools and floats are
+    refused, not coerced) and ValueError, naming the value and the range, for one outside it.
+    """
+    if type(tokens) is not int:
+        raise TypeError(f"{what} must be an int >= 1, not {type(tokens).__name__} {_show(tokens)}")
     if tokens < 1:
-        raise ValueError(f"{what} must be >= 1, got {tokens}")
+        raise ValueError(f"{what} must be >= 1, got {_show(tokens)}")
     if limit is not None and tokens > limit:
         raise ValueError(
-            f"{what}={tokens} exceeds the capacity {limit}: such a request could never be "
-            f"granted; ask for at most {limit}, or use a larger capacity"
+            f"{what}={_show(tokens)} exceeds the capacity {limit}: such a request could never "
+            f"be granted; ask for at most {limit}, or use a larger capacity"
         )
+    if tokens > MAX_TOKENS:
+        raise ValueError(f"{what} must be from 1 to 2**48 ({MAX_TOKENS}), got {_show(tokens)}")
     return tokens
 
 
 def check_capacity(capacity: object) -> int:
-    """Return ``capacity`` if it is an int >= 1; raise TypeError/ValueError naming it."""
+    """Return ``capacity`` if it is an int from 1 to ``MAX_TOKENS`` (2**48).
+
+    Raises TypeError/ValueError naming the value and the range.
+    """
     if type(capacity) is not int:
         raise TypeError(
             f"capacity must be an int >= 1 (the burst size in tokens), "
-            f"not {type(capacity).__name__} {capacity!r}"
+            f"not {type(capacity).__name__} {_show(capacity)}"
         )
-    if capacity < 1:
-        raise ValueError(f"capacity must be >= 1 (the burst size in tokens), got {capacity}")
+    if not 1 <= capacity <= MAX_TOKENS:
+        raise ValueError(
+            f"capacity must be an int from 1 to 2**48 ({MAX_TOKENS}) (the burst size in "
+            f"tokens), got {_show(capacity)}"
+        )
     return capacity
 
 
@@ -345,12 +358,23 @@ class Gcra:
         return f"{self._rate} capacity={self._capacity} tokens={self.tokens_at(now_ns):.3g}"
 
 
+MAX_SECONDS = 10**12
+"""The longest span ``seconds_to_ns`` accepts: 1e12 s (about 31,700 years). Timeouts of 1e9 s
+or more mean "no timeout" before they get here; the bound keeps clocks and sums finite."""
+
+
 def seconds_to_ns(seconds: float, what: str) -> int:
-    """Convert a finite, >= 0 number of seconds to integer ns (rounded up); raise if invalid."""
+    """Convert a number of seconds from 0 to ``MAX_SECONDS`` to integer ns (rounded up).
+
+    Raises TypeError for a value that is not an int or float, and ValueError naming the value
+    and the range for NaN, a negative value or one above 1e12.
+    """
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
         raise TypeError(f"{what} must be a number of seconds, not {type(seconds).__name__}")
-    if not seconds >= 0 or seconds == float("inf"):
-        raise ValueError(f"{what} must be a finite number of seconds >= 0, got {seconds!r}")
+    if not 0 <= seconds <= MAX_SECONDS:
+        raise ValueError(
+            f"{what} must be a finite number of seconds >= 0 and <= 1e12, got {_show(seconds)}"
+        )
     # Read a float as the decimal it prints as (as Rate does): 0.067 s is 67,000,000 ns, not
     # the 67,000,001 its binary value rounds up to.
     exact = Fraction(repr(seconds)) if isinstance(seconds, float) else Fraction(seconds)

@@ -1,7 +1,9 @@
 """Rate: how many tokens per how much time, as an exact value.
 
 The emission interval (nanoseconds per token) is kept as an exact fraction so that the
-arithmetic in the core can run on integers and never drift, however long it runs.
+arithmetic in the core can run on integers and never drift, however long it runs. Every
+input is bounded: a rate outside the ranges below is refused at once, and a rate string is
+read in time linear in its length (a number's exponent is checked before it is expanded).
 """
 
 from __future__ import annotations
@@ -11,9 +13,25 @@ import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-__all__ = ["Rate", "RateLike"]
+__all__ = ["MAX_INTERVAL_NS", "MAX_TOKENS", "MIN_INTERVAL_NS", "Rate", "RateLike"]
 
 NS_PER_SECOND = 1_000_000_000
+
+MAX_TOKENS = 2**48
+"""The most tokens anything takes: a rate's token count, a capacity, one call's amount.
+
+About 2.8e14. With intervals bounded as below, every sum the core forms stays a small
+integer and every float it reports (tokens available, seconds to wait) stays finite."""
+MIN_INTERVAL_NS = 1
+"""The shortest emission interval: one token per nanosecond (1e9 tokens/s)."""
+MAX_INTERVAL_NS = 3650 * 86_400 * NS_PER_SECOND
+"""The longest emission interval: 3650 days, one token per 10 years (3.15e17 ns). The Redis
+script keeps only 2^51 units exact (about 26 days of whole ns for a full bucket); a slower
+limit is refused there by ``make_spec``, naming that bound."""
+_RANGES = (
+    f"a rate takes at most 2**48 ({MAX_TOKENS}) tokens per period, one token every "
+    f"1 ns (1e9 tokens/s) to 3650 days (one per 10 years)"
+)
 # The emission interval is reduced to a fraction whose denominator is at most this; any rate
 # written with a few decimal digits is represented exactly.
 _MAX_DENOMINATOR = 1_000_000
@@ -30,30 +48,98 @@ for _names, _seconds in (
         _UNITS[_name] = _seconds
 
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+# One \s* between "/" and the unit whether or not a count stands there: two in a row around
+# an optional group would let a regex engine split a run of spaces n ways (quadratic time).
 _RATE_RE = re.compile(
-    rf"^\s*(?P<tokens>{_NUMBER})\s*(?:/|per\b)\s*(?P<count>{_NUMBER})?\s*(?P<unit>[a-zA-Z]+)\s*$"
+    rf"^\s*(?P<tokens>{_NUMBER})\s*(?:/|per\b)\s*(?:(?P<count>{_NUMBER})\s*)?"
+    rf"(?P<unit>[a-zA-Z]+)\s*$"
 )
+_LITERAL_RE = re.compile(r"(\d*)(?:\.(\d*))?(?:[eE]([+-]?)(\d+))?")
+# A literal whose value lies outside 1e-400..1e400 is refused before it is expanded: no
+# float (nor any rate in range) needs more, and "1e999999999" would be a billion digits.
+_MAX_MAGNITUDE = 400
+# Digits past the 40th significant one are dropped: every int in range (<= 2**48) has
+# fewer, and any other value ends up a float, which keeps 17.
+_MAX_DIGITS = 40
 _FORMS = "'5/s', '100/minute', '10 per 2 seconds', '1000/hour', '5000/day'"
 
 
 def _exact(value: float | int | Fraction, what: str) -> Fraction:
     """Convert a positive finite number to a Fraction, reading floats as their decimal repr."""
     if isinstance(value, bool) or not isinstance(value, (int, float, Fraction)):
-        raise TypeError(f"{what} must be a number, not {type(value).__name__} {value!r}")
+        raise TypeError(f"{what} must be a number, not {type(value).__name__} {_show(value)}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{what} must be finite and > 0, got {value!r}")
     exact = Fraction(repr(value)) if isinstance(value, float) else Fraction(value)
     if exact <= 0:
-        raise ValueError(f"{what} must be > 0, got {value!r}")
+        raise ValueError(f"{what} must be > 0, got {_show(value)}")
     return exact
+
+
+def _show(value: object) -> str:
+    """Return a short repr for an error message, even of an int too long to print."""
+    if isinstance(value, Fraction):
+        return f"{_show(value.numerator)}/{_show(value.denominator)}"
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"<an int of {value.bit_length()} bits>"
+    text = repr(value) if isinstance(value, (int, float)) else object.__repr__(value)
+    return text if len(text) <= 80 else f"{text[:60]}...({len(text)} chars)"
+
+
+def _clip(text: str) -> str:
+    """Return repr(text), shortened to fit an error message."""
+    shown = repr(text)
+    return shown if len(shown) <= 80 else f"{shown[:60]}...({len(text)} chars)"
+
+
+def _literal(digits: str, text: str) -> Fraction:
+    """Return the exact value of a decimal literal of ``_NUMBER``, in time linear in its length.
+
+    Raises ValueError for a value beyond 1e400 or, other than 0, below 1e-400.
+    """
+    if not digits.isascii():  # \d matched other scripts' digits, which int() also reads
+        digits = "".join(c if c in ".eE+-" else str(int(c)) for c in digits)
+    match = _LITERAL_RE.fullmatch(digits)
+    assert match is not None, "the rate pattern only lets literals through"
+    whole, fraction, sign, exponent = match.groups(default="")
+    significant = (whole + fraction).lstrip("0")
+    if not significant:
+        return Fraction(0)
+    shift = -len(fraction)
+    trimmed = significant.rstrip("0")
+    shift += len(significant) - len(trimmed)
+    exponent = exponent.lstrip("0")
+    if len(exponent) > 9:  # past any magnitude allowed, whatever the digits: don't expand it
+        exponent = "1" + "0" * 9
+    shift += -int(exponent or "0") if sign == "-" else int(exponent or "0")
+    magnitude = len(trimmed) + shift  # 10**(magnitude-1) <= value < 10**magnitude
+    if not -_MAX_MAGNITUDE < magnitude <= _MAX_MAGNITUDE:
+        raise ValueError(
+            f"the number {_clip(digits)} in rate {_clip(text)} is out of range; {_RANGES}"
+        )
+    if len(trimmed) > _MAX_DIGITS:
+        shift += len(trimmed) - _MAX_DIGITS
+        trimmed = trimmed[:_MAX_DIGITS]
+    if shift >= 0:
+        return Fraction(int(trimmed) * 10**shift)
+    return Fraction(int(trimmed), 10**-shift)
 
 
 @dataclass(frozen=True)
 class Rate:
     """A rate of ``tokens`` per ``per`` seconds, e.g. ``Rate(5)``, ``Rate(100, per=60)``.
 
-    ``Rate.parse("100/minute")`` reads the usual text forms. Raises ValueError for a rate that
-    is zero, negative or not finite, and TypeError for a value that is not a number.
+    ``Rate.parse("100/minute")`` reads the usual text forms. Raises TypeError for a value that
+    is not a number, and ValueError, naming the value and the range, for a rate that is zero,
+    negative or not finite, or outside these bounds:
+
+    - ``tokens`` at most ``MAX_TOKENS`` = 2**48 (about 2.8e14);
+    - the emission interval ``per / tokens`` from ``MIN_INTERVAL_NS`` = 1 ns (a rate of at
+      most 1e9 tokens/s) to ``MAX_INTERVAL_NS`` = 3650 days (one token per 10 years).
+
+    So ``per`` is at most 2**48 times 10 years, and ``str()``, ``interval`` and
+    ``per_second`` of any Rate are finite. The Redis backend has a tighter bound of its own
+    (capacity * interval, see ``make_spec``), refused there with its own message.
     """
 
     tokens: float
@@ -63,29 +149,38 @@ class Rate:
     def __post_init__(self) -> None:
         tokens = _exact(self.tokens, "rate tokens")
         per = _exact(self.per, "rate period 'per' (seconds)")
-        interval = (per * NS_PER_SECOND / tokens).limit_denominator(_MAX_DENOMINATOR)
-        if interval <= 0:
-            raise ValueError(f"rate {self.tokens}/{self.per}s is too fast: over 1e15 tokens/s")
+        if tokens > MAX_TOKENS:
+            raise ValueError(f"rate tokens={_show(self.tokens)} is too many: {_RANGES}")
+        exact = per * NS_PER_SECOND / tokens
+        if not MIN_INTERVAL_NS <= exact <= MAX_INTERVAL_NS:
+            pace = "fast" if exact < MIN_INTERVAL_NS else "slow"
+            raise ValueError(
+                f"rate {_show(self.tokens)} per {_show(self.per)}s is too {pace}: {_RANGES}"
+            )
+        # Both bounds are integers, so the nearest fraction stays within them.
+        interval = exact.limit_denominator(_MAX_DENOMINATOR)
         object.__setattr__(self, "ns_per_token", interval)
 
     @classmethod
     def parse(cls, text: str) -> Rate:
         """Read a rate such as '5/s', '100/minute', '10 per 2 seconds' or '5000/day'.
 
-        Raises ValueError naming the text and the accepted forms when it does not parse.
+        Raises ValueError naming the text and the accepted forms when it does not parse, and
+        naming the range when a number in it is out of range (see the class). Takes time
+        linear in the text's length.
         """
         if not isinstance(text, str):
-            raise TypeError(f"a rate string is needed, not {type(text).__name__} {text!r}")
+            raise TypeError(f"a rate string is needed, not {type(text).__name__} {_show(text)}")
         match = _RATE_RE.match(text)
         unit = _UNITS.get(match["unit"].lower()) if match else None
         if match is None or unit is None:
-            raise ValueError(f"cannot read the rate {text!r}; write it like {_FORMS}")
-        count = Fraction(match["count"]) if match["count"] else Fraction(1)
+            raise ValueError(f"cannot read the rate {_clip(text)}; write it like {_FORMS}")
+        count = _literal(match["count"], text) if match["count"] else Fraction(1)
         if count <= 0:
-            raise ValueError(f"the period in rate {text!r} must be > 0")
-        tokens = Fraction(match["tokens"])
+            raise ValueError(f"the period in rate {_clip(text)} must be > 0")
+        tokens = _literal(match["tokens"], text)
         if tokens <= 0:
-            raise ValueError(f"the token count in rate {text!r} must be > 0")
+            raise ValueError(f"the token count in rate {_clip(text)} must be > 0")
         return cls(_plain(tokens), _plain(count * unit))
 
     @classmethod

@@ -16,6 +16,10 @@ sync ``httpx.Client``). The server is listened to:
   them is not taken as a rate signal (servers answer 503 for many reasons).
 - Every pause is capped at ``max_pause`` seconds (60): a misconfigured or hostile server
   cannot stall the client for hours.
+- Reading the headers never raises. A value that is malformed or out of range (a number of
+  more than 15 digits, the bound RFC 8941 sets for integers; a date past year 9999) is
+  ignored as if absent, and logged on the ``ratekeeper.httpx`` logger: a warning the first
+  time for each header, then at debug level.
 - With ``aimd=Aimd(min_rate, max_rate)`` a rate signal also lowers the rate (times
   ``decrease``, once per round: responses to requests sent before the last decrease do not
   lower it again) and each successful response raises it by ``increase / rate``, i.e. by
@@ -56,8 +60,12 @@ __all__ = [
 
 logger = logging.getLogger("ratekeeper.httpx")
 
-_SECONDS = re.compile(r"\s*(\d+(?:\.\d+)?)\s*")
-_PARAM = re.compile(r"\s*([a-z*][a-z0-9_.*-]*)\s*=\s*(-?\d+)\s*")
+# RFC 8941 integers have at most 15 digits; more is out of range, whatever the header. ASCII
+# digits only: HTTP's DIGIT is 0-9, while \d would also read other scripts' digits.
+_MAX_DIGITS = 15
+_SECONDS = re.compile(r"\s*([0-9]{1,15}(?:\.[0-9]+)?)\s*")
+_PARAM = re.compile(r"\s*([a-z*][a-z0-9_.*-]*)\s*=\s*(-?)([0-9]+)\s*")
+_warned: set[str] = set()  # the headers already warned about (see _ignored)
 Bucket = TypeVar("Bucket", TokenBucket, SyncTokenBucket)
 
 
@@ -97,20 +105,33 @@ class Aimd:
 # -- reading the server ------------------------------------------------------------------------
 
 
+def _ignored(header: str, value: str, why: str) -> None:
+    """Log that a header value was ignored: a warning the first time per header, then debug.
+
+    Once per header, because a server that sends garbage sends it on every response.
+    """
+    level = logging.DEBUG if header in _warned else logging.WARNING
+    _warned.add(header)
+    logger.log(level, "ignoring %s %s %.80r (logged once as a warning)", why, header, value)
+
+
 def parse_retry_after(
     value: str, date: str | None = None, now: float | None = None
 ) -> float | None:
     """Return the seconds a ``Retry-After`` value asks for, or None if it is malformed.
 
-    Accepts delay-seconds (``"120"``; a decimal fraction is tolerated) and HTTP dates. A date
-    is measured from ``date`` (the response's ``Date`` header) when that parses, else from
-    ``now`` (default: the wall clock); a date in the past means 0.
+    Accepts delay-seconds (``"120"``, at most 15 digits; a decimal fraction is tolerated) and
+    HTTP dates (years 1 to 9999). A date is measured from ``date`` (the response's ``Date``
+    header) when that parses, else from ``now`` (default: the wall clock); a date in the past
+    means 0. Never raises: anything else is None (and logged, see the module), so the result
+    is always None or from 0 to under 1e15.
     """
     match = _SECONDS.fullmatch(value)
     if match:
         return float(match[1])
     when = _http_date(value)
     if when is None:
+        _ignored("Retry-After", value, "a malformed or out-of-range")
         return None
     base = _http_date(date) if date else None
     if base is None:
@@ -119,11 +140,12 @@ def parse_retry_after(
 
 
 def _http_date(value: str) -> float | None:
+    """Return an HTTP date as a POSIX timestamp, or None when it does not parse."""
     try:
         parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        return parsed.timestamp() if parsed.tzinfo is not None else None
+    except (TypeError, ValueError, IndexError, OverflowError):  # e.g. year 0 or 10000
         return None
-    return parsed.timestamp() if parsed.tzinfo is not None else None
 
 
 def parse_ratelimit(value: str) -> list[tuple[str, int | None, int | None]]:
@@ -131,6 +153,9 @@ def parse_ratelimit(value: str) -> list[tuple[str, int | None, int | None]]:
 
     The draft's syntax is a structured-field list, ``"default";r=50;t=30, "daily";r=1``;
     a bare token as the policy name is accepted too. ``r`` or ``t`` is None when absent.
+    Never raises: an item with a negative integer or one of more than 15 digits (RFC 8941's
+    bound) is left out and logged (see the module), so every ``r`` and ``t`` is from 0 to
+    under 1e15.
     """
     items = []
     for member in _split_list(value):
@@ -139,15 +164,20 @@ def parse_ratelimit(value: str) -> list[tuple[str, int | None, int | None]]:
         if not name:
             continue
         values: dict[str, int] = {}
+        usable = True
         for param in params:
             match = _PARAM.fullmatch(param.lower())
             if match is None:
                 continue
-            values[match[1]] = int(match[2])
-        remaining, reset = values.get("r"), values.get("t")
-        if (remaining is not None and remaining < 0) or (reset is not None and reset < 0):
+            key, minus, digits = match.groups()
+            if minus or len(digits) > _MAX_DIGITS:
+                usable = False
+                break
+            values[key] = int(digits)
+        if not usable:
+            _ignored("RateLimit", member, "a negative or out-of-range item of")
             continue
-        items.append((name, remaining, reset))
+        items.append((name, values.get("r"), values.get("t")))
     return items
 
 
@@ -169,7 +199,9 @@ def _split_list(value: str) -> list[str]:
 
 
 def _quota_spent_for(headers: httpx.Headers) -> float | None:
-    """Return the seconds the RateLimit headers say the quota stays spent, or None."""
+    """Return the seconds the RateLimit headers say the quota stays spent, or None.
+
+    Never raises; the result is None or from 0 to under 1e15 (the parsers' bound)."""
     longest: float | None = None
     for value in headers.get_list("ratelimit"):
         for _, remaining, reset in parse_ratelimit(value):
@@ -181,7 +213,13 @@ def _quota_spent_for(headers: httpx.Headers) -> float | None:
         if remaining_text is not None and reset_text is not None:
             left = _SECONDS.fullmatch(remaining_text)
             until = _SECONDS.fullmatch(reset_text)
-            if left and until and float(left[1]) == 0:
+            if left is None or until is None:
+                _ignored(
+                    "RateLimit-Remaining/Reset",
+                    f"{remaining_text}, {reset_text}",
+                    "a malformed or out-of-range",
+                )
+            elif float(left[1]) == 0:
                 longest = float(until[1])
     return longest
 
@@ -314,8 +352,6 @@ class _Governor(Generic[Bucket]):
         if limited and "retry-after" in headers:
             pause = parse_retry_after(headers["retry-after"], headers.get("date"))
             source = "Retry-After"
-            if pause is None:
-                logger.debug("ignoring a malformed Retry-After %r", headers["retry-after"])
         if pause is None:
             pause = _quota_spent_for(headers)
             source = "RateLimit"
