@@ -200,6 +200,7 @@ class _HelpFormatter(argparse.HelpFormatter):
                         initial_indent=indent,
                         subsequent_indent=indent,
                         break_on_hyphens=False,
+                        break_long_words=False,
                     )
                 )
                 paragraph.clear()
