@@ -1,4 +1,5 @@
-"""The ``ratekeeper`` command end to end, as a subprocess: simulate, check, bench.
+"""The ``ratekeeper`` command end to end, as a subprocess: simulate, check, bench, and the
+behaviour every subcommand shares (--version, --help, a closed output pipe).
 
 (``demo`` has its own file, tests/test_demo.py.)
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,7 +19,10 @@ from pathlib import Path
 
 import pytest
 
+import ratekeeper
+
 REPO = Path(__file__).resolve().parents[1]
+COMMANDS = ["demo", "simulate", "check", "bench"]
 
 
 def run(
@@ -58,7 +63,7 @@ def free_port() -> int:
     ("command", "words"),
     [
         ("simulate", ["--arrivals", "--csv", "--compare", "--plot", "exit codes"]),
-        ("check", ["--memory", "redis://", "exit codes", "3 the server cannot be reached"]),
+        ("check", ["--memory", "redis://", "exit codes", "3  the server cannot be reached"]),
         ("bench", ["--quick", "--list", "pass flags through", "exit codes"]),
     ],
 )
@@ -69,6 +74,98 @@ def test_every_command_explains_itself(command: str, words: list[str]) -> None:
         assert word in done.stdout
     top = run("--help")
     assert command in top.stdout
+
+
+@pytest.mark.parametrize("columns", ["80", "200"])
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_no_help_line_is_wider_than_100_columns(command: str, columns: str) -> None:
+    # A wide terminal must not widen the help past 100 columns, nor a pre-formatted line.
+    done = run(*filter(None, [command]), "--help", env={**os.environ, "COLUMNS": columns})
+    assert done.returncode == 0, done.stderr
+    wide = [line for line in done.stdout.splitlines() if len(line) > 100]
+    assert wide == []
+    assert "usage: ratekeeper" in done.stdout
+
+
+def test_help_rewraps_prose_to_a_narrow_terminal() -> None:
+    done = run("check", "--help", env={**os.environ, "COLUMNS": "60"})
+    prose = done.stdout.split("options:")[0].splitlines()[1:]  # the description, after usage
+    assert prose
+    assert all(len(line) <= 58 for line in prose)
+    assert "  ratekeeper check redis://localhost:6379/0\n" in done.stdout  # examples as written
+
+
+def test_version_is_the_package_version() -> None:
+    from importlib.metadata import version
+
+    done = run("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"ratekeeper {ratekeeper.__version__}\n"
+    assert ratekeeper.__version__ == version("ratekeeper")  # one source: the build read it
+
+
+def run_into_a_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the command with stdout a pipe nobody reads any more (as after ``| head``)."""
+    reader, writer = os.pipe()
+    os.close(reader)  # every write now fails with EPIPE, however little is written
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "ratekeeper", *args],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(writer)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["simulate", "--rate", "5/s", "--arrivals", "5/s", "--json"],
+        ["simulate", "--rate", "5/s", "--arrivals", "5/s"],
+        ["demo", "--json", "--tasks", "3", "--rate", "100/s"],
+        ["check", "--memory", "--tolerance", "0.5", "--json"],
+    ],
+)
+def test_a_closed_output_pipe_stops_the_command_quietly(args: list[str]) -> None:
+    done = run_into_a_closed_pipe(*args)
+    assert done.returncode == 141  # 128 + SIGPIPE, as a shell reports it
+    assert done.stderr == ""  # no traceback, no "Exception ignored"
+
+
+def test_a_closed_pipe_during_a_benchmark_stops_the_script_too(tmp_path: Path) -> None:
+    directory = tmp_path / "benchmarks"
+    directory.mkdir()
+    marker = tmp_path / "still-running"
+    (directory / "bench_chatty.py").write_text(
+        "import pathlib, sys, time\n"
+        "print('first table', flush=True)\n"
+        "time.sleep(3)\n"
+        f"pathlib.Path({str(marker)!r}).write_text('the script outlived the command')\n"
+    )
+    done = run_into_a_closed_pipe("bench", "chatty", "--dir", str(directory))
+    assert done.returncode == 141
+    assert "Traceback" not in done.stderr
+    time.sleep(3.5)
+    assert not marker.exists()
+
+
+@pytest.mark.skipif(not Path("/bin/sh").exists(), reason="no /bin/sh to build a pipeline")
+def test_a_pipeline_into_head_shows_no_traceback() -> None:
+    command = f"{sys.executable} -m ratekeeper simulate --rate 5/s --arrivals 5/s --json"
+    done = subprocess.run(
+        ["/bin/sh", "-c", f"{command} | head -c 10"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert done.stdout == '{\n  "traff'
+    assert done.stderr == ""
 
 
 # -- simulate ----------------------------------------------------------------------------------
@@ -169,6 +266,54 @@ def test_simulate_refuses_bad_arguments_with_exit_code_2(args: list[str], messag
     assert message in done.stderr
     assert "usage: ratekeeper simulate" in done.stderr
     assert done.stdout == ""
+
+
+def test_simulate_plot_writes_exactly_the_path_given(tmp_path: Path) -> None:
+    for name in ("with space.png", "UPPER.PNG", "no-suffix"):
+        target = tmp_path / name
+        done = run("simulate", "--rate", "5/s", "--arrivals", "5/s", "--plot", str(target))
+        assert done.returncode == 0, done.stderr
+        assert target.read_bytes()[:4] == b"\x89PNG"
+    # Relative to the current directory, as written.
+    done = run("simulate", "--rate", "5/s", "--arrivals", "5/s", "--plot", "rel.png", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "UPPER.PNG",
+        "no-suffix",
+        "rel.png",
+        "with space.png",
+    ]
+
+
+def test_simulate_plot_creates_no_directory(tmp_path: Path) -> None:
+    target = tmp_path / "missing" / "deeper" / "p.png"
+    done = run("simulate", "--rate", "5/s", "--arrivals", "5/s", "--plot", str(target))
+    assert done.returncode == 2
+    assert f"--plot: cannot write {target}: no such directory {target.parent}" in done.stderr
+    assert done.stdout == ""  # refused before the run
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_simulate_plot_refuses_a_directory(tmp_path: Path) -> None:
+    for target in (str(tmp_path), str(tmp_path) + os.sep):
+        done = run("simulate", "--rate", "5/s", "--arrivals", "5/s", "--plot", target)
+        assert done.returncode == 2
+        assert "is a directory; give a file name" in done.stderr
+
+
+def test_simulate_plot_into_an_unwritable_directory_exits_2(tmp_path: Path) -> None:
+    if os.geteuid() == 0 if hasattr(os, "geteuid") else False:
+        # Root writes into any mode-0500 directory; /proc takes no new files even from root.
+        target = "/proc/ratekeeper-plot.png"
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        target = str(locked / "p.png")
+    done = run("simulate", "--rate", "5/s", "--arrivals", "5/s", "--plot", target)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"--plot: cannot write {target}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not Path(target).exists()
 
 
 def test_simulate_names_the_bad_line_of_a_csv_file(tmp_path: Path) -> None:
@@ -462,6 +607,18 @@ def test_bench_finds_the_checkout_it_is_installed_from(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert str(REPO / "benchmarks") in done.stdout
     assert "metrics" in done.stdout
+
+
+def test_bench_outside_a_checkout_says_where_benchmarks_are(tmp_path: Path) -> None:
+    # An installed package (here: a copy of it, away from the checkout) has no benchmarks/.
+    site = tmp_path / "lib" / "site-packages"
+    shutil.copytree(REPO / "src" / "ratekeeper", site / "ratekeeper")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    done = run("bench", "--list", env=env, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "they ship with the source checkout of ratekeeper" in done.stderr
+    assert "--dir DIR" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_bench_runs_the_real_metrics_benchmark() -> None:

@@ -669,7 +669,16 @@ def plot(traffic: Traffic, results: Sequence[Result], path: str | Path, *, dpi: 
             ax.grid(True, color="#e6e6e6", linewidth=0.6)
             ax.tick_params(labelsize=8)
             ax.set_xlim(0, span)
-    fig.savefig(path, dpi=dpi)
+    # PNG whatever the name says; the file is written where asked, and nothing else is made
+    # (no parent directory). A write that fails part-way leaves no half file behind.
+    target = Path(path)
+    existed = target.exists()
+    try:
+        fig.savefig(target, dpi=dpi, format="png")
+    except BaseException:
+        if not existed and target.is_file():
+            target.unlink()
+        raise
 
 
 def _cumulative(

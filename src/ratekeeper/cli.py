@@ -8,6 +8,9 @@ and prints text (or JSON with ``--json``). Exit codes, for every subcommand:
     2  bad usage: an argument that does not parse, a file that is missing or unreadable
     3  a backend server could not be reached (check)
     4  an optional extra is missing (e.g. matplotlib for --plot, redis for a Redis URL)
+  141  the reader of the output went away (e.g. ``ratekeeper demo | head``): the command
+       stops quietly, without a traceback, with the code a shell reports for a process
+       stopped by SIGPIPE (128 + 13), so that ``set -o pipefail`` sees it as such
 """
 
 from __future__ import annotations
@@ -18,18 +21,20 @@ import importlib
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
-from . import _check, _simulate
+from . import __version__, _check, _simulate
 from ._demo import render, run_demo
 from ._rate import Rate
 
@@ -77,12 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ratekeeper",
         description="See what a ratekeeper limiter does.",
+        formatter_class=_FORMATTER,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
         "demo",
         help="run the seed scenario on the real clock and check it against the ideal schedule",
+        formatter_class=_FORMATTER,
         description=(
             "Run N tasks through one asyncio limiter on the real clock (the seed snippet's "
             "scenario: 20 tasks, 5/s, capacity 5, each holding its slot 0.1 s), print when "
@@ -105,7 +113,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code."""
+    """Run the command line; return the exit code (EXIT_BROKEN_PIPE if stdout was closed)."""
+    try:
+        try:
+            return _dispatch(argv)
+        finally:
+            # Output still buffered meets a closed pipe here, and also when argparse exits
+            # (--help, --version, a usage error) by raising SystemExit.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly. Python ignores SIGPIPE, so the
+        # write raised instead of killing us; point stdout at devnull so that the flush at
+        # interpreter exit does not fail again and print "Exception ignored".
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _discard_stdout() -> None:
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # ``bench ... -- ARGS`` passes ARGS through to the benchmark scripts untouched.
     passthrough: list[str] = []
@@ -131,8 +162,60 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_MISSING = 0, 1, 2, 3, 4
+EXIT_BROKEN_PIPE = 128 + 13  # 128 + SIGPIPE, as a shell reports a process SIGPIPE stopped
 
-_FORMATTER = argparse.RawDescriptionHelpFormatter
+HELP_COLUMNS = 100  # no line of any --help is wider, however wide the terminal
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps prose to the terminal (at most HELP_COLUMNS); keeps indented lines as written.
+
+    A run of unindented lines is one paragraph, re-wrapped; an indented line (an example
+    command, a table) is printed verbatim, so the examples stay copy-pasteable. Blank lines
+    separate paragraphs.
+    """
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if width is None:
+            width = min(shutil.get_terminal_size().columns, HELP_COLUMNS) - 2
+        super().__init__(prog, indent_increment, max_help_position, width, **kwargs)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines: list[str] = []
+        paragraph: list[str] = []
+
+        def flush() -> None:
+            if paragraph:
+                lines.extend(
+                    textwrap.wrap(
+                        " ".join(paragraph),
+                        width,
+                        initial_indent=indent,
+                        subsequent_indent=indent,
+                        break_on_hyphens=False,
+                        break_long_words=False,
+                    )
+                )
+                paragraph.clear()
+
+        for line in text.splitlines():
+            if line.strip() and not line[0].isspace():
+                paragraph.append(line.strip())
+                continue
+            flush()
+            lines.append(indent + line.rstrip() if line.strip() else "")
+        flush()
+        return "\n".join(lines)
+
+
+_FORMATTER = _HelpFormatter
 
 
 class _Usage:
@@ -201,7 +284,10 @@ examples:
 --compare takes KEY=VALUE pairs, comma-separated, changing the first limit: rate, capacity,
 mode, max-wait (e.g. --compare rate=12/s,capacity=40). Both limits see the same arrivals.
 
-exit codes: 0 ok, 2 bad arguments or an unreadable file, 4 matplotlib missing for --plot
+exit codes:
+  0  ok
+  2  bad arguments, an unreadable --csv file, or a --plot file that cannot be written
+  4  matplotlib is missing for --plot
 """
 
 
@@ -290,7 +376,11 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="KEY=VALUE,...",
         help="also run a second limit, the first with these changes, side by side",
     )
-    output.add_argument("--plot", metavar="FILE.png", help="draw the run(s) into a PNG file")
+    output.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw the run(s) into a PNG file (in a directory that exists: none is created)",
+    )
     output.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -333,6 +423,23 @@ def _compare(spec: str, first: _simulate.Limit, usage: _Usage) -> _simulate.Limi
     return _simulate.Limit(rate, capacity, mode, max_wait)
 
 
+def _check_plot_path(text: str, usage: _Usage) -> None:
+    """Refuse a --plot target that cannot be written, before the run; create nothing."""
+    path = Path(text)
+    if path.suffix.lower() not in ("", ".png"):
+        usage.error(
+            f"--plot writes a PNG file: give a name ending in .png (or with no suffix), "
+            f"not {text!r}"
+        )
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        usage.error(f"--plot: {text} is a directory; give a file name, e.g. {path / 'run.png'}")
+    directory = path.parent
+    if not directory.is_dir():
+        usage.error(f"--plot: cannot write {text}: no such directory {directory} (not created)")
+    if not os.access(directory, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        usage.error(f"--plot: cannot write {text}: permission denied")
+
+
 def _simulate_command(args: argparse.Namespace, usage: _Usage) -> int:
     limits = [_limit(args, usage)]
     if args.compare is not None:
@@ -366,8 +473,8 @@ def _simulate_command(args: argparse.Namespace, usage: _Usage) -> int:
             )
         except ValueError as exc:
             usage.error(str(exc))
-    if args.plot is not None and not args.plot.lower().endswith(".png"):
-        usage.error(f"--plot writes a PNG file: give a name ending in .png, not {args.plot!r}")
+    if args.plot is not None:
+        _check_plot_path(args.plot, usage)
     try:
         results = [_simulate.simulate(limit, traffic) for limit in limits]
     except ValueError as exc:
@@ -401,9 +508,12 @@ examples:
   ratekeeper check redis://localhost:6379/0
   ratekeeper check rediss://:PASSWORD@redis.internal:6380/2 --json
 
-exit codes: 0 the backend keeps the limit, 1 it does not (the report says where),
-2 bad arguments (e.g. not a redis:// URL), 3 the server cannot be reached,
-4 the redis client or ratekeeper's Redis limiter is not installed
+exit codes:
+  0  the backend keeps the limit
+  1  it does not (the report says where)
+  2  bad arguments (e.g. not a redis:// URL)
+  3  the server cannot be reached
+  4  the redis client or ratekeeper's Redis limiter is not installed
 """
 
 
@@ -503,11 +613,15 @@ examples:
   ratekeeper bench metrics -- --strict   # pass flags through to the script
 
 Benchmarks are the scripts benchmarks/bench_NAME.py of a source checkout (found in the
-current directory, next to the installed package, or with --dir). Each runs in a fresh
+current directory, in the checkout an editable install runs from, or with --dir); an
+installed wheel has none. Each runs in a fresh
 interpreter; its tables are printed as they come, with a progress line on a terminal.
 
-exit codes: 0 all ran and passed, 1 one failed, 2 bad arguments or no benchmarks found,
-4 a benchmark named explicitly cannot run here (a missing extra)
+exit codes:
+  0  all ran and passed
+  1  one failed
+  2  bad arguments, or no benchmarks found (they ship with the source checkout only)
+  4  a benchmark named explicitly cannot run here (a missing extra)
 """
 
 
@@ -559,8 +673,9 @@ def _bench_dir(explicit: str | None, usage: _Usage) -> Path:
     found = next((path for path in candidates if any(path.glob("bench_*.py"))), None)
     if found is None:
         usage.error(
-            "no benchmarks found: run from a source checkout of ratekeeper (with its "
-            "benchmarks/ directory), or give --dir DIR"
+            "no benchmarks here: they ship with the source checkout of ratekeeper (its "
+            "benchmarks/ directory), not with the installed package; run this from a checkout "
+            "(git clone, or the unpacked sdist) or give --dir DIR"
         )
     return found
 
@@ -690,9 +805,10 @@ def _run_script(
                 last = line.strip()
                 if not progress.live:
                     progress.log(f"[{bench.name}] {line}")
-    except KeyboardInterrupt:
+    except BaseException as exc:  # Ctrl-C, a closed stdout: the script must not outlive us
         stop()
-        progress.log(f"[{bench.name}] interrupted")
+        if isinstance(exc, KeyboardInterrupt):
+            progress.log(f"[{bench.name}] interrupted")
         raise
     code = process.wait()
     progress.clear()

@@ -68,9 +68,10 @@ try:
         Metric,
     )
     from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
-except ImportError as exc:  # pragma: no cover  (the test extra installs it)
-    raise ImportError(
-        "ratekeeper.metrics needs prometheus_client: pip install 'ratekeeper[prometheus]'"
+except ImportError as exc:
+    raise ModuleNotFoundError(
+        "ratekeeper.metrics needs prometheus_client: pip install 'ratekeeper[prometheus]'",
+        name="prometheus_client",
     ) from exc
 
 from ._scheduler import Statistics

@@ -43,7 +43,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-import httpx
+try:
+    import httpx
+except ImportError as exc:
+    raise ModuleNotFoundError(
+        "ratekeeper.integrations.httpx needs httpx: pip install 'ratekeeper[httpx]'",
+        name="httpx",
+    ) from exc
 
 from .._asyncio import TokenBucket
 from .._clock import MONOTONIC, Clock

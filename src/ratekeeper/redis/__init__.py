@@ -11,9 +11,10 @@ same exact integer arithmetic as the core. Needs ``pip install 'ratekeeper[redis
 
 try:
     import redis as _redis  # noqa: F401
-except ImportError as exc:  # pragma: no cover
-    raise ImportError(
-        "ratekeeper.redis needs the redis client: pip install 'ratekeeper[redis]'"
+except ImportError as exc:
+    raise ModuleNotFoundError(
+        "ratekeeper.redis needs the redis client: pip install 'ratekeeper[redis]'",
+        name="redis",
     ) from exc
 
 from ._async import RedisCompositeLimiter, RedisReservation, RedisTokenBucket
