@@ -8,6 +8,7 @@ import logging
 
 from ._asyncio import CompositeLimiter, Reservation, TokenBucket, TokenBucketRateLimiter
 from ._clock import Clock, LoopClock, MonotonicClock
+from ._config import limiter, sync_limiter
 from ._errors import AcquireTimeout, BackendUnavailable, LimiterClosed, RateKeeperError
 from ._events import EventStream
 from ._gcra import Limit
@@ -52,6 +53,8 @@ __all__ = [
     "SyncTokenBucket",
     "TokenBucket",
     "TokenBucketRateLimiter",
+    "limiter",
+    "sync_limiter",
 ]
 
 __version__ = "0.1.0"
