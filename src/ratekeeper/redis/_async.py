@@ -37,12 +37,17 @@ from redis.exceptions import NoScriptError
 
 from .._asyncio import check_timeout
 from .._errors import AcquireTimeout, BackendUnavailable, LimiterClosed
-from .._rate import NS_PER_SECOND, RateLike
+from .._rate import RateLike
 from ._common import (
+    CANCELLED,
+    IN_USE,
+    LIVE,
+    CompositeParts,
     Core,
     Limit,
     OnFailure,
     RedisStatistics,
+    ReservationBase,
     ServerFailure,
     classify,
     composite_specs,
@@ -597,14 +602,14 @@ class RedisTokenBucket(_AsyncLimiter):
         self._refusal(reply, amounts, 0)
         return False  # pragma: no cover
 
-    async def reserve(self, tokens: int = 1, *, max_wait: float | None = None) -> RedisReservation:
+    async def reserve(self, tokens: int = 1, *, timeout: float | None = None) -> RedisReservation:
         """Reserve ``tokens`` at the server now and return the reservation.
 
         ``reservation.delay`` is the wait until their slot; ``await reservation`` sleeps
         until then; ``reservation.cancel()`` gives them back as far as that is still
-        correct. Raises AcquireTimeout if the wait would exceed ``max_wait``.
+        correct. Raises AcquireTimeout (nothing reserved) if the wait would exceed ``timeout``.
         """
-        reservation = await self._reserve(self._call_amounts(tokens), max_wait)
+        reservation = await self._reserve(self._call_amounts(tokens), timeout)
         if not reservation:
             return RedisReservation(self, self._call_amounts(tokens), 0, None, None)
         assert isinstance(reservation, RedisReservation)
@@ -667,7 +672,7 @@ class RedisTokenBucket(_AsyncLimiter):
         return _decorator(self, tokens, timeout)
 
 
-class RedisCompositeLimiter(_AsyncLimiter):
+class RedisCompositeLimiter(CompositeParts, _AsyncLimiter):
     """Several limits on one key, checked and charged together: all granted, or none.
 
     For example 60 requests/minute AND 90,000 tokens/minute on one API key::
@@ -710,11 +715,6 @@ class RedisCompositeLimiter(_AsyncLimiter):
         )
         self.key = key
 
-    @property
-    def limits(self) -> dict[str, Limit]:
-        """The limits by name."""
-        return {s.name: Limit(s.rate, s.capacity, s.weight) for s in self._specs}
-
     async def acquire(
         self, tokens: int | Mapping[str, int] = 1, *, timeout: float | None = None
     ) -> bool:
@@ -736,11 +736,11 @@ class RedisCompositeLimiter(_AsyncLimiter):
         return True
 
     async def reserve(
-        self, tokens: int | Mapping[str, int] = 1, *, max_wait: float | None = None
+        self, tokens: int | Mapping[str, int] = 1, *, timeout: float | None = None
     ) -> RedisReservation:
         """Reserve the call's tokens on every limit now; see RedisTokenBucket.reserve."""
         amounts = self._call_amounts(tokens)
-        reservation = await self._reserve(amounts, max_wait)
+        reservation = await self._reserve(amounts, timeout)
         if not reservation:
             return RedisReservation(self, amounts, 0, None, None)
         assert isinstance(reservation, RedisReservation)
@@ -748,8 +748,7 @@ class RedisCompositeLimiter(_AsyncLimiter):
 
     async def refund(self, tokens: int | Mapping[str, int]) -> dict[str, float]:
         """Give back tokens on the limits named (or whose weight is None); return them."""
-        backs = await self._refund(self._settle_amounts(tokens))
-        return {s.name: b for s, b in zip(self._specs, backs, strict=False)}
+        return self._named(await self._refund(self._settle_amounts(tokens)))
 
     async def charge(self, tokens: int | Mapping[str, int]) -> None:
         """Take tokens from the limits named (or whose weight is None), debt allowed."""
@@ -757,7 +756,7 @@ class RedisCompositeLimiter(_AsyncLimiter):
 
     async def available(self) -> dict[str, float]:
         """Return each limit's tokens available now at the server."""
-        return {s.name: t for s, (t, _) in zip(self._specs, await self._state(), strict=False)}
+        return self._named(tuple(t for t, _ in await self._state()))
 
     async def full_in(self) -> float:
         """Return seconds until every limit is full again (0.0 when all are)."""
@@ -819,89 +818,49 @@ def _decorator(
     return decorate
 
 
-class RedisReservation:
+class RedisReservation(ReservationBase):
     """Tokens reserved at the server (or by the fallback), returned by ``reserve()``.
 
     ``delay`` is the wait (seconds) from the server's decision until their slot; ``await
-    reservation`` sleeps until then; ``cancel()`` gives the tokens back by mark, as far as
-    that is still correct (never tokens granted to others since).
+    reservation`` sleeps until then (raising LimiterClosed if cancelled or closed first);
+    ``cancel()`` gives the tokens back by mark until it has returned, and does nothing after
+    (see ReservationBase).
     """
 
-    __slots__ = ("_due", "_limiter", "_local", "_marks", "_state", "amounts", "delay_ns")
-
-    def __init__(
-        self,
-        limiter: _AsyncLimiter,
-        amounts: tuple[int, ...],
-        delay_ns: int,
-        marks: tuple[tuple[int, int], ...] | None,
-        local: tuple[int, ...] | None,
-    ) -> None:
-        self._limiter = limiter
-        self.amounts = amounts
-        self.delay_ns = delay_ns
-        self._marks = marks
-        self._local = local
-        self._state = 0  # 0 live, 1 cancelled
-        self._due = time.monotonic() + delay_ns / NS_PER_SECOND
-
-    @property
-    def delay(self) -> float:
-        """Seconds from the decision until the tokens may be used (0.0: at once)."""
-        return self.delay_ns / NS_PER_SECOND
-
-    @property
-    def tokens(self) -> int:
-        """The tokens reserved (on a composite: of its first limit)."""
-        return self.amounts[0]
-
-    @property
-    def cancelled(self) -> bool:
-        """True after cancel() (or close() while it was awaited)."""
-        return self._state == 1
+    __slots__ = ()
 
     def __await__(self) -> Generator[Any, None, None]:
         return self._sleep().__await__()
 
     async def _sleep(self) -> None:
         limiter = self._limiter
-        if self._state == 1:
+        if self._state == CANCELLED:
             raise LimiterClosed("the reservation was cancelled")
         remaining = self._due - time.monotonic()
-        if remaining <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        handle = loop.call_later(remaining, _wake, future)
-        limiter._sleepers[future] = self
-        limiter._waiting += 1
-        limiter._waiting_tokens += self.amounts[0]
-        try:
-            await future
-        except asyncio.CancelledError:
-            # Cancelled while sleeping: the slot will not be used; give it back.
-            self.cancel()
-            raise
-        finally:
-            handle.cancel()
-            del limiter._sleepers[future]
-            limiter._waiting -= 1
-            limiter._waiting_tokens -= self.amounts[0]
-
-    def cancel(self) -> None:
-        """Give the tokens back (by mark) and mark the reservation cancelled. Idempotent.
-
-        The refund goes to the server with the next batch (or to the fallback limiter that
-        granted it); a failure to send it is counted, never raised.
-        """
-        if self._state == 0:
-            self._limiter._cancelled += 1
-            self._give_back()
+        if remaining > 0:
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[None] = loop.create_future()
+            handle = loop.call_later(remaining, _wake, future)
+            limiter._sleepers[future] = self
+            limiter._waiting += 1
+            limiter._waiting_tokens += self.amounts[0]
+            try:
+                await future
+            except asyncio.CancelledError:
+                # Cancelled while sleeping: the slot will not be used; give it back.
+                self.cancel()
+                raise
+            finally:
+                handle.cancel()
+                del limiter._sleepers[future]
+                limiter._waiting -= 1
+                limiter._waiting_tokens -= self.amounts[0]
+        if self._state == LIVE:
+            self._state = IN_USE
 
     def _give_back(self) -> None:
-        if self._state == 1:
+        if not self._refund_due():
             return
-        self._state = 1
         limiter = self._limiter
         if self._marks is not None:
             request = limiter._refund_request(self.amounts, self._marks)
@@ -911,10 +870,6 @@ class RedisReservation:
                 limiter._backend_errors += 1
         elif self._local is not None:
             limiter._fallback_refund(None, self.amounts, self._local)
-
-    def __repr__(self) -> str:
-        state = "cancelled" if self._state else "live"
-        return f"<RedisReservation amounts={self.amounts} delay={self.delay:.6f}s {state}>"
 
 
 def _wake(future: asyncio.Future[None]) -> None:

@@ -37,7 +37,14 @@ from ._script import (
     make_spec,
 )
 
-__all__ = ["Limit", "OnFailure", "RedisStatistics", "ServerFailure", "classify"]
+__all__ = [
+    "Limit",
+    "OnFailure",
+    "RedisStatistics",
+    "ReservationBase",
+    "ServerFailure",
+    "classify",
+]
 
 OnFailure = Literal["closed", "open", "fallback"]
 _POLICIES = ("closed", "open", "fallback")
@@ -346,6 +353,9 @@ class Core:
         self._refunded += sum(backs)
         return tuple(backs)
 
+    def _count_cancel(self) -> None:
+        self._cancelled += 1
+
     def _after_batch(self, request: Request, reply: list[int] | None) -> None:
         """Settle a request nobody awaits (a refund sent for a cancelled grant)."""
         if reply is not None and request.op == REFUND and reply[0] == DONE:
@@ -464,6 +474,20 @@ class Core:
         )
 
 
+class CompositeParts:
+    """What both front ends' composites add to Core: the limits by name."""
+
+    _specs: tuple[Spec, ...]
+
+    @property
+    def limits(self) -> dict[str, Limit]:
+        """The limits by name, as this process last saw them at the server."""
+        return {s.name: Limit(s.rate, s.capacity, s.weight) for s in self._specs}
+
+    def _named(self, values: tuple[float, ...]) -> dict[str, float]:
+        return {s.name: v for s, v in zip(self._specs, values, strict=False)}
+
+
 def shared_limit(spec: Spec, share: float) -> tuple[Rate, int]:
     """Return (rate, capacity) of the fallback limiter: ``share`` of the limit's, >= 1 token."""
     rate = Rate(float(spec.rate.tokens) * share, spec.rate.per)
@@ -495,3 +519,82 @@ def check_key(key: str, prefix: str) -> str:
     if not key:
         raise ValueError("key must be a non-empty string naming the limit")
     return key
+
+
+LIVE, CANCELLED, IN_USE = 0, 1, 2
+"""A reservation's states: granted and not yet used; given back; used (its holder resumed)."""
+
+
+class ReservationBase:
+    """What both front ends' reservations are: tokens granted at the server (or by the
+    fallback), for use ``delay`` seconds after the decision.
+
+    ``cancel()`` gives them back by mark while the holder has not resumed (as far as that is
+    still correct: never tokens granted to others since). Once the holder has resumed
+    (``await reservation`` or ``wait()`` returned) the tokens are in use and ``cancel()``
+    does nothing: giving used tokens back would open a burst. The front ends say how to
+    wait and how to send the refund (``_give_back``).
+    """
+
+    __slots__ = ("_due", "_limiter", "_local", "_marks", "_state", "amounts", "delay_ns")
+
+    def __init__(
+        self,
+        limiter: Any,
+        amounts: tuple[int, ...],
+        delay_ns: int,
+        marks: tuple[tuple[int, int], ...] | None,
+        local: tuple[int, ...] | None,
+    ) -> None:
+        self._limiter = limiter
+        self.amounts = amounts
+        self.delay_ns = delay_ns
+        self._marks = marks
+        self._local = local
+        self._state = LIVE
+        self._due = time.monotonic() + delay_ns / NS_PER_SECOND
+
+    @property
+    def delay(self) -> float:
+        """Seconds from the decision until the tokens may be used (0.0: at once)."""
+        return self.delay_ns / NS_PER_SECOND
+
+    @property
+    def tokens(self) -> int:
+        """The tokens reserved (on a composite: of its first limit)."""
+        return self.amounts[0]
+
+    @property
+    def granted(self) -> bool:
+        """True while the tokens are granted: False after cancel(), or close() while waiting."""
+        return self._state != CANCELLED
+
+    @property
+    def cancelled(self) -> bool:
+        """True after cancel() (or close() while it was waited on)."""
+        return self._state == CANCELLED
+
+    def cancel(self) -> None:
+        """Give the tokens back (by mark) unless the holder has resumed. Idempotent.
+
+        A failure to send the refund is counted (``backend_errors``), never raised: the
+        tokens then stay consumed, the safe side.
+        """
+        if self._state == LIVE:
+            self._limiter._count_cancel()
+            self._give_back()
+
+    def _give_back(self) -> None:
+        """Send the refund (also after use: ``take(refund_on_error=True)``), once."""
+        raise NotImplementedError
+
+    def _refund_due(self) -> bool:
+        """Mark the reservation given back; return False if it already was."""
+        if self._state == CANCELLED:
+            return False
+        self._state = CANCELLED
+        return True
+
+    def __repr__(self) -> str:
+        state = ("live", "cancelled", "in use")[self._state]
+        return f"<{type(self).__name__} amounts={self.amounts} delay={self.delay:.6f}s {state}>"

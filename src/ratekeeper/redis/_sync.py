@@ -26,12 +26,17 @@ from redis.retry import Retry
 
 from .._asyncio import check_timeout
 from .._errors import BackendUnavailable, LimiterClosed
-from .._rate import NS_PER_SECOND, RateLike
+from .._rate import RateLike
 from ._common import (
+    CANCELLED,
+    IN_USE,
+    LIVE,
+    CompositeParts,
     Core,
     Limit,
     OnFailure,
     RedisStatistics,
+    ReservationBase,
     ServerFailure,
     classify,
     composite_specs,
@@ -285,6 +290,10 @@ class _SyncLimiter(Core):
         self._dispatcher = _dispatcher_for(self._client, self._retry_interval)
         self._sleepers: dict[threading.Event, SyncRedisReservation] = {}
 
+    def _count_cancel(self) -> None:
+        with self._lock:
+            self._cancelled += 1
+
     # -- the server ------------------------------------------------------------------------
 
     def _call(self, request: Request) -> list[int]:
@@ -497,11 +506,11 @@ class SyncRedisTokenBucket(_SyncLimiter):
         """
         return self._try(self._call_amounts(tokens))
 
-    def reserve(self, tokens: int = 1, *, max_wait: float | None = None) -> SyncRedisReservation:
+    def reserve(self, tokens: int = 1, *, timeout: float | None = None) -> SyncRedisReservation:
         """Reserve ``tokens`` now; ``wait()`` sleeps until their slot, ``cancel()`` gives
-        them back. Raises AcquireTimeout if the wait would exceed ``max_wait``."""
+        them back. Raises AcquireTimeout (nothing reserved) if the wait would exceed ``timeout``."""
         amounts = self._call_amounts(tokens)
-        reservation = self._reserve(amounts, max_wait)
+        reservation = self._reserve(amounts, timeout)
         return reservation or SyncRedisReservation(self, amounts, 0, None, None)
 
     def refund(self, tokens: int) -> float:
@@ -521,7 +530,7 @@ class SyncRedisTokenBucket(_SyncLimiter):
         return self._state()[0][1]
 
 
-class SyncRedisCompositeLimiter(_SyncLimiter):
+class SyncRedisCompositeLimiter(CompositeParts, _SyncLimiter):
     """The blocking twin of RedisCompositeLimiter: several limits on one key, all or nothing."""
 
     def __init__(
@@ -558,17 +567,16 @@ class SyncRedisCompositeLimiter(_SyncLimiter):
         return self._try(self._call_amounts(tokens))
 
     def reserve(
-        self, tokens: int | Mapping[str, int] = 1, *, max_wait: float | None = None
+        self, tokens: int | Mapping[str, int] = 1, *, timeout: float | None = None
     ) -> SyncRedisReservation:
         """Reserve the call's tokens on every limit now (see SyncRedisTokenBucket.reserve)."""
         amounts = self._call_amounts(tokens)
-        reservation = self._reserve(amounts, max_wait)
+        reservation = self._reserve(amounts, timeout)
         return reservation or SyncRedisReservation(self, amounts, 0, None, None)
 
     def refund(self, tokens: int | Mapping[str, int]) -> dict[str, float]:
         """Give back tokens on the limits named (or whose weight is None); return them."""
-        backs = self._refund(self._settle_amounts(tokens))
-        return {s.name: b for s, b in zip(self._specs, backs, strict=False)}
+        return self._named(self._refund(self._settle_amounts(tokens)))
 
     def charge(self, tokens: int | Mapping[str, int]) -> None:
         """Take tokens from the limits named (or whose weight is None), debt allowed."""
@@ -576,54 +584,30 @@ class SyncRedisCompositeLimiter(_SyncLimiter):
 
     def available(self) -> dict[str, float]:
         """Return each limit's tokens available now at the server."""
-        return {s.name: t for s, (t, _) in zip(self._specs, self._state(), strict=False)}
+        return self._named(tuple(t for t, _ in self._state()))
 
     def full_in(self) -> float:
         """Return seconds until every limit is full again (0.0 when all are)."""
         return max(f for _, f in self._state())
 
 
-class SyncRedisReservation:
-    """Tokens reserved by a blocking limiter: ``delay``, ``wait()``, ``cancel()``."""
+class SyncRedisReservation(ReservationBase):
+    """Tokens reserved by a blocking limiter: ``delay``, ``wait()``, ``cancel()``.
 
-    __slots__ = ("_due", "_limiter", "_local", "_marks", "_state", "amounts", "delay_ns")
+    ``cancel()`` gives the tokens back by mark until ``wait()`` has returned, and does
+    nothing after (see ReservationBase).
+    """
 
-    def __init__(
-        self,
-        limiter: _SyncLimiter,
-        amounts: tuple[int, ...],
-        delay_ns: int,
-        marks: tuple[tuple[int, int], ...] | None,
-        local: tuple[int, ...] | None,
-    ) -> None:
-        self._limiter = limiter
-        self.amounts = amounts
-        self.delay_ns = delay_ns
-        self._marks = marks
-        self._local = local
-        self._state = 0
-        self._due = time.monotonic() + delay_ns / NS_PER_SECOND
-
-    @property
-    def delay(self) -> float:
-        """Seconds from the decision until the tokens may be used (0.0: at once)."""
-        return self.delay_ns / NS_PER_SECOND
-
-    @property
-    def cancelled(self) -> bool:
-        """True after cancel()."""
-        return self._state == 1
+    __slots__ = ()
 
     def wait(self) -> None:
-        """Sleep until the slot; raise LimiterClosed if the limiter closes meanwhile (the
-        tokens then go back)."""
+        """Sleep until the slot; raise LimiterClosed if cancelled, or if the limiter closes
+        meanwhile (the tokens then go back)."""
         limiter = self._limiter
         event = threading.Event()
         with limiter._lock:
-            if limiter._closed:
-                closed = True
-            else:
-                closed = False
+            closed = limiter._closed or self._state == CANCELLED
+            if not closed:
                 limiter._sleepers[event] = self
                 limiter._waiting += 1
                 limiter._waiting_tokens += self.amounts[0]
@@ -638,19 +622,15 @@ class SyncRedisReservation:
                     limiter._waiting_tokens -= self.amounts[0]
         if closed:
             self.cancel()
-            raise LimiterClosed(f"{limiter!r} was closed while waiting")
-
-    def cancel(self) -> None:
-        """Give the tokens back (by mark) at the server. Idempotent; failures are counted."""
-        if self._state == 0:
-            with self._limiter._lock:
-                self._limiter._cancelled += 1
-            self._give_back()
+            raise LimiterClosed(
+                f"{limiter!r} was closed while waiting (or the reservation cancelled)"
+            )
+        if self._state == LIVE:
+            self._state = IN_USE
 
     def _give_back(self) -> None:
-        if self._state == 1:
+        if not self._refund_due():
             return
-        self._state = 1
         limiter = self._limiter
         if self._marks is not None:
             # A failure is counted in backend_errors; the tokens stay consumed (the safe side).
@@ -659,10 +639,6 @@ class SyncRedisReservation:
         elif self._local is not None:
             with limiter._lock:
                 limiter._fallback_refund(None, self.amounts, self._local)
-
-    def __repr__(self) -> str:
-        state = "cancelled" if self._state else "live"
-        return f"<SyncRedisReservation amounts={self.amounts} delay={self.delay:.6f}s {state}>"
 
 
 class _SyncTake:
