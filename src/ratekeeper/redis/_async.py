@@ -42,6 +42,7 @@ from ._common import (
     CANCELLED,
     IN_USE,
     LIVE,
+    BucketParts,
     CompositeParts,
     Core,
     Limit,
@@ -53,6 +54,7 @@ from ._common import (
     composite_specs,
     describe_client,
     single_spec,
+    take_replies,
 )
 from ._script import (
     BEYOND,
@@ -65,7 +67,6 @@ from ._script import (
     Request,
     encode,
     single_wire,
-    split,
 )
 
 __all__ = ["RedisCompositeLimiter", "RedisReservation", "RedisTokenBucket"]
@@ -109,7 +110,7 @@ class _Dispatcher:
         """Return the script's reply to ``request``; raise ServerFailure if the call failed."""
         if not self.in_flight and not self.pending:
             keys, args = request.wire or encode([request])
-            return (await self.execute(keys, args, request.owner))[1:]
+            return take_replies(await self.execute(keys, args, request.owner), keys, [request])[0]
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         request.future = future
         self.post(request)
@@ -125,7 +126,8 @@ class _Dispatcher:
         """
         if not self.in_flight and not self.pending:
             keys, args = encode(requests)
-            replies = split(await self.execute(keys, args, requests[-1].owner), requests)
+            values = await self.execute(keys, args, requests[-1].owner)
+            replies = take_replies(values, keys, requests)
             return list(replies[:-1]), replies[-1]
         loop = asyncio.get_running_loop()
         for request in requests:
@@ -201,13 +203,15 @@ class _Dispatcher:
                 slot = key_slot(request.items[0][0].key.encode())
                 groups.setdefault(slot, []).append(request)
             parts = list(groups.values())
-            results = await asyncio.gather(*(self.execute(*encode(part)) for part in parts))
+            wires = [encode(part) for part in parts]
+            results = await asyncio.gather(*(self.execute(*wire) for wire in wires))
             by_request: dict[int, list[int]] = {}
-            for part, reply in zip(parts, results, strict=True):
-                by_request.update(zip(map(id, part), split(reply, part), strict=True))
+            for part, (keys, _), values in zip(parts, wires, results, strict=True):
+                by_request.update(zip(map(id, part), take_replies(values, keys, part), strict=True))
             replies = [by_request[id(r)] for r in batch]
         else:
-            replies = split(await self.execute(*encode(batch)), batch)
+            keys, args = encode(batch)
+            replies = take_replies(await self.execute(keys, args), keys, batch)
         owners = set()
         for request in batch:
             owner = request.owner
@@ -414,6 +418,14 @@ class _AsyncLimiter(Core):
             self._refusal(reply, amounts, None)
         return self._count_refund(reply, amounts)
 
+    async def _set_limit(self, name: str | None, rate: RateLike, capacity: int | None) -> None:
+        request = self._set_limit_request(name, rate, capacity)
+        try:
+            reply = await self._dispatcher.call(request)
+        except ServerFailure as failure:
+            self._set_limit_failed(failure)
+        self._set_limit_done(request, reply)
+
     async def _state(self) -> tuple[tuple[float, float], ...]:
         try:
             reply = await self._dispatcher.call(self._state_request())
@@ -467,7 +479,7 @@ class _AsyncLimiter(Core):
         return self._describe()
 
 
-class RedisTokenBucket(_AsyncLimiter):
+class RedisTokenBucket(BucketParts, _AsyncLimiter):
     """A token bucket kept at a Redis/Valkey server, shared by every process that names it.
 
     ===================  ===========================================================
@@ -478,13 +490,16 @@ class RedisTokenBucket(_AsyncLimiter):
     ``async with``       one token; ``take(n)`` for n, optionally refunded on error
     ``@limiter``         decorates an async function: one token per call
     ``refund(n)``        gives tokens back; ``charge(n)`` takes them after the fact
+    ``set_rate(r, c)``   changes the limit at the server, for every process on the key
     ===================  ===========================================================
 
     Each decision is one atomic script call timed by the server's clock, in exact integer
     arithmetic (the same as ``TokenBucket``'s); callers are served in the order their
     requests reach the server, and one that must wait reserves its slot in the same round
     trip (no polling). A timeout that cannot be met is refused at once, consuming nothing.
-    Concurrent calls of one process share round trips.
+    Concurrent calls of one process share round trips. There is no ``priority``: the
+    server serves requests in arrival order (the in-memory limiters' ``priority=`` is
+    outside the contract, and passing it here is a TypeError).
 
     ``client``: a ``redis.asyncio.Redis`` or ``RedisCluster``, or a URL (then the limiter
     owns the client; ``aclose()`` closes it). The key stored is ``prefix + key``; it expires
@@ -520,14 +535,32 @@ class RedisTokenBucket(_AsyncLimiter):
             retry_interval=retry_interval,
             name=name,
         )
-        spec = self._specs[0]
-        self.key = spec.key
-        self.rate = spec.rate
-        self.capacity = spec.capacity
+        self.key = self._specs[0].key
+        self._specs_changed()
+
+    def _specs_changed(self) -> None:
         # The one-token requests, encoded once: the hot paths only point at them.
+        spec = self._specs[0]
         self._one = ((spec, 1, NO_MARK, 0),)
         self._wire_try = single_wire(spec, RESERVE, 1, 0)
         self._wire_wait = single_wire(spec, RESERVE, 1, -1)
+
+    def _request_one(self, max_wait: int) -> Request:
+        return Request(RESERVE, self._one, max_wait, self)
+
+    async def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
+        """Change the rate (and capacity; default: unchanged) at the server, for every
+        process sharing the key, carrying the balance over.
+
+        The tokens available now stay available (capped at the new capacity); debt stays
+        debt; reservations already granted keep their slots. The key then holds its limit
+        (and no longer expires): every limiter on it decides with that limit from its next
+        call, whatever rate it was made with. Raises ValueError/TypeError for a bad rate or
+        capacity (nothing changed), BackendUnavailable if the server cannot be reached,
+        whatever ``on_failure`` says (a change this process alone knew of would not be one),
+        LimiterClosed after close().
+        """
+        await self._set_limit(None, rate, capacity)
 
     async def acquire(self, tokens: int = 1, *, timeout: float | None = None) -> bool:
         """Wait until ``tokens`` are granted, in arrival order at the server; return True.
@@ -544,9 +577,13 @@ class RedisTokenBucket(_AsyncLimiter):
             dispatcher = self._dispatcher
             try:
                 if not dispatcher.in_flight and not dispatcher.pending:
-                    reply = (await dispatcher.execute(*self._wire_wait, self))[1:]
+                    reply = await dispatcher.execute(*self._wire_wait, self)
+                    if len(reply) > 6:  # the key holds a limit of its own
+                        reply = take_replies(reply, [self.key], [self._request_one(-1)])[0]
+                    else:
+                        del reply[0]
                 else:
-                    request = Request(RESERVE, self._one, -1, self)
+                    request = self._request_one(-1)
                     request.wire = self._wire_wait
                     reply = await dispatcher.call(request)
             except ServerFailure as failure:
@@ -577,9 +614,13 @@ class RedisTokenBucket(_AsyncLimiter):
                     raise LimiterClosed(f"{self!r} is closed")
                 if not dispatcher.in_flight and not dispatcher.pending:
                     # Fast path: alone on the connection, the request prebuilt.
-                    reply = (await dispatcher.execute(*self._wire_try, self))[1:]
+                    reply = await dispatcher.execute(*self._wire_try, self)
+                    if len(reply) > 6:  # the key holds a limit of its own
+                        reply = take_replies(reply, [self.key], [self._request_one(0)])[0]
+                    else:
+                        del reply[0]
                 else:
-                    request = Request(RESERVE, self._one, 0, self)
+                    request = self._request_one(0)
                     request.wire = self._wire_try
                     reply = await dispatcher.call(request)
             else:
@@ -688,7 +729,8 @@ class RedisCompositeLimiter(CompositeParts, _AsyncLimiter):
     ``prefix + "{key}:" + name``: the ``{key}`` hash tag puts them in one Redis Cluster
     slot. A grant waits for the slowest limit; each limit is committed at the grant time.
     ``charge``/``refund`` with an int settle the limits whose weight is None. Arguments
-    and failures as in RedisTokenBucket.
+    and failures as in RedisTokenBucket; no ``priority`` (arrival order at the server).
+    ``set_rate(name, rate, capacity)`` changes one limit at the server.
     """
 
     def __init__(
@@ -714,6 +756,15 @@ class RedisCompositeLimiter(CompositeParts, _AsyncLimiter):
             name=name,
         )
         self.key = key
+
+    async def set_rate(self, name: str, rate: RateLike, capacity: int | None = None) -> None:
+        """Change limit ``name``'s rate (and capacity; default: unchanged) at the server,
+        for every process sharing the key, carrying its balance over.
+
+        As RedisTokenBucket.set_rate; also raises ValueError for an unknown name or a
+        capacity below the limit's weight. The other limits are left as they are.
+        """
+        await self._set_limit(name, rate, capacity)
 
     async def acquire(
         self, tokens: int | Mapping[str, int] = 1, *, timeout: float | None = None

@@ -31,6 +31,7 @@ from ._common import (
     CANCELLED,
     IN_USE,
     LIVE,
+    BucketParts,
     CompositeParts,
     Core,
     Limit,
@@ -42,8 +43,9 @@ from ._common import (
     composite_specs,
     describe_client,
     single_spec,
+    take_replies,
 )
-from ._script import DONE, SCRIPT, Request, encode, split
+from ._script import DONE, SCRIPT, Request, encode, parse
 
 MAX_BATCH = 256
 
@@ -226,8 +228,8 @@ class _SyncDispatcher:
         try:
             for group in groups:
                 keys, args = encode(group)
-                reply = self.script(keys, args)
-                replies.update(zip(map(id, group), split(reply, group), strict=True))
+                values = parse(self.script(keys, args))
+                replies.update(zip(map(id, group), take_replies(values, keys, group), strict=True))
         except Exception as exc:
             failure = classify(exc, self.where)
             if failure.transient:
@@ -369,6 +371,19 @@ class _SyncLimiter(Core):
                 self._refusal(reply, amounts, None)
             return self._count_refund(reply, amounts)
 
+    def _set_limit(self, name: str | None, rate: RateLike, capacity: int | None) -> None:
+        request = self._set_limit_request(name, rate, capacity)
+        try:
+            reply = self._call(request)
+        except ServerFailure as failure:
+            with self._lock:
+                self._set_limit_failed(failure)
+        self._set_limit_done(request, reply)  # adopts under the lock
+
+    def _adopt(self, key: str, cost: int, scale: int, capacity: int) -> None:
+        with self._lock:
+            super()._adopt(key, cost, scale, capacity)
+
     def _state(self) -> tuple[tuple[float, float], ...]:
         try:
             reply = self._call(self._state_request())
@@ -452,12 +467,13 @@ class _SyncLimiter(Core):
         return _SyncTake(self, self._call_amounts(tokens), refund_on_error, timeout)
 
 
-class SyncRedisTokenBucket(_SyncLimiter):
+class SyncRedisTokenBucket(BucketParts, _SyncLimiter):
     """The blocking twin of RedisTokenBucket, on a ``redis.Redis`` client (or a URL).
 
     Same decisions, same arguments, same errors; ``acquire`` blocks the calling thread,
     ``with limiter:`` takes one token, ``@limiter`` decorates sync functions. A client
-    passed in must have a ``socket_timeout`` (it bounds every server call).
+    passed in must have a ``socket_timeout`` (it bounds every server call). No
+    ``priority``: the server serves requests in arrival order.
     """
 
     def __init__(
@@ -483,10 +499,12 @@ class SyncRedisTokenBucket(_SyncLimiter):
             retry_interval=retry_interval,
             name=name,
         )
-        spec = self._specs[0]
-        self.key = spec.key
-        self.rate = spec.rate
-        self.capacity = spec.capacity
+        self.key = self._specs[0].key
+
+    def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
+        """Change the rate (and capacity) at the server for every process sharing the key,
+        carrying the balance over; see RedisTokenBucket.set_rate."""
+        self._set_limit(None, rate, capacity)
 
     def acquire(self, tokens: int = 1, *, timeout: float | None = None) -> bool:
         """Block until ``tokens`` are granted, in arrival order at the server; return True.
@@ -531,7 +549,10 @@ class SyncRedisTokenBucket(_SyncLimiter):
 
 
 class SyncRedisCompositeLimiter(CompositeParts, _SyncLimiter):
-    """The blocking twin of RedisCompositeLimiter: several limits on one key, all or nothing."""
+    """The blocking twin of RedisCompositeLimiter: several limits on one key, all or nothing.
+
+    No ``priority``: the server serves requests in arrival order.
+    """
 
     def __init__(
         self,
@@ -556,6 +577,11 @@ class SyncRedisCompositeLimiter(CompositeParts, _SyncLimiter):
             name=name,
         )
         self.key = key
+
+    def set_rate(self, name: str, rate: RateLike, capacity: int | None = None) -> None:
+        """Change limit ``name``'s rate (and capacity) at the server for every process
+        sharing the key, carrying its balance over; see RedisCompositeLimiter.set_rate."""
+        self._set_limit(name, rate, capacity)
 
     def acquire(self, tokens: int | Mapping[str, int] = 1, *, timeout: float | None = None) -> bool:
         """Block until every limit grants its share of the call; return True."""
