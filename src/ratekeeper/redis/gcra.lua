@@ -126,16 +126,22 @@ for i = 1, #KEYS do
   local base = 3 * i - 2
   cost[i] = tonumber(conf[base])
   scale[i] = tonumber(conf[base + 1])
-  capacity[i] = math.abs(tonumber(conf[base + 2]))
+  local k = tonumber(conf[base + 2])
+  if k < 0 then
+    k = -k
+  end
+  capacity[i] = k
   burst[i] = capacity[i] * cost[i]
 end
 
 -- Make (c, sc, k) key i's limit; `own`: the key holds it (reported if ARGV[2] differs).
-local function set_limit(i, s, c, sc, k)
+local own = {} -- key index -> true: the key holds its limit
+local differs = {} -- key index -> true: its limit goes in the reply's trailer
+local function set_limit(i, c, sc, k)
   cost[i], scale[i], capacity[i], burst[i] = c, sc, k, k * c
-  s.own = true
+  own[i] = true
   local base = 3 * i - 2
-  s.differs = fmt(c) ~= conf[base] or fmt(sc) ~= conf[base + 1] or fmt(k) ~= conf[base + 2]
+  differs[i] = fmt(c) ~= conf[base] or fmt(sc) ~= conf[base + 1] or fmt(k) ~= conf[base + 2]
 end
 local arg = words(ARGV[3])
 
@@ -161,9 +167,8 @@ local function load(i)
   if type(raw) == "table" or (raw and not e) then
     s = { bad = true } -- another type (an error reply), or a string of another form
   elseif e then
-    s = {}
     if c then
-      set_limit(i, s, tonumber(c), tonumber(sc), tonumber(k))
+      set_limit(i, tonumber(c), tonumber(sc), tonumber(k))
     end
     local step = 1000 * scale[i]
     local elapsed = now_us - tonumber(t)
@@ -186,7 +191,7 @@ local function load(i)
     if b ~= "" then
       booked = since(tonumber(b))
     end
-    s.e, s.g, s.ahead, s.booked = tonumber(e), tonumber(g), since(tonumber(a)), booked
+    s = { e = tonumber(e), g = tonumber(g), ahead = since(tonumber(a)), booked = booked }
   else
     s = { e = now_us, g = 0, ahead = 0, booked = 0 }
   end
@@ -436,7 +441,7 @@ while pos <= nargs do
         end
         s.ahead, s.booked = new[j][1], new[j][2]
         s.dirty = true
-        set_limit(i, s, tokens[j], mark_e[j], k1)
+        set_limit(i, tokens[j], mark_e[j], k1)
       end
       out[#out + 1] = 1
       out[#out + 1] = 0
@@ -451,7 +456,7 @@ for i, s in pairs(state) do
   if s.dirty then
     local value = fmt(s.e) .. " " .. fmt(now_us) .. " " .. fmt(s.ahead) .. " " .. fmt(s.g)
       .. " " .. fmt(s.booked)
-    if s.own then
+    if own[i] then
       -- The key holds its limit: it must outlive a full bucket.
       value = value .. " " .. fmt(cost[i]) .. " " .. fmt(scale[i]) .. " " .. fmt(capacity[i])
       redis.call("SET", KEYS[i], value)
@@ -465,8 +470,8 @@ for i, s in pairs(state) do
 end
 
 -- The keys' own limits the caller does not know yet.
-for i, s in pairs(state) do
-  if s.differs then
+for i, report_it in pairs(differs) do
+  if report_it then
     out[#out + 1] = i
     out[#out + 1] = cost[i]
     out[#out + 1] = scale[i]
