@@ -36,7 +36,7 @@ async def test_limits_on_a_three_master_cluster(cluster_nodes: list[Server], key
 
         # Buckets on many slots, called together: the batch is split per slot, each part
         # decided on its master.
-        buckets = [RedisTokenBucket(client, f"{key}-{i}", "10/s", 1) for i in range(30)]
+        buckets = [RedisTokenBucket(client, f"{key}-{i}", "1/s", 1) for i in range(30)]
         assert all(await asyncio.gather(*(b.try_acquire() for b in buckets)))
         assert not any(await asyncio.gather(*(b.try_acquire() for b in buckets)))
         used = 0
@@ -47,7 +47,7 @@ async def test_limits_on_a_three_master_cluster(cluster_nodes: list[Server], key
         assert used == 3  # every master holds some of the buckets
 
         reservation = await buckets[0].reserve()
-        assert 0 < reservation.delay <= 0.1  # refilling since its first token
+        assert 0 < reservation.delay <= 1.0  # refilling since its first token
     finally:
         await client.aclose()
 

@@ -70,14 +70,14 @@ async def test_reserve_gives_the_delay_and_cancel_gives_the_tokens_back(
     first = await bucket.reserve()
     assert isinstance(first, RedisReservation) and first.delay == 0
     second = await bucket.reserve()
-    assert second.delay == pytest.approx(0.1, abs=0.005)
+    assert 0.07 <= second.delay <= 0.1  # less by the time between the calls (a loaded host)
     second.cancel()
     assert second.cancelled
     await asyncio.sleep(0.01)  # the refund goes out with the next batch
     third = await bucket.reserve()
     assert third.delay == pytest.approx(0.1, abs=0.02)  # the cancelled slot came back
     with pytest.raises(AcquireTimeout):
-        await bucket.reserve(max_wait=0.05)
+        await bucket.reserve(timeout=0.05)
 
 
 async def test_a_caller_cancelled_while_sleeping_gives_its_tokens_back(
@@ -243,7 +243,7 @@ async def test_a_composite_waits_for_its_slowest_limit(async_client: Any, key: s
     )
     await limits.acquire()
     reservation = await limits.reserve()
-    assert reservation.delay == pytest.approx(0.1, abs=0.005)
+    assert 0.07 <= reservation.delay <= 0.1  # less by the time between the calls
     with pytest.raises(AcquireTimeout):
         await limits.acquire(timeout=0.05)
     with pytest.raises(ValueError, match="no limit named"):

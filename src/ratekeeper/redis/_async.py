@@ -37,17 +37,24 @@ from redis.exceptions import NoScriptError
 
 from .._asyncio import check_timeout
 from .._errors import AcquireTimeout, BackendUnavailable, LimiterClosed
-from .._rate import NS_PER_SECOND, RateLike
+from .._rate import RateLike
 from ._common import (
+    CANCELLED,
+    IN_USE,
+    LIVE,
+    BucketParts,
+    CompositeParts,
     Core,
     Limit,
     OnFailure,
     RedisStatistics,
+    ReservationBase,
     ServerFailure,
     classify,
     composite_specs,
     describe_client,
     single_spec,
+    take_replies,
 )
 from ._script import (
     BEYOND,
@@ -60,7 +67,6 @@ from ._script import (
     Request,
     encode,
     single_wire,
-    split,
 )
 
 __all__ = ["RedisCompositeLimiter", "RedisReservation", "RedisTokenBucket"]
@@ -104,7 +110,7 @@ class _Dispatcher:
         """Return the script's reply to ``request``; raise ServerFailure if the call failed."""
         if not self.in_flight and not self.pending:
             keys, args = request.wire or encode([request])
-            return (await self.execute(keys, args, request.owner))[1:]
+            return take_replies(await self.execute(keys, args, request.owner), keys, [request])[0]
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         request.future = future
         self.post(request)
@@ -120,7 +126,8 @@ class _Dispatcher:
         """
         if not self.in_flight and not self.pending:
             keys, args = encode(requests)
-            replies = split(await self.execute(keys, args, requests[-1].owner), requests)
+            values = await self.execute(keys, args, requests[-1].owner)
+            replies = take_replies(values, keys, requests)
             return list(replies[:-1]), replies[-1]
         loop = asyncio.get_running_loop()
         for request in requests:
@@ -196,13 +203,15 @@ class _Dispatcher:
                 slot = key_slot(request.items[0][0].key.encode())
                 groups.setdefault(slot, []).append(request)
             parts = list(groups.values())
-            results = await asyncio.gather(*(self.execute(*encode(part)) for part in parts))
+            wires = [encode(part) for part in parts]
+            results = await asyncio.gather(*(self.execute(*wire) for wire in wires))
             by_request: dict[int, list[int]] = {}
-            for part, reply in zip(parts, results, strict=True):
-                by_request.update(zip(map(id, part), split(reply, part), strict=True))
+            for part, (keys, _), values in zip(parts, wires, results, strict=True):
+                by_request.update(zip(map(id, part), take_replies(values, keys, part), strict=True))
             replies = [by_request[id(r)] for r in batch]
         else:
-            replies = split(await self.execute(*encode(batch)), batch)
+            keys, args = encode(batch)
+            replies = take_replies(await self.execute(keys, args), keys, batch)
         owners = set()
         for request in batch:
             owner = request.owner
@@ -409,6 +418,14 @@ class _AsyncLimiter(Core):
             self._refusal(reply, amounts, None)
         return self._count_refund(reply, amounts)
 
+    async def _set_limit(self, name: str | None, rate: RateLike, capacity: int | None) -> None:
+        request = self._set_limit_request(name, rate, capacity)
+        try:
+            reply = await self._dispatcher.call(request)
+        except ServerFailure as failure:
+            self._set_limit_failed(failure)
+        self._set_limit_done(request, reply)
+
     async def _state(self) -> tuple[tuple[float, float], ...]:
         try:
             reply = await self._dispatcher.call(self._state_request())
@@ -462,7 +479,7 @@ class _AsyncLimiter(Core):
         return self._describe()
 
 
-class RedisTokenBucket(_AsyncLimiter):
+class RedisTokenBucket(BucketParts, _AsyncLimiter):
     """A token bucket kept at a Redis/Valkey server, shared by every process that names it.
 
     ===================  ===========================================================
@@ -473,13 +490,16 @@ class RedisTokenBucket(_AsyncLimiter):
     ``async with``       one token; ``take(n)`` for n, optionally refunded on error
     ``@limiter``         decorates an async function: one token per call
     ``refund(n)``        gives tokens back; ``charge(n)`` takes them after the fact
+    ``set_rate(r, c)``   changes the limit at the server, for every process on the key
     ===================  ===========================================================
 
     Each decision is one atomic script call timed by the server's clock, in exact integer
     arithmetic (the same as ``TokenBucket``'s); callers are served in the order their
     requests reach the server, and one that must wait reserves its slot in the same round
     trip (no polling). A timeout that cannot be met is refused at once, consuming nothing.
-    Concurrent calls of one process share round trips.
+    Concurrent calls of one process share round trips. There is no ``priority``: the
+    server serves requests in arrival order (the in-memory limiters' ``priority=`` is
+    outside the contract, and passing it here is a TypeError).
 
     ``client``: a ``redis.asyncio.Redis`` or ``RedisCluster``, or a URL (then the limiter
     owns the client; ``aclose()`` closes it). The key stored is ``prefix + key``; it expires
@@ -515,14 +535,32 @@ class RedisTokenBucket(_AsyncLimiter):
             retry_interval=retry_interval,
             name=name,
         )
-        spec = self._specs[0]
-        self.key = spec.key
-        self.rate = spec.rate
-        self.capacity = spec.capacity
+        self.key = self._specs[0].key
+        self._specs_changed()
+
+    def _specs_changed(self) -> None:
         # The one-token requests, encoded once: the hot paths only point at them.
+        spec = self._specs[0]
         self._one = ((spec, 1, NO_MARK, 0),)
         self._wire_try = single_wire(spec, RESERVE, 1, 0)
         self._wire_wait = single_wire(spec, RESERVE, 1, -1)
+
+    def _request_one(self, max_wait: int) -> Request:
+        return Request(RESERVE, self._one, max_wait, self)
+
+    async def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
+        """Change the rate (and capacity; default: unchanged) at the server, for every
+        process sharing the key, carrying the balance over.
+
+        The tokens available now stay available (capped at the new capacity); debt stays
+        debt; reservations already granted keep their slots. The key then holds its limit
+        (and no longer expires): every limiter on it decides with that limit from its next
+        call, whatever rate it was made with. Raises ValueError/TypeError for a bad rate or
+        capacity (nothing changed), BackendUnavailable if the server cannot be reached,
+        whatever ``on_failure`` says (a change this process alone knew of would not be one),
+        LimiterClosed after close().
+        """
+        await self._set_limit(None, rate, capacity)
 
     async def acquire(self, tokens: int = 1, *, timeout: float | None = None) -> bool:
         """Wait until ``tokens`` are granted, in arrival order at the server; return True.
@@ -539,9 +577,13 @@ class RedisTokenBucket(_AsyncLimiter):
             dispatcher = self._dispatcher
             try:
                 if not dispatcher.in_flight and not dispatcher.pending:
-                    reply = (await dispatcher.execute(*self._wire_wait, self))[1:]
+                    reply = await dispatcher.execute(*self._wire_wait, self)
+                    if len(reply) > 6:  # the key holds a limit of its own
+                        reply = take_replies(reply, [self.key], [self._request_one(-1)])[0]
+                    else:
+                        del reply[0]
                 else:
-                    request = Request(RESERVE, self._one, -1, self)
+                    request = self._request_one(-1)
                     request.wire = self._wire_wait
                     reply = await dispatcher.call(request)
             except ServerFailure as failure:
@@ -572,9 +614,13 @@ class RedisTokenBucket(_AsyncLimiter):
                     raise LimiterClosed(f"{self!r} is closed")
                 if not dispatcher.in_flight and not dispatcher.pending:
                     # Fast path: alone on the connection, the request prebuilt.
-                    reply = (await dispatcher.execute(*self._wire_try, self))[1:]
+                    reply = await dispatcher.execute(*self._wire_try, self)
+                    if len(reply) > 6:  # the key holds a limit of its own
+                        reply = take_replies(reply, [self.key], [self._request_one(0)])[0]
+                    else:
+                        del reply[0]
                 else:
-                    request = Request(RESERVE, self._one, 0, self)
+                    request = self._request_one(0)
                     request.wire = self._wire_try
                     reply = await dispatcher.call(request)
             else:
@@ -597,14 +643,14 @@ class RedisTokenBucket(_AsyncLimiter):
         self._refusal(reply, amounts, 0)
         return False  # pragma: no cover
 
-    async def reserve(self, tokens: int = 1, *, max_wait: float | None = None) -> RedisReservation:
+    async def reserve(self, tokens: int = 1, *, timeout: float | None = None) -> RedisReservation:
         """Reserve ``tokens`` at the server now and return the reservation.
 
         ``reservation.delay`` is the wait until their slot; ``await reservation`` sleeps
         until then; ``reservation.cancel()`` gives them back as far as that is still
-        correct. Raises AcquireTimeout if the wait would exceed ``max_wait``.
+        correct. Raises AcquireTimeout (nothing reserved) if the wait would exceed ``timeout``.
         """
-        reservation = await self._reserve(self._call_amounts(tokens), max_wait)
+        reservation = await self._reserve(self._call_amounts(tokens), timeout)
         if not reservation:
             return RedisReservation(self, self._call_amounts(tokens), 0, None, None)
         assert isinstance(reservation, RedisReservation)
@@ -667,7 +713,7 @@ class RedisTokenBucket(_AsyncLimiter):
         return _decorator(self, tokens, timeout)
 
 
-class RedisCompositeLimiter(_AsyncLimiter):
+class RedisCompositeLimiter(CompositeParts, _AsyncLimiter):
     """Several limits on one key, checked and charged together: all granted, or none.
 
     For example 60 requests/minute AND 90,000 tokens/minute on one API key::
@@ -683,7 +729,8 @@ class RedisCompositeLimiter(_AsyncLimiter):
     ``prefix + "{key}:" + name``: the ``{key}`` hash tag puts them in one Redis Cluster
     slot. A grant waits for the slowest limit; each limit is committed at the grant time.
     ``charge``/``refund`` with an int settle the limits whose weight is None. Arguments
-    and failures as in RedisTokenBucket.
+    and failures as in RedisTokenBucket; no ``priority`` (arrival order at the server).
+    ``set_rate(name, rate, capacity)`` changes one limit at the server.
     """
 
     def __init__(
@@ -710,10 +757,14 @@ class RedisCompositeLimiter(_AsyncLimiter):
         )
         self.key = key
 
-    @property
-    def limits(self) -> dict[str, Limit]:
-        """The limits by name."""
-        return {s.name: Limit(s.rate, s.capacity, s.weight) for s in self._specs}
+    async def set_rate(self, name: str, rate: RateLike, capacity: int | None = None) -> None:
+        """Change limit ``name``'s rate (and capacity; default: unchanged) at the server,
+        for every process sharing the key, carrying its balance over.
+
+        As RedisTokenBucket.set_rate; also raises ValueError for an unknown name or a
+        capacity below the limit's weight. The other limits are left as they are.
+        """
+        await self._set_limit(name, rate, capacity)
 
     async def acquire(
         self, tokens: int | Mapping[str, int] = 1, *, timeout: float | None = None
@@ -736,11 +787,11 @@ class RedisCompositeLimiter(_AsyncLimiter):
         return True
 
     async def reserve(
-        self, tokens: int | Mapping[str, int] = 1, *, max_wait: float | None = None
+        self, tokens: int | Mapping[str, int] = 1, *, timeout: float | None = None
     ) -> RedisReservation:
         """Reserve the call's tokens on every limit now; see RedisTokenBucket.reserve."""
         amounts = self._call_amounts(tokens)
-        reservation = await self._reserve(amounts, max_wait)
+        reservation = await self._reserve(amounts, timeout)
         if not reservation:
             return RedisReservation(self, amounts, 0, None, None)
         assert isinstance(reservation, RedisReservation)
@@ -748,8 +799,7 @@ class RedisCompositeLimiter(_AsyncLimiter):
 
     async def refund(self, tokens: int | Mapping[str, int]) -> dict[str, float]:
         """Give back tokens on the limits named (or whose weight is None); return them."""
-        backs = await self._refund(self._settle_amounts(tokens))
-        return {s.name: b for s, b in zip(self._specs, backs, strict=False)}
+        return self._named(await self._refund(self._settle_amounts(tokens)))
 
     async def charge(self, tokens: int | Mapping[str, int]) -> None:
         """Take tokens from the limits named (or whose weight is None), debt allowed."""
@@ -757,7 +807,7 @@ class RedisCompositeLimiter(_AsyncLimiter):
 
     async def available(self) -> dict[str, float]:
         """Return each limit's tokens available now at the server."""
-        return {s.name: t for s, (t, _) in zip(self._specs, await self._state(), strict=False)}
+        return self._named(tuple(t for t, _ in await self._state()))
 
     async def full_in(self) -> float:
         """Return seconds until every limit is full again (0.0 when all are)."""
@@ -819,89 +869,49 @@ def _decorator(
     return decorate
 
 
-class RedisReservation:
+class RedisReservation(ReservationBase):
     """Tokens reserved at the server (or by the fallback), returned by ``reserve()``.
 
     ``delay`` is the wait (seconds) from the server's decision until their slot; ``await
-    reservation`` sleeps until then; ``cancel()`` gives the tokens back by mark, as far as
-    that is still correct (never tokens granted to others since).
+    reservation`` sleeps until then (raising LimiterClosed if cancelled or closed first);
+    ``cancel()`` gives the tokens back by mark until it has returned, and does nothing after
+    (see ReservationBase).
     """
 
-    __slots__ = ("_due", "_limiter", "_local", "_marks", "_state", "amounts", "delay_ns")
-
-    def __init__(
-        self,
-        limiter: _AsyncLimiter,
-        amounts: tuple[int, ...],
-        delay_ns: int,
-        marks: tuple[tuple[int, int], ...] | None,
-        local: tuple[int, ...] | None,
-    ) -> None:
-        self._limiter = limiter
-        self.amounts = amounts
-        self.delay_ns = delay_ns
-        self._marks = marks
-        self._local = local
-        self._state = 0  # 0 live, 1 cancelled
-        self._due = time.monotonic() + delay_ns / NS_PER_SECOND
-
-    @property
-    def delay(self) -> float:
-        """Seconds from the decision until the tokens may be used (0.0: at once)."""
-        return self.delay_ns / NS_PER_SECOND
-
-    @property
-    def tokens(self) -> int:
-        """The tokens reserved (on a composite: of its first limit)."""
-        return self.amounts[0]
-
-    @property
-    def cancelled(self) -> bool:
-        """True after cancel() (or close() while it was awaited)."""
-        return self._state == 1
+    __slots__ = ()
 
     def __await__(self) -> Generator[Any, None, None]:
         return self._sleep().__await__()
 
     async def _sleep(self) -> None:
         limiter = self._limiter
-        if self._state == 1:
+        if self._state == CANCELLED:
             raise LimiterClosed("the reservation was cancelled")
         remaining = self._due - time.monotonic()
-        if remaining <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        handle = loop.call_later(remaining, _wake, future)
-        limiter._sleepers[future] = self
-        limiter._waiting += 1
-        limiter._waiting_tokens += self.amounts[0]
-        try:
-            await future
-        except asyncio.CancelledError:
-            # Cancelled while sleeping: the slot will not be used; give it back.
-            self.cancel()
-            raise
-        finally:
-            handle.cancel()
-            del limiter._sleepers[future]
-            limiter._waiting -= 1
-            limiter._waiting_tokens -= self.amounts[0]
-
-    def cancel(self) -> None:
-        """Give the tokens back (by mark) and mark the reservation cancelled. Idempotent.
-
-        The refund goes to the server with the next batch (or to the fallback limiter that
-        granted it); a failure to send it is counted, never raised.
-        """
-        if self._state == 0:
-            self._limiter._cancelled += 1
-            self._give_back()
+        if remaining > 0:
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[None] = loop.create_future()
+            handle = loop.call_later(remaining, _wake, future)
+            limiter._sleepers[future] = self
+            limiter._waiting += 1
+            limiter._waiting_tokens += self.amounts[0]
+            try:
+                await future
+            except asyncio.CancelledError:
+                # Cancelled while sleeping: the slot will not be used; give it back.
+                self.cancel()
+                raise
+            finally:
+                handle.cancel()
+                del limiter._sleepers[future]
+                limiter._waiting -= 1
+                limiter._waiting_tokens -= self.amounts[0]
+        if self._state == LIVE:
+            self._state = IN_USE
 
     def _give_back(self) -> None:
-        if self._state == 1:
+        if not self._refund_due():
             return
-        self._state = 1
         limiter = self._limiter
         if self._marks is not None:
             request = limiter._refund_request(self.amounts, self._marks)
@@ -911,10 +921,6 @@ class RedisReservation:
                 limiter._backend_errors += 1
         elif self._local is not None:
             limiter._fallback_refund(None, self.amounts, self._local)
-
-    def __repr__(self) -> str:
-        state = "cancelled" if self._state else "live"
-        return f"<RedisReservation amounts={self.amounts} delay={self.delay:.6f}s {state}>"
 
 
 def _wake(future: asyncio.Future[None]) -> None:

@@ -30,14 +30,24 @@ from ._script import (
     REFUND,
     REFUSED,
     RESERVE,
+    SET_LIMIT,
     STATE,
     WRONGTYPE,
     Request,
     Spec,
+    adopted_spec,
+    cut,
     make_spec,
 )
 
-__all__ = ["Limit", "OnFailure", "RedisStatistics", "ServerFailure", "classify"]
+__all__ = [
+    "Limit",
+    "OnFailure",
+    "RedisStatistics",
+    "ReservationBase",
+    "ServerFailure",
+    "classify",
+]
 
 OnFailure = Literal["closed", "open", "fallback"]
 _POLICIES = ("closed", "open", "fallback")
@@ -262,6 +272,82 @@ class Core:
     def _state_request(self) -> Request:
         return Request(STATE, tuple((s, 0, NO_MARK, 0) for s in self._specs), -1, self)
 
+    # -- changing a limit ------------------------------------------------------------------
+
+    def _set_limit_request(self, name: str | None, rate: RateLike, capacity: int | None) -> Request:
+        """Return the request that makes limit ``name`` (None: the only one) rate/capacity.
+
+        Raises LimiterClosed, or ValueError/TypeError (changing nothing) for an unknown
+        name, a bad rate or capacity, a capacity below the limit's weight, or a limit too
+        large for the script's exact arithmetic.
+        """
+        if self._closed:
+            raise LimiterClosed(f"{self!r} is closed")
+        old = self._specs[self._limit_index(name)]
+        new = make_spec(
+            old.key, old.name, rate, old.capacity if capacity is None else capacity, old.weight
+        )
+        return Request(SET_LIMIT, ((old, new.cost, new.scale, new.capacity),), -1, self)
+
+    def _limit_index(self, name: str | None) -> int:
+        if name is None:
+            return 0
+        for j, spec in enumerate(self._specs):
+            if spec.name == name:
+                return j
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str naming a limit, not {type(name).__name__}")
+        raise ValueError(f"unknown limit {name!r}; the limits are {[s.name for s in self._specs]}")
+
+    def _set_limit_failed(self, failure: ServerFailure) -> None:
+        """Raise BackendUnavailable for a change that did not reach the server.
+
+        Whatever the policy: a change kept in this process alone would not be seen by the
+        others sharing the key, so nothing changes anywhere and the caller is told.
+        """
+        self._backend_errors += 1
+        raise BackendUnavailable(
+            f"{failure}; the limit was not changed (a change must reach the server, where "
+            "every process sharing the key reads it)"
+        ) from failure
+
+    def _set_limit_done(self, request: Request, reply: list[int]) -> None:
+        """Adopt the limit the server now holds; raise if the script refused the change."""
+        spec, cost, scale, capacity = request.items[0]
+        if reply[0] == BEYOND:
+            raise ValueError(
+                f"key {spec.key!r}: its balance in the new limit would lie more than 2^52 "
+                "units ahead, past what the server counts exactly; nothing changed"
+            )
+        if reply[0] != DONE:
+            self._refusal(reply, (1,), None, (spec,))
+        self._adopt(spec.key, cost, scale, capacity)
+
+    def _adopt(self, key: str, cost: int, scale: int, capacity: int) -> None:
+        """Take the limit that ``key`` holds at the server as this limiter's own.
+
+        Called with the script's reply, before the replies are read (they are in that
+        limit's units), by whichever front end received it. The fallback limiter, if
+        running, carries its balance over to its share of the new limit.
+        """
+        specs = self._specs
+        for j, spec in enumerate(specs):
+            if spec.key == key and (spec.cost, spec.scale, spec.capacity) != (
+                cost,
+                scale,
+                capacity,
+            ):
+                new = adopted_spec(spec, cost, scale, capacity)
+                self._specs = (*specs[:j], new, *specs[j + 1 :])
+                if self._local is not None:
+                    rate, share_capacity = shared_limit(new, self._share or 1.0)
+                    self._local.reconfigure(time.monotonic_ns(), j, rate, share_capacity)
+                self._specs_changed()
+                return
+
+    def _specs_changed(self) -> None:
+        """Rebuild what was derived from ``_specs`` (the hot paths' prebuilt requests)."""
+
     # -- replies ---------------------------------------------------------------------------
 
     def _marks(self, reply: list[int], amounts: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
@@ -345,6 +431,9 @@ class Core:
                 backs.append(0.0)
         self._refunded += sum(backs)
         return tuple(backs)
+
+    def _count_cancel(self) -> None:
+        self._cancelled += 1
 
     def _after_batch(self, request: Request, reply: list[int] | None) -> None:
         """Settle a request nobody awaits (a refund sent for a cancelled grant)."""
@@ -464,6 +553,54 @@ class Core:
         )
 
 
+def take_replies(values: list[int], keys: list[str], requests: list[Request]) -> list[list[int]]:
+    """Return one reply per request from the script's integers, after handing the keys'
+    own limits (the reply's trailer) to the owners of the requests naming them."""
+    replies, trailer = cut(values, requests)
+    if trailer:
+        adopt_limits(trailer, keys, requests)
+    return replies
+
+
+def adopt_limits(trailer: list[int], keys: list[str], requests: list[Request]) -> None:
+    """Give each owner in ``requests`` the limits the trailer says its keys hold."""
+    owners = {id(r.owner): r.owner for r in requests if r.owner is not None}
+    for pos in range(0, len(trailer), 4):
+        index, cost, scale, capacity = trailer[pos : pos + 4]
+        for owner in owners.values():
+            owner._adopt(keys[index - 1], cost, scale, capacity)
+
+
+class BucketParts:
+    """What both front ends' single buckets add to Core: the limit as it is now."""
+
+    _specs: tuple[Spec, ...]
+
+    @property
+    def rate(self) -> Rate:
+        """The rate, as this process last saw it at the server."""
+        return self._specs[0].rate
+
+    @property
+    def capacity(self) -> int:
+        """The burst size, as this process last saw it at the server."""
+        return self._specs[0].capacity
+
+
+class CompositeParts:
+    """What both front ends' composites add to Core: the limits by name."""
+
+    _specs: tuple[Spec, ...]
+
+    @property
+    def limits(self) -> dict[str, Limit]:
+        """The limits by name, as this process last saw them at the server."""
+        return {s.name: Limit(s.rate, s.capacity, s.weight) for s in self._specs}
+
+    def _named(self, values: tuple[float, ...]) -> dict[str, float]:
+        return {s.name: v for s, v in zip(self._specs, values, strict=False)}
+
+
 def shared_limit(spec: Spec, share: float) -> tuple[Rate, int]:
     """Return (rate, capacity) of the fallback limiter: ``share`` of the limit's, >= 1 token."""
     rate = Rate(float(spec.rate.tokens) * share, spec.rate.per)
@@ -495,3 +632,82 @@ def check_key(key: str, prefix: str) -> str:
     if not key:
         raise ValueError("key must be a non-empty string naming the limit")
     return key
+
+
+LIVE, CANCELLED, IN_USE = 0, 1, 2
+"""A reservation's states: granted and not yet used; given back; used (its holder resumed)."""
+
+
+class ReservationBase:
+    """What both front ends' reservations are: tokens granted at the server (or by the
+    fallback), for use ``delay`` seconds after the decision.
+
+    ``cancel()`` gives them back by mark while the holder has not resumed (as far as that is
+    still correct: never tokens granted to others since). Once the holder has resumed
+    (``await reservation`` or ``wait()`` returned) the tokens are in use and ``cancel()``
+    does nothing: giving used tokens back would open a burst. The front ends say how to
+    wait and how to send the refund (``_give_back``).
+    """
+
+    __slots__ = ("_due", "_limiter", "_local", "_marks", "_state", "amounts", "delay_ns")
+
+    def __init__(
+        self,
+        limiter: Any,
+        amounts: tuple[int, ...],
+        delay_ns: int,
+        marks: tuple[tuple[int, int], ...] | None,
+        local: tuple[int, ...] | None,
+    ) -> None:
+        self._limiter = limiter
+        self.amounts = amounts
+        self.delay_ns = delay_ns
+        self._marks = marks
+        self._local = local
+        self._state = LIVE
+        self._due = time.monotonic() + delay_ns / NS_PER_SECOND
+
+    @property
+    def delay(self) -> float:
+        """Seconds from the decision until the tokens may be used (0.0: at once)."""
+        return self.delay_ns / NS_PER_SECOND
+
+    @property
+    def tokens(self) -> int:
+        """The tokens reserved (on a composite: of its first limit)."""
+        return self.amounts[0]
+
+    @property
+    def granted(self) -> bool:
+        """True while the tokens are granted: False after cancel(), or close() while waiting."""
+        return self._state != CANCELLED
+
+    @property
+    def cancelled(self) -> bool:
+        """True after cancel() (or close() while it was waited on)."""
+        return self._state == CANCELLED
+
+    def cancel(self) -> None:
+        """Give the tokens back (by mark) unless the holder has resumed. Idempotent.
+
+        A failure to send the refund is counted (``backend_errors``), never raised: the
+        tokens then stay consumed, the safe side.
+        """
+        if self._state == LIVE:
+            self._limiter._count_cancel()
+            self._give_back()
+
+    def _give_back(self) -> None:
+        """Send the refund (also after use: ``take(refund_on_error=True)``), once."""
+        raise NotImplementedError
+
+    def _refund_due(self) -> bool:
+        """Mark the reservation given back; return False if it already was."""
+        if self._state == CANCELLED:
+            return False
+        self._state = CANCELLED
+        return True
+
+    def __repr__(self) -> str:
+        state = ("live", "cancelled", "in use")[self._state]
+        return f"<{type(self).__name__} amounts={self.amounts} delay={self.delay:.6f}s {state}>"

@@ -56,6 +56,10 @@ class LocalLimits:
             for g, n, mark in zip(self.gcras, amounts, marks, strict=False)
         )
 
+    def reconfigure(self, now_ns: int, index: int, rate: Rate, capacity: int) -> None:
+        """Change limit ``index`` at ``now_ns``, carrying its balance over (Gcra.reconfigure)."""
+        self._composite.reconfigure_limit(now_ns, str(index), rate, capacity)
+
     def tokens(self, now_ns: int) -> tuple[float, ...]:
         """Return each limit's tokens at ``now_ns``."""
         return tuple(g.tokens_at(now_ns) for g in self.gcras)

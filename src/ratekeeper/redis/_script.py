@@ -14,6 +14,7 @@ ahead, so every sum it forms stays exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from importlib import resources
 from typing import Any
 
@@ -28,12 +29,15 @@ __all__ = [
     "REFUND",
     "RESERVE",
     "SCRIPT",
+    "SET_LIMIT",
     "STATE",
     "Request",
     "Spec",
+    "cut",
     "encode",
     "make_spec",
     "parse",
+    "rate_of",
     "single_wire",
     "split",
 ]
@@ -46,7 +50,7 @@ MAX_AHEAD = 2**52
 MAX_BURST = 2**51
 """The largest full bucket (capacity * cost units) a limit may have; also bounds a charge."""
 
-RESERVE, CHARGE, REFUND, STATE = b"R", b"C", b"F", b"S"
+RESERVE, CHARGE, REFUND, STATE, SET_LIMIT = b"R", b"C", b"F", b"S", b"K"
 NO_MARK = -1
 """Mark epoch of a refund that names no grant (the caller vouches the tokens went unused)."""
 
@@ -116,10 +120,39 @@ def make_spec(
     return Spec(key, name, rate, capacity, weight, cost, scale, burst)
 
 
+def rate_of(cost: int, scale: int) -> Rate:
+    """Return a Rate of exactly ``cost / scale`` ns per token, in whole tokens per second,
+    minute, hour or day where one of those fits (for display: ``5/s``, ``100/minute``)."""
+    per_token = Fraction(cost, scale)
+    for per in (1, 60, 3600, 86400):
+        tokens = per * NS_PER_SECOND / per_token
+        if tokens.denominator == 1:
+            rate = Rate(int(tokens), per)
+            if rate.ns_per_token == per_token:
+                return rate
+    return Rate(float(NS_PER_SECOND / per_token))
+
+
+def adopted_spec(spec: Spec, cost: int, scale: int, capacity: int) -> Spec:
+    """Return ``spec`` with the limit a key holds at the server (``cost scale capacity``)."""
+    return Spec(
+        spec.key,
+        spec.name,
+        rate_of(cost, scale),
+        capacity,
+        spec.weight,
+        cost,
+        scale,
+        capacity * cost,
+    )
+
+
 class Request:
     """One decision for the script: an op over one or more limits, and who waits for it.
 
-    ``items`` holds (spec, tokens, mark epoch, mark count) per limit; ``future`` is the
+    ``items`` holds (spec, tokens, mark epoch, mark count) per limit, and for SET_LIMIT
+    (spec, cost, scale, capacity) of the new limit (the same four numbers on the wire);
+    ``future`` is the
     asyncio future (or other waiter) its reply goes to, None when nobody waits for it;
     ``wire``, when set, is ``encode([request])`` built ahead (for the hot paths).
     """
@@ -150,11 +183,15 @@ def encode(requests: list[Request], now_us: int | None = None) -> tuple[list[str
     """Return (KEYS, ARGV) for one script call deciding ``requests`` in order.
 
     Each key is sent once, with the parameters of the first request naming it (one key
-    must mean one limit). ``now_us`` replaces the server's TIME: for tests only.
+    must mean one limit); if later ones name it with others, the script is asked to report
+    the limit the key holds, so that every owner in the batch can adopt it. ``now_us``
+    replaces the server's TIME: for tests only.
     """
     index: dict[str, int] = {}
     keys: list[str] = []
     conf: list[str] = []
+    first: list[Spec] = []
+    disagree: set[int] = set()
     body: list[str] = []
     append = body.append
     for request in requests:
@@ -170,12 +207,18 @@ def encode(requests: list[Request], now_us: int | None = None) -> tuple[list[str
                 keys.append(spec.key)
                 i = index[spec.key] = len(keys)
                 conf.append(spec.conf)
+                first.append(spec)
+            elif spec is not first[i - 1] and spec.conf != first[i - 1].conf:
+                disagree.add(i)
             if op == STATE:
                 append(str(i))
-            elif op == REFUND:
+            elif op in (REFUND, SET_LIMIT):
                 append(f"{i} {tokens} {mark_e} {mark_g}")
             else:
                 append(f"{i} {tokens}")
+    for i in disagree:  # the callers disagree: the reply must say what the key holds
+        spec = first[i - 1]
+        conf[i - 1] = f"{spec.cost} {spec.scale} -{spec.capacity}"
     return keys, ["" if now_us is None else str(now_us), " ".join(conf), " ".join(body)]
 
 
@@ -190,15 +233,22 @@ def parse(reply: bytes | str) -> list[int]:
     return list(map(int, reply.split()))
 
 
-def split(reply: bytes | str | list[int], requests: list[Request]) -> list[list[int]]:
-    """Cut the script's reply (or its integers) into one list per request, without ``now``."""
-    values = reply if isinstance(reply, list) else parse(reply)
+def cut(values: list[int], requests: list[Request]) -> tuple[list[list[int]], list[int]]:
+    """Cut the script's integers into one reply per request (without ``now``), and the
+    trailer: (key index, cost, scale, capacity) for each key whose own limit differs from
+    the one sent. Raises ValueError for a reply of the wrong length."""
     out = []
     pos = 1
     for request in requests:
         end = pos + 2 + 3 * len(request.items)
         out.append(values[pos:end])
         pos = end
-    if pos != len(values):
-        raise ValueError(f"the script answered {len(values)} numbers, {pos} were expected")
-    return out
+    if pos > len(values) or (len(values) - pos) % 4:
+        raise ValueError(f"the script answered {len(values)} numbers, {pos} (+4n) were expected")
+    return out, values[pos:]
+
+
+def split(reply: bytes | str | list[int], requests: list[Request]) -> list[list[int]]:
+    """Cut the script's reply (or its integers) into one list per request, without ``now``
+    (and without the trailer of keys' own limits: see ``cut``)."""
+    return cut(reply if isinstance(reply, list) else parse(reply), requests)[0]

@@ -26,19 +26,26 @@ from redis.retry import Retry
 
 from .._asyncio import check_timeout
 from .._errors import BackendUnavailable, LimiterClosed
-from .._rate import NS_PER_SECOND, RateLike
+from .._rate import RateLike
 from ._common import (
+    CANCELLED,
+    IN_USE,
+    LIVE,
+    BucketParts,
+    CompositeParts,
     Core,
     Limit,
     OnFailure,
     RedisStatistics,
+    ReservationBase,
     ServerFailure,
     classify,
     composite_specs,
     describe_client,
     single_spec,
+    take_replies,
 )
-from ._script import DONE, SCRIPT, Request, encode, split
+from ._script import DONE, SCRIPT, Request, encode, parse
 
 MAX_BATCH = 256
 
@@ -221,8 +228,8 @@ class _SyncDispatcher:
         try:
             for group in groups:
                 keys, args = encode(group)
-                reply = self.script(keys, args)
-                replies.update(zip(map(id, group), split(reply, group), strict=True))
+                values = parse(self.script(keys, args))
+                replies.update(zip(map(id, group), take_replies(values, keys, group), strict=True))
         except Exception as exc:
             failure = classify(exc, self.where)
             if failure.transient:
@@ -284,6 +291,10 @@ class _SyncLimiter(Core):
         self._lock = threading.Lock()
         self._dispatcher = _dispatcher_for(self._client, self._retry_interval)
         self._sleepers: dict[threading.Event, SyncRedisReservation] = {}
+
+    def _count_cancel(self) -> None:
+        with self._lock:
+            self._cancelled += 1
 
     # -- the server ------------------------------------------------------------------------
 
@@ -359,6 +370,19 @@ class _SyncLimiter(Core):
             if reply[0] != DONE:
                 self._refusal(reply, amounts, None)
             return self._count_refund(reply, amounts)
+
+    def _set_limit(self, name: str | None, rate: RateLike, capacity: int | None) -> None:
+        request = self._set_limit_request(name, rate, capacity)
+        try:
+            reply = self._call(request)
+        except ServerFailure as failure:
+            with self._lock:
+                self._set_limit_failed(failure)
+        self._set_limit_done(request, reply)  # adopts under the lock
+
+    def _adopt(self, key: str, cost: int, scale: int, capacity: int) -> None:
+        with self._lock:
+            super()._adopt(key, cost, scale, capacity)
 
     def _state(self) -> tuple[tuple[float, float], ...]:
         try:
@@ -443,12 +467,13 @@ class _SyncLimiter(Core):
         return _SyncTake(self, self._call_amounts(tokens), refund_on_error, timeout)
 
 
-class SyncRedisTokenBucket(_SyncLimiter):
+class SyncRedisTokenBucket(BucketParts, _SyncLimiter):
     """The blocking twin of RedisTokenBucket, on a ``redis.Redis`` client (or a URL).
 
     Same decisions, same arguments, same errors; ``acquire`` blocks the calling thread,
     ``with limiter:`` takes one token, ``@limiter`` decorates sync functions. A client
-    passed in must have a ``socket_timeout`` (it bounds every server call).
+    passed in must have a ``socket_timeout`` (it bounds every server call). No
+    ``priority``: the server serves requests in arrival order.
     """
 
     def __init__(
@@ -474,10 +499,12 @@ class SyncRedisTokenBucket(_SyncLimiter):
             retry_interval=retry_interval,
             name=name,
         )
-        spec = self._specs[0]
-        self.key = spec.key
-        self.rate = spec.rate
-        self.capacity = spec.capacity
+        self.key = self._specs[0].key
+
+    def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
+        """Change the rate (and capacity) at the server for every process sharing the key,
+        carrying the balance over; see RedisTokenBucket.set_rate."""
+        self._set_limit(None, rate, capacity)
 
     def acquire(self, tokens: int = 1, *, timeout: float | None = None) -> bool:
         """Block until ``tokens`` are granted, in arrival order at the server; return True.
@@ -497,11 +524,11 @@ class SyncRedisTokenBucket(_SyncLimiter):
         """
         return self._try(self._call_amounts(tokens))
 
-    def reserve(self, tokens: int = 1, *, max_wait: float | None = None) -> SyncRedisReservation:
+    def reserve(self, tokens: int = 1, *, timeout: float | None = None) -> SyncRedisReservation:
         """Reserve ``tokens`` now; ``wait()`` sleeps until their slot, ``cancel()`` gives
-        them back. Raises AcquireTimeout if the wait would exceed ``max_wait``."""
+        them back. Raises AcquireTimeout (nothing reserved) if the wait would exceed ``timeout``."""
         amounts = self._call_amounts(tokens)
-        reservation = self._reserve(amounts, max_wait)
+        reservation = self._reserve(amounts, timeout)
         return reservation or SyncRedisReservation(self, amounts, 0, None, None)
 
     def refund(self, tokens: int) -> float:
@@ -521,8 +548,11 @@ class SyncRedisTokenBucket(_SyncLimiter):
         return self._state()[0][1]
 
 
-class SyncRedisCompositeLimiter(_SyncLimiter):
-    """The blocking twin of RedisCompositeLimiter: several limits on one key, all or nothing."""
+class SyncRedisCompositeLimiter(CompositeParts, _SyncLimiter):
+    """The blocking twin of RedisCompositeLimiter: several limits on one key, all or nothing.
+
+    No ``priority``: the server serves requests in arrival order.
+    """
 
     def __init__(
         self,
@@ -548,6 +578,11 @@ class SyncRedisCompositeLimiter(_SyncLimiter):
         )
         self.key = key
 
+    def set_rate(self, name: str, rate: RateLike, capacity: int | None = None) -> None:
+        """Change limit ``name``'s rate (and capacity) at the server for every process
+        sharing the key, carrying its balance over; see RedisCompositeLimiter.set_rate."""
+        self._set_limit(name, rate, capacity)
+
     def acquire(self, tokens: int | Mapping[str, int] = 1, *, timeout: float | None = None) -> bool:
         """Block until every limit grants its share of the call; return True."""
         self._acquire(self._call_amounts(tokens), timeout)
@@ -558,17 +593,16 @@ class SyncRedisCompositeLimiter(_SyncLimiter):
         return self._try(self._call_amounts(tokens))
 
     def reserve(
-        self, tokens: int | Mapping[str, int] = 1, *, max_wait: float | None = None
+        self, tokens: int | Mapping[str, int] = 1, *, timeout: float | None = None
     ) -> SyncRedisReservation:
         """Reserve the call's tokens on every limit now (see SyncRedisTokenBucket.reserve)."""
         amounts = self._call_amounts(tokens)
-        reservation = self._reserve(amounts, max_wait)
+        reservation = self._reserve(amounts, timeout)
         return reservation or SyncRedisReservation(self, amounts, 0, None, None)
 
     def refund(self, tokens: int | Mapping[str, int]) -> dict[str, float]:
         """Give back tokens on the limits named (or whose weight is None); return them."""
-        backs = self._refund(self._settle_amounts(tokens))
-        return {s.name: b for s, b in zip(self._specs, backs, strict=False)}
+        return self._named(self._refund(self._settle_amounts(tokens)))
 
     def charge(self, tokens: int | Mapping[str, int]) -> None:
         """Take tokens from the limits named (or whose weight is None), debt allowed."""
@@ -576,54 +610,30 @@ class SyncRedisCompositeLimiter(_SyncLimiter):
 
     def available(self) -> dict[str, float]:
         """Return each limit's tokens available now at the server."""
-        return {s.name: t for s, (t, _) in zip(self._specs, self._state(), strict=False)}
+        return self._named(tuple(t for t, _ in self._state()))
 
     def full_in(self) -> float:
         """Return seconds until every limit is full again (0.0 when all are)."""
         return max(f for _, f in self._state())
 
 
-class SyncRedisReservation:
-    """Tokens reserved by a blocking limiter: ``delay``, ``wait()``, ``cancel()``."""
+class SyncRedisReservation(ReservationBase):
+    """Tokens reserved by a blocking limiter: ``delay``, ``wait()``, ``cancel()``.
 
-    __slots__ = ("_due", "_limiter", "_local", "_marks", "_state", "amounts", "delay_ns")
+    ``cancel()`` gives the tokens back by mark until ``wait()`` has returned, and does
+    nothing after (see ReservationBase).
+    """
 
-    def __init__(
-        self,
-        limiter: _SyncLimiter,
-        amounts: tuple[int, ...],
-        delay_ns: int,
-        marks: tuple[tuple[int, int], ...] | None,
-        local: tuple[int, ...] | None,
-    ) -> None:
-        self._limiter = limiter
-        self.amounts = amounts
-        self.delay_ns = delay_ns
-        self._marks = marks
-        self._local = local
-        self._state = 0
-        self._due = time.monotonic() + delay_ns / NS_PER_SECOND
-
-    @property
-    def delay(self) -> float:
-        """Seconds from the decision until the tokens may be used (0.0: at once)."""
-        return self.delay_ns / NS_PER_SECOND
-
-    @property
-    def cancelled(self) -> bool:
-        """True after cancel()."""
-        return self._state == 1
+    __slots__ = ()
 
     def wait(self) -> None:
-        """Sleep until the slot; raise LimiterClosed if the limiter closes meanwhile (the
-        tokens then go back)."""
+        """Sleep until the slot; raise LimiterClosed if cancelled, or if the limiter closes
+        meanwhile (the tokens then go back)."""
         limiter = self._limiter
         event = threading.Event()
         with limiter._lock:
-            if limiter._closed:
-                closed = True
-            else:
-                closed = False
+            closed = limiter._closed or self._state == CANCELLED
+            if not closed:
                 limiter._sleepers[event] = self
                 limiter._waiting += 1
                 limiter._waiting_tokens += self.amounts[0]
@@ -638,19 +648,15 @@ class SyncRedisReservation:
                     limiter._waiting_tokens -= self.amounts[0]
         if closed:
             self.cancel()
-            raise LimiterClosed(f"{limiter!r} was closed while waiting")
-
-    def cancel(self) -> None:
-        """Give the tokens back (by mark) at the server. Idempotent; failures are counted."""
-        if self._state == 0:
-            with self._limiter._lock:
-                self._limiter._cancelled += 1
-            self._give_back()
+            raise LimiterClosed(
+                f"{limiter!r} was closed while waiting (or the reservation cancelled)"
+            )
+        if self._state == LIVE:
+            self._state = IN_USE
 
     def _give_back(self) -> None:
-        if self._state == 1:
+        if not self._refund_due():
             return
-        self._state = 1
         limiter = self._limiter
         if self._marks is not None:
             # A failure is counted in backend_errors; the tokens stay consumed (the safe side).
@@ -659,10 +665,6 @@ class SyncRedisReservation:
         elif self._local is not None:
             with limiter._lock:
                 limiter._fallback_refund(None, self.amounts, self._local)
-
-    def __repr__(self) -> str:
-        state = "cancelled" if self._state else "live"
-        return f"<SyncRedisReservation amounts={self.amounts} delay={self.delay:.6f}s {state}>"
 
 
 class _SyncTake:

@@ -13,25 +13,36 @@
 --         reservation is ahead of t (Gcra's booked; b <= a). A key expires (SET PX) when its
 --         bucket is full again; a missing key is a full bucket. (A 4-field value, written
 --         before b existed, reads as b = 0.)
+--         A key whose limit was changed (op K) holds "e t a g b cost scale capacity": that
+--         limit is the key's from then on, whatever the callers send in ARGV[2], and the key
+--         no longer expires (it is the configuration: DEL it to return to the callers').
 -- ARGV[1] "" to read the time with TIME, or a time in us (tests only: then no TTL is set)
--- ARGV[2] the limits of KEYS[1..n], space-separated: cost scale capacity, for each key
+-- ARGV[2] the limits of KEYS[1..n] as the caller knows them, space-separated: cost scale
+--         capacity, for each key (a key holding its own limit overrides them); a negative
+--         capacity (-capacity) asks for the key's own limit in the reply even if it is this
+--         one (the batch's callers disagree about it)
 -- ARGV[3] the requests, in order, space-separated; each is op, m, then:
 --   R  reserve   max_wait_ns (-1: none), then m x (key index, tokens)
 --   C  charge    m x (key index, tokens)
 --   F  refund    m x (key index, tokens, mark epoch, mark count)   (epoch -1: no mark)
 --   S  state     m x (key index)
+--   K  set limit m x (key index, cost, scale, capacity): the balance carries over, as
+--                Gcra.reconfigure (tokens available stay so, capped at the new capacity;
+--                debt stays debt; a capacity raise adds to g, so old marks give back no more)
 -- (Two strings rather than many arguments, and one string back: clients encode and parse
 -- a batch of hundreds of decisions as fast as one.)
 --
 -- Returns one string of space-separated integers: now_us, then per request: status,
--- wait_ns, then m x (epoch, value, ahead).
+-- wait_ns, then m x (epoch, value, ahead); then, for each key whose own limit differs from
+-- the one ARGV[2] gave (none, usually: the caller adopts it), 4 more: key index, cost,
+-- scale, capacity. Replies to the requests are in the key's own limit.
 --   status 1: done (R: granted, to be used wait_ns from now; all keys committed)
 --          0: R refused, nothing changed: the wait (wait_ns) exceeds max_wait_ns
 --          2: refused, nothing changed: the bucket would run more than 2^52 units ahead
 --             (wait_ns holds the index of that key)
 --          3: refused: a key holds something else (another type, or a string not of this
 --             form; it is left alone); wait_ns holds its index, the triples are 0
---   value: R/C the grant's mark count (g after it), F the units given back, S g
+--   value: R/C the grant's mark count (g after it), F the units given back, S/K g
 --   ahead: units the bucket is ahead of now after the request (0: full)
 -- All of a composite request's keys are decided together: all granted or none changed.
 
@@ -57,6 +68,37 @@ local function cdiv(x, y)
   return -fdiv(-x, y)
 end
 
+-- ceil(r * n / c) for 0 <= r < c < 2^52 and 0 < n < 2^52, without forming r * n when it
+-- could pass 2^53: long multiplication, one bit of n at a time, keeping the remainder < c.
+local function muldiv_ceil(r, n, c)
+  if r <= MAX_AHEAD / n then
+    return cdiv(r * n, c)
+  end
+  local bits = {}
+  while n > 0 do
+    local half = math.floor(n / 2)
+    bits[#bits + 1] = n - 2 * half
+    n = half
+  end
+  local q, rem = 0, 0
+  for j = #bits, 1, -1 do
+    q, rem = 2 * q, 2 * rem
+    if rem >= c then
+      q, rem = q + 1, rem - c
+    end
+    if bits[j] == 1 then
+      rem = rem + r
+      if rem >= c then
+        q, rem = q + 1, rem - c
+      end
+    end
+  end
+  if rem > 0 then
+    q = q + 1
+  end
+  return q
+end
+
 local function fmt(x)
   return string.format("%.0f", x)
 end
@@ -79,12 +121,27 @@ local function words(text)
 end
 
 local conf = words(ARGV[2])
-local cost, scale, burst = {}, {}, {}
+local cost, scale, capacity, burst = {}, {}, {}, {}
 for i = 1, #KEYS do
   local base = 3 * i - 2
   cost[i] = tonumber(conf[base])
   scale[i] = tonumber(conf[base + 1])
-  burst[i] = tonumber(conf[base + 2]) * cost[i]
+  local k = tonumber(conf[base + 2])
+  if k < 0 then
+    k = -k
+  end
+  capacity[i] = k
+  burst[i] = capacity[i] * cost[i]
+end
+
+-- Make (c, sc, k) key i's limit; `own`: the key holds it (reported if ARGV[2] differs).
+local own = {} -- key index -> true: the key holds its limit
+local differs = {} -- key index -> true: its limit goes in the reply's trailer
+local function set_limit(i, c, sc, k)
+  cost[i], scale[i], capacity[i], burst[i] = c, sc, k, k * c
+  own[i] = true
+  local base = 3 * i - 2
+  differs[i] = fmt(c) ~= conf[base] or fmt(sc) ~= conf[base + 1] or fmt(k) ~= conf[base + 2]
 end
 local arg = words(ARGV[3])
 
@@ -97,13 +154,22 @@ local function load(i)
     return s
   end
   local raw = redis.pcall("GET", KEYS[i])
-  local e, t, a, g, b
+  local e, t, a, g, b, rest, c, sc, k
   if type(raw) == "string" then
-    e, t, a, g, b = string.match(raw, "^(%d+) (%d+) (%d+) (%d+) ?(%d*)$")
+    e, t, a, g, b, rest = string.match(raw, "^(%d+) (%d+) (%d+) (%d+) ?(%d*)(.*)$")
+    if rest and rest ~= "" then
+      c, sc, k = string.match(rest, "^ (%d+) (%d+) (%d+)$")
+      if not c then
+        e = nil
+      end
+    end
   end
   if type(raw) == "table" or (raw and not e) then
     s = { bad = true } -- another type (an error reply), or a string of another form
   elseif e then
+    if c then
+      set_limit(i, tonumber(c), tonumber(sc), tonumber(k))
+    end
     local step = 1000 * scale[i]
     local elapsed = now_us - tonumber(t)
     -- x - elapsed * step, floored at 0, without forming a product that could pass 2^53.
@@ -172,7 +238,7 @@ while pos <= nargs do
     pos = pos + 1
   end
   local width = 2
-  if op == "F" then
+  if op == "F" or op == "K" then
     width = 4
   elseif op == "S" then
     width = 1
@@ -329,6 +395,58 @@ while pos <= nargs do
     out[#out + 1] = 1
     out[#out + 1] = 0
     report(idx)
+  elseif op == "K" then
+    -- As Gcra.reconfigure. With ahead = q * cost + r (0 <= r < cost) the balance is
+    -- capacity - q - r/cost tokens; under the new limit the deficit is d + r/cost tokens,
+    -- d = capacity' - capacity + q, and 0 if that is <= 0 (the balance is capped).
+    local new, over = {}, 0
+    for j = 1, m do
+      local i = idx[j]
+      local s = state[i]
+      local c1, s1, k1 = tokens[j], mark_e[j], mark_g[j]
+      local q = fdiv(s.ahead, cost[i])
+      local r = s.ahead - q * cost[i]
+      local d = k1 - capacity[i] + q
+      local ahead, booked = 0, 0
+      if d > 0 or (d == 0 and r > 0) then
+        if d > MAX_AHEAD / c1 then
+          over = i
+          break
+        end
+        ahead = d * c1 + muldiv_ceil(r, c1, cost[i])
+      end
+      if s.booked > 0 then
+        booked = cdiv(s.booked, scale[i]) -- ns, rounded up as Gcra does
+        if booked > MAX_AHEAD / s1 then
+          over = i
+          break
+        end
+        booked = booked * s1
+      end
+      if ahead > MAX_AHEAD then
+        over = i
+        break
+      end
+      new[j] = { ahead, booked }
+    end
+    if over > 0 then
+      refuse(2, over, idx)
+    else
+      for j = 1, m do
+        local i = idx[j]
+        local s = state[i]
+        local k1 = mark_g[j]
+        if k1 > capacity[i] then
+          s.g = s.g + k1 - capacity[i]
+        end
+        s.ahead, s.booked = new[j][1], new[j][2]
+        s.dirty = true
+        set_limit(i, tokens[j], mark_e[j], k1)
+      end
+      out[#out + 1] = 1
+      out[#out + 1] = 0
+      report(idx)
+    end
   else
     return redis.error_reply("ERR ratekeeper: unknown op " .. tostring(op))
   end
@@ -338,12 +456,26 @@ for i, s in pairs(state) do
   if s.dirty then
     local value = fmt(s.e) .. " " .. fmt(now_us) .. " " .. fmt(s.ahead) .. " " .. fmt(s.g)
       .. " " .. fmt(s.booked)
-    if test_now then
+    if own[i] then
+      -- The key holds its limit: it must outlive a full bucket.
+      value = value .. " " .. fmt(cost[i]) .. " " .. fmt(scale[i]) .. " " .. fmt(capacity[i])
+      redis.call("SET", KEYS[i], value)
+    elseif test_now then
       redis.call("SET", KEYS[i], value)
     else
       -- Expire when the bucket is full again (ms, rounded up, + 1 so it outlives this ms).
       redis.call("SET", KEYS[i], value, "PX", cdiv(s.ahead, 1000000 * scale[i]) + 1)
     end
+  end
+end
+
+-- The keys' own limits the caller does not know yet.
+for i, report_it in pairs(differs) do
+  if report_it then
+    out[#out + 1] = i
+    out[#out + 1] = cost[i]
+    out[#out + 1] = scale[i]
+    out[#out + 1] = capacity[i]
   end
 end
 
