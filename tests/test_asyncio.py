@@ -493,3 +493,67 @@ def test_initial_of_the_wrong_type_is_a_type_error() -> None:
             TokenBucket(5, 5, initial=initial)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="initial must be an int from 0 to capacity=5"):
         TokenBucket(5, 5, initial=6)
+
+
+# -- regressions found while writing the contract ------------------------------------------
+
+
+def test_waiters_of_a_closed_event_loop_are_abandoned_and_cost_nothing() -> None:
+    """A loop closed while a task still waited (never cancelled) used to leave the dead
+    waiter queued: the next try spent a token on it and raised "Event loop is closed", and
+    another loop was refused for "waiters in another event loop"."""
+    limiter = TokenBucket("1/s", 1)
+    loop = asyncio.new_event_loop()
+
+    async def queue_one() -> None:
+        await limiter.acquire()
+        asyncio.ensure_future(limiter.acquire())  # waits for the next token, forever
+        await asyncio.sleep(0)
+
+    loop.run_until_complete(queue_one())
+    assert limiter.statistics().waiting == 1
+    loop.close()  # the waiting task is never cancelled, never run again
+
+    async def later() -> None:
+        await asyncio.sleep(1.0)  # the token the dead waiter was due comes back
+        assert await limiter.try_acquire()  # not spent on the dead waiter
+        await limiter.acquire(timeout=2)  # another loop is served
+
+    asyncio.run(later())
+    stats = limiter.statistics()
+    assert (stats.waiting, stats.cancelled, stats.granted) == (0, 1, 3)
+
+
+async def test_a_waiter_cancelled_in_the_tick_its_deadline_fires_counts_as_cancelled(
+    clock: ManualClock,
+) -> None:
+    limiter = make(clock, capacity=1)
+    await limiter.acquire()
+    task = await start(limiter.acquire(timeout=1.0))  # queued, due at 0.2 s
+    limiter.set_rate_nowait("1/minute")  # now due in a minute: the deadline comes first
+    # Cancel the task, then let its deadline fire before its handler runs.
+    task.cancel()
+    clock.advance(1.0)
+    await asyncio.sleep(0)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    stats = limiter.statistics()
+    assert (stats.cancelled, stats.timed_out, stats.waiting) == (1, 0, 0)
+
+
+async def test_an_unawaited_reservation_that_times_out_logs_nothing(
+    clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    import gc
+
+    limiter = make(clock, capacity=1)
+    await limiter.acquire()
+    reservation = limiter.reserve_nowait(timeout=1.0)  # queued, due at 0.2 s
+    limiter.set_rate_nowait("1/minute")  # now due in a minute
+    await clock.sleep(2.0)  # its deadline passes with nobody awaiting it
+    assert reservation.cancelled
+    del reservation
+    gc.collect()
+    await asyncio.sleep(0)
+    assert "never retrieved" not in caplog.text
+    assert limiter.statistics().timed_out == 1

@@ -62,7 +62,7 @@ async def test_charge_and_refund_settle_the_true_cost(clock: ManualClock) -> Non
     await limiter.acquire({"requests": 1, "tokens": 50})  # estimate
     limiter.charge_nowait({"tokens": 80})  # the reply used 130 tokens
     assert limiter.available_nowait() == {"requests": 1, "tokens": -30}
-    assert limiter.refund_nowait({"tokens": 20}) == 20
+    assert limiter.refund_nowait({"tokens": 20}) == {"requests": 0, "tokens": 20}
     assert limiter.available_nowait()["tokens"] == -10
     with pytest.raises(AcquireTimeout):
         await limiter.acquire({"tokens": 1}, timeout=0.05)
@@ -154,6 +154,48 @@ async def test_weighted_limits_take_their_weight_from_an_int_cost(clock: ManualC
     assert limiter.available_nowait() == {"requests": 1, "tokens": 40}
     limiter.charge_nowait(10)  # settling an int touches only the unweighted limits
     assert limiter.available_nowait() == {"requests": 1, "tokens": 30}
-    assert limiter.refund_nowait(20) == 20
+    assert limiter.refund_nowait(20) == {"requests": 0, "tokens": 20}
     assert limiter.available_nowait() == {"requests": 1, "tokens": 50}
     assert limiter.limits["requests"].weight == 1
+
+
+async def test_take_limit_and_the_bare_decorator_accept_a_composite_cost(
+    clock: ManualClock,
+) -> None:
+    """They used to raise "cost must be an int >= 1, not Cost (1, 10)" whatever the cost:
+    the cost was checked once up front, then checked again as if it were raw."""
+    llm = CompositeLimiter({"requests": "10/s", "tokens": ("100/s", 100)}, clock=clock)
+    async with llm.take({"requests": 1, "tokens": 10}):
+        pass
+
+    @llm
+    async def one() -> str:
+        return "one"
+
+    @llm.limit({"tokens": 50})
+    async def fifty() -> str:
+        return "fifty"
+
+    assert (await one(), await fifty()) == ("one", "fifty")
+    assert llm.available_nowait() == {"requests": 8, "tokens": 39}
+    sync = SyncCompositeLimiter({"requests": "10/s", "tokens": ("100/s", 100)}, clock=clock)
+    with sync.take(5):
+        pass
+    assert sync.limit({"tokens": 5})(lambda: "ok")() == "ok"
+    assert sync(lambda: "ok")() == "ok"
+
+
+async def test_a_waiter_held_back_by_the_one_ahead_gets_no_late_timer_credit(
+    clock: ManualClock,
+) -> None:
+    """The late-timer slack once credited a waiter that was not late but queued behind one
+    held by another limit: at that instant its limit passed capacity + 1."""
+    limiter = CompositeLimiter({"a": ("1/s", 1), "b": ("10/s", 1)}, clock=clock)
+    await limiter.acquire({"a": 1, "b": 1})
+    ahead = asyncio.ensure_future(limiter.acquire({"a": 1}))  # due at 1 s, on "a"
+    behind = asyncio.ensure_future(limiter.acquire({"b": 1}))  # "b" is free at 0.1 s
+    await asyncio.sleep(0)
+    await clock.sleep(1.0)
+    assert ahead.done() and behind.done()
+    assert limiter.available_nowait()["b"] == 0  # "behind" took b's only token at 1 s
+    assert not limiter.try_acquire_nowait({"b": 1})

@@ -238,3 +238,46 @@ def test_huge_timeouts_mean_no_timeout() -> None:
     assert limiter.acquire(timeout=1e300)
     assert limiter.acquire(timeout=1e10)
     assert limiter.statistics().waiting == 0
+
+
+def test_reserve_queues_now_and_wait_blocks_until_the_slot() -> None:
+    clock = ManualClock(auto_advance=True)
+    limiter = SyncTokenBucket("5/s", 1, clock=clock)
+    now = limiter.reserve()
+    assert (now.granted, now.delay) == (True, 0)
+    later = limiter.reserve()
+    assert later.delay == pytest.approx(0.2) and not later.granted
+    later.wait()
+    assert later.granted and clock.time() == pytest.approx(0.2)
+    later.cancel()  # spent: its holder resumed, nothing goes back
+    assert not later.cancelled
+    assert not limiter.try_acquire()
+    with pytest.raises(AcquireTimeout):
+        limiter.reserve(timeout=0.1)
+
+
+def test_a_reservation_nobody_waits_for_does_not_stall_the_threads_behind_it() -> None:
+    """The head of the queue sleeps for everyone; a reservation not yet waited on has no
+    thread, so the first waiter with one keeps the time for it."""
+    limiter = SyncTokenBucket(50, 1)
+    limiter.acquire()
+    unattended = limiter.reserve()  # head of the queue, due in 20 ms, never waited on
+    started = time.monotonic()
+    assert limiter.acquire(timeout=5)  # behind it: granted at 40 ms, not stuck
+    assert time.monotonic() - started < 2
+    assert unattended.granted
+    unattended.wait()  # already granted: returns at once
+
+
+def test_cancelling_a_queued_reservation_gives_its_place_to_the_next() -> None:
+    clock = ManualClock(auto_advance=True)
+    limiter = SyncTokenBucket("5/s", 1, clock=clock)
+    limiter.acquire()
+    queued = limiter.reserve()
+    queued.cancel()
+    assert queued.cancelled and not queued.granted
+    limiter.acquire()
+    assert clock.time() == pytest.approx(0.2)  # the slot it left, not the one after
+    with pytest.raises(LimiterClosed):
+        queued.wait()
+    assert limiter.statistics().cancelled == 1

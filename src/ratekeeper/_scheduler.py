@@ -351,6 +351,9 @@ class Queue:
         """
         granted: list[Waiter] = []
         now = now_ns * self._scale
+        # The slack credited for a late timer is at most one token's interval, and never
+        # earlier than the grant before it: a waiter held back by the one ahead (on another
+        # limit of a composite) was not late, and crediting it would open a burst there.
         floor = now - self._cost
         counts = self._wait_counts
         while (waiter := self.head()) is not None:
@@ -365,7 +368,9 @@ class Queue:
             self._queues[waiter.priority][0].popleft()  # it is the head: drop it now
             self._unlink(waiter)
             waiter.state = GRANTED
-            waiter.mark = self._commit_units(due if due > floor else floor, tokens)
+            if due > floor:
+                floor = due
+            waiter.mark = self._commit_units(floor, tokens)
             waited = now_ns - waiter.enqueued_ns
             if waited < 0:
                 waited = 0  # granted at its due time, a hair before the clock got there

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 from ._gcra import Limit
 from ._rate import RateLike
@@ -342,3 +342,29 @@ class SyncComposite(SyncLimiter[CompositeCost, dict[str, float]], Protocol):
     def set_rate(self, name: str, rate: RateLike, capacity: int | None = None) -> None:
         """Change one limit's rate and capacity now, carrying its balance over."""
         ...
+
+
+if TYPE_CHECKING:
+    # Static proof that the in-memory limiters honour the contract (mypy only; the Redis
+    # ones have theirs in ratekeeper/redis/_conformance.py).
+    from ._asyncio import CompositeLimiter, Reservation, TokenBucket
+    from ._threading import SyncCompositeLimiter, SyncTokenBucket
+    from ._threading import SyncReservation as _SyncReservation
+
+    def _async_bucket(limiter: TokenBucket) -> AsyncBucket:
+        return limiter
+
+    def _async_composite(limiter: CompositeLimiter) -> AsyncComposite:
+        return limiter
+
+    def _sync_bucket(limiter: SyncTokenBucket) -> SyncBucket:
+        return limiter
+
+    def _sync_composite(limiter: SyncCompositeLimiter) -> SyncComposite:
+        return limiter
+
+    def _async_reservation(reservation: Reservation) -> AsyncReservation:
+        return reservation
+
+    def _sync_reservation(reservation: _SyncReservation) -> SyncReservation:
+        return reservation

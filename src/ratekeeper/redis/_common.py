@@ -420,6 +420,12 @@ class Core:
         if wait_ns > self._max_wait_ns:
             self._max_wait_ns = wait_ns
 
+    def _uncount_grant(self, amounts: tuple[int, ...], wait_ns: int) -> None:
+        """Take back _count_grant for a booking withdrawn before its slot came."""
+        self._granted -= 1
+        self._granted_tokens -= amounts[0] if self._items1 else sum(amounts)
+        self._total_wait_ns -= wait_ns
+
     def _count_refund(self, reply: list[int], amounts: tuple[int, ...]) -> tuple[float, ...]:
         backs = []
         j = 3
@@ -679,8 +685,10 @@ class ReservationBase:
 
     @property
     def granted(self) -> bool:
-        """True while the tokens are granted: False after cancel(), or close() while waiting."""
-        return self._state != CANCELLED
+        """True once the slot has come (at once for a delay of 0) and until cancel(), or
+        close() while waiting: as a queued reservation in memory is granted at its due time."""
+        state = self._state
+        return state == IN_USE or (state == LIVE and time.monotonic() >= self._due)
 
     @property
     def cancelled(self) -> bool:
@@ -694,7 +702,12 @@ class ReservationBase:
         tokens then stay consumed, the safe side.
         """
         if self._state == LIVE:
-            self._limiter._count_cancel()
+            limiter = self._limiter
+            limiter._count_cancel()
+            if self.delay_ns and time.monotonic() < self._due:
+                # Withdrawn before its slot: in memory's terms a waiter that left the queue,
+                # never granted. The server booked it, so the booking counted it: uncount.
+                limiter._uncount_grant(self.amounts, self.delay_ns)
             self._give_back()
 
     def _give_back(self) -> None:
