@@ -504,10 +504,11 @@ def test_waiters_of_a_closed_event_loop_are_abandoned_and_cost_nothing() -> None
     another loop was refused for "waiters in another event loop"."""
     limiter = TokenBucket("1/s", 1)
     loop = asyncio.new_event_loop()
+    stranded: list[asyncio.Future[bool]] = []
 
     async def queue_one() -> None:
         await limiter.acquire()
-        asyncio.ensure_future(limiter.acquire())  # waits for the next token, forever
+        stranded.append(asyncio.ensure_future(limiter.acquire()))  # waits, forever
         await asyncio.sleep(0)
 
     loop.run_until_complete(queue_one())
