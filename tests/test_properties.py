@@ -556,7 +556,7 @@ async def _run_asyncio(sc: Scenario) -> Seen:
                     spawn(i, wait_for(i, r))
         elif isinstance(op, TryAcquire):
             try:
-                granted = limiter.try_acquire(op.tokens, priority=op.priority)
+                granted = limiter.try_acquire_nowait(op.tokens, priority=op.priority)
             except (LimiterClosed, ValueError) as exc:
                 rec.end = (outcome(exc), now)
             else:
@@ -572,7 +572,7 @@ async def _run_asyncio(sc: Scenario) -> Seen:
             j = target(sc.ops, i)
             r = reservations.get(j)  # type: ignore[arg-type]
             if r is not None:
-                if r.granted and not r.cancelled:
+                if r.granted and not r.cancelled and not r._spent:
                     seen.cancelled_after_grant += 1
                 limiter.driver_step = j
                 r.cancel()
@@ -712,9 +712,12 @@ def replay(sc: Scenario, engine_type: type[Ideal] | type[CoreEngine]) -> Seen:
                     end(j, "cancelled", now)
         elif isinstance(op, CancelReservation):
             j = target(sc.ops, i)
-            if j is not None and reqs[j].state in ("queued", "granted"):
+            watch = sc.ops[j].watch if j is not None else "none"  # type: ignore[union-attr]
+            if j is not None and reqs[j].state == "granted" and watch != "none":
+                pass  # its task has resumed with the tokens: spent, cancel does nothing
+            elif j is not None and reqs[j].state in ("queued", "granted"):
                 req = reqs[j]
-                watched = sc.ops[j].watch != "none"  # type: ignore[union-attr]
+                watched = watch != "none"
                 if req.state == "queued" and watched:
                     end(j, "cancelled", now)
                 engine.cancel(req)
@@ -1430,7 +1433,7 @@ def test_try_acquire_right_after_a_refund_never_leaves_a_waiter(
         limiter.refund_nowait(give)  # may make the head due; its timer runs at the next chance
         before = limiter.statistics().waiting
         balance = exact_tokens(limiter, 0)
-        granted = limiter.try_acquire(min(tokens, capacity))
+        granted = limiter.try_acquire_nowait(min(tokens, capacity))
         assert limiter.statistics().waiting <= before, "try_acquire() left a waiter behind"
         if granted:
             assert exact_tokens(limiter, 0) <= balance - min(tokens, capacity)

@@ -24,11 +24,11 @@ from ._errors import AcquireTimeout, LimiterClosed
 from ._gcra import LimitsLike, seconds_to_ns
 from ._rate import Rate, RateLike
 from ._scheduler import (
-    GRANTED,
     QUEUED,
     CompositeScheduler,
     Listener,
     Queue,
+    QueuedReservation,
     Scheduler,
     Statistics,
     Waiter,
@@ -687,7 +687,7 @@ class TokenBucketRateLimiter(TokenBucket):
         return self.available_nowait()
 
 
-class Reservation:
+class Reservation(QueuedReservation):
     """A place in a limiter's queue, returned by ``reserve()``.
 
     ``delay`` is the wait expected when it was made; ``await reservation`` waits for the
@@ -696,36 +696,9 @@ class Reservation:
     could hand the same tokens to a second caller: a burst).
     """
 
-    __slots__ = ("_limiter", "_mark", "_spent", "_waiter", "_withdrawn", "delay", "tokens")
-
-    def __init__(
-        self,
-        limiter: _AsyncLimiter[Any],
-        tokens: Any,
-        mark: Any,
-        waiter: _AsyncWaiter | None,
-        delay: float,
-    ) -> None:
-        self._limiter = limiter
-        self._mark = mark
-        self._waiter = waiter
-        self._withdrawn = False
-        self._spent = False
-        self.tokens = tokens
-        self.delay = delay
-
-    @property
-    def granted(self) -> bool:
-        """True once the tokens are granted (at once, or when the wait is over)."""
-        if self._withdrawn:
-            return False
-        return self._waiter is None or self._waiter.state == GRANTED
-
-    @property
-    def cancelled(self) -> bool:
-        """True after cancel(), a timeout or close()."""
-        waiter = self._waiter
-        return self._withdrawn or (waiter is not None and waiter.state not in (QUEUED, GRANTED))
+    __slots__ = ()
+    _limiter: _AsyncLimiter[Any]
+    _waiter: _AsyncWaiter | None
 
     def __await__(self) -> Generator[Any, None, None]:
         if self._waiter is not None:
@@ -738,23 +711,13 @@ class Reservation:
 
         A task awaiting the reservation gets CancelledError.
         """
-        if self._withdrawn or self._spent:
-            return
-        self._withdrawn = True
         limiter = self._limiter
+        if not self._withdraw(limiter._now_ns()):
+            return
         waiter = self._waiter
-        now = limiter._now_ns()
-        if waiter is None:
-            limiter.withdraw_grant(now, self.tokens, self._mark)
-        else:
-            limiter.cancel(waiter, now)
-            if not waiter.future.done():
-                waiter.future.cancel()
+        if waiter is not None and not waiter.future.done():
+            waiter.future.cancel()
         limiter._replan()
-
-    def __repr__(self) -> str:
-        state = "granted" if self.granted else "cancelled" if self.cancelled else "queued"
-        return f"<Reservation tokens={self.tokens} delay={self.delay:.6f}s {state}>"
 
 
 class _Take:

@@ -143,6 +143,58 @@ QUEUE_SLOTS = (
 )
 
 
+class QueuedReservation:
+    """What both adapters' reservations share: a grant made at once (``waiter`` None, its
+    refund ``mark`` kept) or a place in the queue, and whether it was withdrawn or spent.
+
+    A reservation is spent once its holder resumed from waiting for it: the tokens are in
+    use, and withdrawing it then gives nothing back.
+    """
+
+    __slots__ = ("_limiter", "_mark", "_spent", "_waiter", "_withdrawn", "delay", "tokens")
+
+    def __init__(
+        self, limiter: Any, tokens: Any, mark: Any, waiter: Waiter | None, delay: float
+    ) -> None:
+        self._limiter = limiter
+        self._mark = mark
+        self._waiter = waiter
+        self._withdrawn = False
+        self._spent = False
+        self.tokens = tokens
+        self.delay = delay
+
+    @property
+    def granted(self) -> bool:
+        """True once the tokens are granted (at once, or when the wait is over)."""
+        if self._withdrawn:
+            return False
+        return self._waiter is None or self._waiter.state == GRANTED
+
+    @property
+    def cancelled(self) -> bool:
+        """True after cancel(), a timeout or close()."""
+        waiter = self._waiter
+        return self._withdrawn or (waiter is not None and waiter.state not in (QUEUED, GRANTED))
+
+    def _withdraw(self, now_ns: int) -> bool:
+        """Mark it withdrawn and undo it in the scheduler: dequeue it, or give a grant back;
+        return False if there was nothing to do (withdrawn or spent already)."""
+        if self._withdrawn or self._spent:
+            return False
+        self._withdrawn = True
+        waiter = self._waiter
+        if waiter is None:
+            self._limiter.withdraw_grant(now_ns, self.tokens, self._mark)
+        else:
+            self._limiter.cancel(waiter, now_ns)
+        return True
+
+    def __repr__(self) -> str:
+        state = "granted" if self.granted else "cancelled" if self.cancelled else "queued"
+        return f"<{type(self).__name__} tokens={self.tokens} delay={self.delay:.6f}s {state}>"
+
+
 class Queue:
     """The queue and its bookkeeping, over any arithmetic that provides the hooks below.
 

@@ -25,6 +25,7 @@ from ._scheduler import (
     CompositeScheduler,
     Listener,
     Queue,
+    QueuedReservation,
     Scheduler,
     Statistics,
     Waiter,
@@ -474,7 +475,7 @@ class _SyncTake:
                 limiter._release_locked(now)
 
 
-class SyncReservation:
+class SyncReservation(QueuedReservation):
     """A place in a blocking limiter's queue, returned by ``reserve()``.
 
     ``delay`` is the wait expected when it was made; ``wait()`` blocks until the grant;
@@ -482,16 +483,9 @@ class SyncReservation:
     the reservation is spent and ``cancel()`` does nothing.
     """
 
-    __slots__ = (
-        "_limiter",
-        "_mark",
-        "_spent",
-        "_timeout",
-        "_waiter",
-        "_withdrawn",
-        "delay",
-        "tokens",
-    )
+    __slots__ = ("_timeout",)
+    _limiter: _SyncLimiter[Any]
+    _waiter: _ThreadWaiter | None
 
     def __init__(
         self,
@@ -503,27 +497,8 @@ class SyncReservation:
         *,
         timeout: float | None,
     ) -> None:
-        self._limiter = limiter
-        self._mark = mark
-        self._waiter = waiter
+        super().__init__(limiter, tokens, mark, waiter, delay_ns / 1e9)
         self._timeout = timeout
-        self._withdrawn = False
-        self._spent = False
-        self.tokens = tokens
-        self.delay = delay_ns / 1e9
-
-    @property
-    def granted(self) -> bool:
-        """True once the tokens are granted (at once, or when the wait is over)."""
-        if self._withdrawn:
-            return False
-        return self._waiter is None or self._waiter.state == GRANTED
-
-    @property
-    def cancelled(self) -> bool:
-        """True after cancel(), a timeout or close()."""
-        waiter = self._waiter
-        return self._withdrawn or (waiter is not None and waiter.state not in (QUEUED, GRANTED))
 
     def wait(self) -> None:
         """Block until granted; raise AcquireTimeout (past the reservation's timeout) or
@@ -543,20 +518,11 @@ class SyncReservation:
     def cancel(self) -> None:
         """Withdraw: leave the queue, or give the tokens of a granted reservation not yet
         waited for back. Idempotent; does nothing once ``wait()`` has returned."""
-        if self._withdrawn or self._spent:
-            return
-        self._withdrawn = True
         limiter = self._limiter
-        waiter = self._waiter
         with limiter._lock:
             now = limiter._now_ns()
-            if waiter is None:
-                limiter.withdraw_grant(now, self.tokens, self._mark)
-            else:
-                limiter.cancel(waiter, now)
-                limiter._signal(waiter)  # a thread in wait() sees it withdrawn
+            if not self._withdraw(now):
+                return
+            if self._waiter is not None:
+                limiter._signal(self._waiter)  # a thread in wait() sees it withdrawn
             limiter._release_locked(now)
-
-    def __repr__(self) -> str:
-        state = "granted" if self.granted else "cancelled" if self.cancelled else "queued"
-        return f"<SyncReservation tokens={self.tokens} delay={self.delay:.6f}s {state}>"
