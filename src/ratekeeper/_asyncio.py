@@ -31,6 +31,7 @@ from ._scheduler import (
     QueuedReservation,
     Scheduler,
     Statistics,
+    TakeBlock,
     Waiter,
 )
 
@@ -720,25 +721,11 @@ class Reservation(QueuedReservation):
         limiter._replan()
 
 
-class _Take:
+class _Take(TakeBlock):
     """The async context manager returned by ``TokenBucket.take()``."""
 
-    __slots__ = ("_limiter", "_mark", "_priority", "_refund_on_error", "_timeout", "_tokens")
-
-    def __init__(
-        self,
-        limiter: _AsyncLimiter[Any],
-        tokens: Any,
-        refund_on_error: bool,
-        timeout: float | None,
-        priority: int,
-    ) -> None:
-        self._limiter = limiter
-        self._tokens = tokens
-        self._refund_on_error = refund_on_error
-        self._timeout = timeout
-        self._priority = priority
-        self._mark = 0
+    __slots__ = ()
+    _limiter: _AsyncLimiter[Any]
 
     async def __aenter__(self) -> None:
         limiter = self._limiter
@@ -754,7 +741,7 @@ class _Take:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._refund_on_error and exc_type is not None and issubclass(exc_type, Exception):
+        if self._refunds(exc_type):
             limiter = self._limiter
             limiter.give_back(limiter._now_ns(), self._tokens, self._mark)
             limiter._replan()

@@ -143,6 +143,32 @@ QUEUE_SLOTS = (
 )
 
 
+class TakeBlock:
+    """What both adapters' ``take()`` context managers hold: the request, and the refund
+    mark of its grant (set on entry)."""
+
+    __slots__ = ("_limiter", "_mark", "_priority", "_refund_on_error", "_timeout", "_tokens")
+
+    def __init__(
+        self,
+        limiter: Any,
+        tokens: Any,
+        refund_on_error: bool,
+        timeout: float | None,
+        priority: int,
+    ) -> None:
+        self._limiter = limiter
+        self._tokens = tokens
+        self._refund_on_error = refund_on_error
+        self._timeout = timeout
+        self._priority = priority
+        self._mark: Any = 0
+
+    def _refunds(self, exc_type: type[BaseException] | None) -> bool:
+        """Return True if a block ending with ``exc_type`` gives its tokens back."""
+        return self._refund_on_error and exc_type is not None and issubclass(exc_type, Exception)
+
+
 class QueuedReservation:
     """What both adapters' reservations share: a grant made at once (``waiter`` None, its
     refund ``mark`` kept) or a place in the queue, and whether it was withdrawn or spent.

@@ -28,6 +28,7 @@ from ._scheduler import (
     QueuedReservation,
     Scheduler,
     Statistics,
+    TakeBlock,
     Waiter,
 )
 
@@ -438,23 +439,11 @@ class SyncCompositeLimiter(_SyncLimiter[dict[str, float]], CompositeScheduler):
             return self.tokens_at(self._now_ns())
 
 
-class _SyncTake:
-    __slots__ = ("_limiter", "_mark", "_priority", "_refund_on_error", "_timeout", "_tokens")
+class _SyncTake(TakeBlock):
+    """The context manager returned by ``SyncTokenBucket.take()``."""
 
-    def __init__(
-        self,
-        limiter: _SyncLimiter[Any],
-        tokens: Any,
-        refund_on_error: bool,
-        timeout: float | None,
-        priority: int,
-    ) -> None:
-        self._limiter = limiter
-        self._tokens = tokens
-        self._refund_on_error = refund_on_error
-        self._timeout = timeout
-        self._priority = priority
-        self._mark: Any = 0
+    __slots__ = ()
+    _limiter: _SyncLimiter[Any]
 
     def __enter__(self) -> None:
         limiter = self._limiter
@@ -467,7 +456,7 @@ class _SyncTake:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._refund_on_error and exc_type is not None and issubclass(exc_type, Exception):
+        if self._refunds(exc_type):
             limiter = self._limiter
             with limiter._lock:
                 now = limiter._now_ns()

@@ -45,15 +45,12 @@ from ._common import (
     BucketParts,
     CompositeParts,
     Core,
-    Limit,
     OnFailure,
     RedisStatistics,
     ReservationBase,
     ServerFailure,
     classify,
-    composite_specs,
     describe_client,
-    single_spec,
     take_replies,
 )
 from ._script import (
@@ -512,32 +509,6 @@ class RedisTokenBucket(BucketParts, _AsyncLimiter):
     Raises ValueError/TypeError at once for a bad rate, capacity, key, URL or policy.
     """
 
-    def __init__(
-        self,
-        client: Any,
-        key: str,
-        rate: RateLike,
-        capacity: int | None = None,
-        *,
-        prefix: str = "ratekeeper:",
-        timeout: float = 0.5,
-        on_failure: OnFailure = "closed",
-        fallback_share: float | None = None,
-        retry_interval: float = 1.0,
-        name: str | None = None,
-    ) -> None:
-        self._start(
-            client,
-            single_spec(prefix, key, rate, capacity),
-            timeout=timeout,
-            on_failure=on_failure,
-            fallback_share=fallback_share,
-            retry_interval=retry_interval,
-            name=name,
-        )
-        self.key = self._specs[0].key
-        self._specs_changed()
-
     def _specs_changed(self) -> None:
         # The one-token requests, encoded once: the hot paths only point at them.
         spec = self._specs[0]
@@ -732,30 +703,6 @@ class RedisCompositeLimiter(CompositeParts, _AsyncLimiter):
     and failures as in RedisTokenBucket; no ``priority`` (arrival order at the server).
     ``set_rate(name, rate, capacity)`` changes one limit at the server.
     """
-
-    def __init__(
-        self,
-        client: Any,
-        key: str,
-        limits: Mapping[str, Limit | RateLike],
-        *,
-        prefix: str = "ratekeeper:",
-        timeout: float = 0.5,
-        on_failure: OnFailure = "closed",
-        fallback_share: float | None = None,
-        retry_interval: float = 1.0,
-        name: str | None = None,
-    ) -> None:
-        self._start(
-            client,
-            composite_specs(prefix, key, limits),
-            timeout=timeout,
-            on_failure=on_failure,
-            fallback_share=fallback_share,
-            retry_interval=retry_interval,
-            name=name,
-        )
-        self.key = key
 
     async def set_rate(self, name: str, rate: RateLike, capacity: int | None = None) -> None:
         """Change limit ``name``'s rate (and capacity; default: unchanged) at the server,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -578,9 +578,38 @@ def adopt_limits(trailer: list[int], keys: list[str], requests: list[Request]) -
 
 
 class BucketParts:
-    """What both front ends' single buckets add to Core: the limit as it is now."""
+    """What both front ends' single buckets add to Core: construction, the limit as it is
+    now. ``_start`` is the front end's: it makes the client and the dispatcher."""
 
     _specs: tuple[Spec, ...]
+    _start: Callable[..., None]
+    _specs_changed: Callable[[], None]
+
+    def __init__(
+        self,
+        client: Any,
+        key: str,
+        rate: RateLike,
+        capacity: int | None = None,
+        *,
+        prefix: str = "ratekeeper:",
+        timeout: float = 0.5,
+        on_failure: OnFailure = "closed",
+        fallback_share: float | None = None,
+        retry_interval: float = 1.0,
+        name: str | None = None,
+    ) -> None:
+        self._start(
+            client,
+            single_spec(prefix, key, rate, capacity),
+            timeout=timeout,
+            on_failure=on_failure,
+            fallback_share=fallback_share,
+            retry_interval=retry_interval,
+            name=name,
+        )
+        self.key = self._specs[0].key
+        self._specs_changed()
 
     @property
     def rate(self) -> Rate:
@@ -594,9 +623,34 @@ class BucketParts:
 
 
 class CompositeParts:
-    """What both front ends' composites add to Core: the limits by name."""
+    """What both front ends' composites add to Core: construction, the limits by name."""
 
     _specs: tuple[Spec, ...]
+    _start: Callable[..., None]
+
+    def __init__(
+        self,
+        client: Any,
+        key: str,
+        limits: Mapping[str, Limit | RateLike],
+        *,
+        prefix: str = "ratekeeper:",
+        timeout: float = 0.5,
+        on_failure: OnFailure = "closed",
+        fallback_share: float | None = None,
+        retry_interval: float = 1.0,
+        name: str | None = None,
+    ) -> None:
+        self._start(
+            client,
+            composite_specs(prefix, key, limits),
+            timeout=timeout,
+            on_failure=on_failure,
+            fallback_share=fallback_share,
+            retry_interval=retry_interval,
+            name=name,
+        )
+        self.key = key
 
     @property
     def limits(self) -> dict[str, Limit]:

@@ -34,15 +34,12 @@ from ._common import (
     BucketParts,
     CompositeParts,
     Core,
-    Limit,
     OnFailure,
     RedisStatistics,
     ReservationBase,
     ServerFailure,
     classify,
-    composite_specs,
     describe_client,
-    single_spec,
     take_replies,
 )
 from ._script import DONE, SCRIPT, Request, encode, parse
@@ -476,31 +473,6 @@ class SyncRedisTokenBucket(BucketParts, _SyncLimiter):
     ``priority``: the server serves requests in arrival order.
     """
 
-    def __init__(
-        self,
-        client: Any,
-        key: str,
-        rate: RateLike,
-        capacity: int | None = None,
-        *,
-        prefix: str = "ratekeeper:",
-        timeout: float = 0.5,
-        on_failure: OnFailure = "closed",
-        fallback_share: float | None = None,
-        retry_interval: float = 1.0,
-        name: str | None = None,
-    ) -> None:
-        self._start(
-            client,
-            single_spec(prefix, key, rate, capacity),
-            timeout=timeout,
-            on_failure=on_failure,
-            fallback_share=fallback_share,
-            retry_interval=retry_interval,
-            name=name,
-        )
-        self.key = self._specs[0].key
-
     def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
         """Change the rate (and capacity) at the server for every process sharing the key,
         carrying the balance over; see RedisTokenBucket.set_rate."""
@@ -553,30 +525,6 @@ class SyncRedisCompositeLimiter(CompositeParts, _SyncLimiter):
 
     No ``priority``: the server serves requests in arrival order.
     """
-
-    def __init__(
-        self,
-        client: Any,
-        key: str,
-        limits: Mapping[str, Limit | RateLike],
-        *,
-        prefix: str = "ratekeeper:",
-        timeout: float = 0.5,
-        on_failure: OnFailure = "closed",
-        fallback_share: float | None = None,
-        retry_interval: float = 1.0,
-        name: str | None = None,
-    ) -> None:
-        self._start(
-            client,
-            composite_specs(prefix, key, limits),
-            timeout=timeout,
-            on_failure=on_failure,
-            fallback_share=fallback_share,
-            retry_interval=retry_interval,
-            name=name,
-        )
-        self.key = key
 
     def set_rate(self, name: str, rate: RateLike, capacity: int | None = None) -> None:
         """Change limit ``name``'s rate (and capacity) at the server for every process
