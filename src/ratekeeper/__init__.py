@@ -21,6 +21,7 @@ from ._keyed import (
     SyncKeyedLimiter,
     Verdict,
 )
+from ._keyview import KeyedReservation, KeyedView, SyncKeyedReservation, SyncKeyedView
 from ._rate import Rate
 from ._scheduler import WAIT_BUCKETS, Event, Listener, Statistics
 from ._threading import SyncCompositeLimiter, SyncTokenBucket
@@ -29,10 +30,14 @@ __all__ = [
     "AsyncKeyedBackend",
     "KeyedBackend",
     "KeyedLimiter",
+    "KeyedReservation",
     "KeyedStatistics",
+    "KeyedView",
     "Limit",
     "MemoryKeyedStore",
     "SyncKeyedLimiter",
+    "SyncKeyedReservation",
+    "SyncKeyedView",
     "Verdict",
     "AcquireTimeout",
     "BackendUnavailable",

@@ -30,7 +30,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from ._asyncio import check_timeout
 from ._clock import MONOTONIC, Clock, Timer
@@ -38,6 +38,9 @@ from ._errors import AcquireTimeout, LimiterClosed
 from ._gcra import Limit, LimitsLike, check_tokens, named_limits
 from ._rate import RateLike
 from ._scheduler import WAIT_BUCKETS, Statistics
+
+if TYPE_CHECKING:
+    from ._keyview import KeyedView, SyncKeyedView
 
 __all__ = [
     "AsyncKeyedBackend",
@@ -891,6 +894,17 @@ class _KeyedBase:
         )
 
 
+class Watch:
+    """The sleepers of one view of a keyed limiter (``for_key``): closing the view sets
+    ``closed`` and wakes ``members`` (asyncio futures, or the locks blocked threads wait on)."""
+
+    __slots__ = ("closed", "members")
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.members: set[Any] = set()
+
+
 class _Sleepers:
     """Callers sleeping until their reserved time, woken by one timer (asyncio).
 
@@ -1041,7 +1055,7 @@ class KeyedLimiter(_KeyedBase):
             verdict = await backend.reserve(key, costs, max_wait_ns)
         if verdict.wait_ns:
             if verdict.granted:
-                await self._sleep(key, costs, verdict)
+                await self._sleep(key, costs, verdict.mark, self._clock.now_ns() + verdict.wait_ns)
             self._count(verdict, costs)
         elif self._own_counts:
             self._count(verdict, costs)
@@ -1063,10 +1077,22 @@ class KeyedLimiter(_KeyedBase):
             self._count(verdict, costs)
         return verdict
 
-    async def _sleep(self, key: str, costs: tuple[int, ...], verdict: Verdict) -> None:
-        """Sleep until a reservation's time; if cancelled or closed, give its tokens back."""
+    async def _sleep(
+        self,
+        key: str,
+        costs: tuple[int, ...],
+        mark: object,
+        until_ns: int,
+        watch: Watch | None = None,
+    ) -> None:
+        """Sleep until a reservation's time; if cancelled or closed, give its tokens back.
+
+        ``watch``: the sleepers of one view (``for_key``), whose close() wakes this one too.
+        """
         sleepers = self._sleepers
-        future = sleepers.sleep_until(self._clock.now_ns() + verdict.wait_ns)
+        future = sleepers.sleep_until(until_ns)
+        if watch is not None:
+            watch.members.add(future)
         self._waiting += 1
         try:
             await future
@@ -1078,12 +1104,14 @@ class KeyedLimiter(_KeyedBase):
                 future.cancel()
                 sleepers.forget()  # its heap entry is left for the timer to skip
             self._cancelled += 1
-            refund = self._backend.refund(key, costs, verdict.mark)
+            refund = self._backend.refund(key, costs, mark)
             if not self._sync:
                 await refund
             raise
         finally:
             self._waiting -= 1
+            if watch is not None:
+                watch.members.discard(future)
 
     async def acquire(self, key: str, tokens: Tokens = 1, *, timeout: float | None = None) -> bool:
         """Wait until ``tokens`` are granted for ``key``, in arrival order; return True.
@@ -1154,6 +1182,16 @@ class KeyedLimiter(_KeyedBase):
         """Return seconds until all of ``key``'s buckets are full again (0.0 when full)."""
         return max((await self.peek(key)).full_in_ns) / 1e9
 
+    def for_key(self, key: str) -> KeyedView:
+        """Return ``key``'s buckets as an asyncio limiter of the contract (``AsyncLimiter``).
+
+        ``await limiter.for_key("github").acquire()`` is ``await limiter.acquire("github")``;
+        the view also reserves, takes blocks and decorates (see ``KeyedView``).
+        """
+        from ._keyview import KeyedView  # noqa: PLC0415 (the view module imports this one)
+
+        return KeyedView(self, key)
+
     def close(self) -> None:
         """Refuse every later call and wake every sleeper with LimiterClosed. Idempotent.
 
@@ -1215,27 +1253,38 @@ class SyncKeyedLimiter(_KeyedBase):
         costs = self._costs(tokens)
         verdict: Verdict = self._backend.reserve(key, costs, _wait_ns(max_wait))
         if verdict.granted and verdict.wait_ns:
-            self._sleep(key, costs, verdict)
+            self._sleep(key, costs, verdict.mark, self._clock.now_ns() + verdict.wait_ns)
         if self._own_counts or verdict.wait_ns:
             with self._stats_lock:
                 self._count(verdict, costs)
         return verdict
 
-    def _sleep(self, key: str, costs: tuple[int, ...], verdict: Verdict) -> None:
+    def _sleep(
+        self,
+        key: str,
+        costs: tuple[int, ...],
+        mark: object,
+        until_ns: int,
+        watch: Watch | None = None,
+    ) -> None:
+        """Block until a reservation's time; if closed meanwhile, give its tokens back."""
         wake = threading.Lock()
         wake.acquire()
-        until = self._clock.now_ns() + verdict.wait_ns
         with self._stats_lock:
             self._waiting += 1
             self._sleeping.add(wake)
-            if self._closed:  # closed before it could be woken: do not sleep at all
-                wake.release()
+            if watch is not None:
+                watch.members.add(wake)
+            if self._closed or (watch is not None and watch.closed):
+                wake.release()  # closed before it could be woken: do not sleep at all
         try:
-            while self._clock.now_ns() < until:
-                if self._clock.wait(wake, until) and self._closed:
+            while self._clock.now_ns() < until_ns:
+                if self._clock.wait(wake, until_ns) and (
+                    self._closed or (watch is not None and watch.closed)
+                ):
                     raise LimiterClosed(f"{self!r} was closed while waiting")
         except BaseException:
-            self._backend.refund(key, costs, verdict.mark)
+            self._backend.refund(key, costs, mark)
             with self._stats_lock:
                 self._cancelled += 1
             raise
@@ -1243,6 +1292,8 @@ class SyncKeyedLimiter(_KeyedBase):
             with self._stats_lock:
                 self._waiting -= 1
                 self._sleeping.discard(wake)
+                if watch is not None:
+                    watch.members.discard(wake)
 
     def acquire(self, key: str, tokens: Tokens = 1, *, timeout: float | None = None) -> bool:
         """Block until ``tokens`` are granted for ``key``, in arrival order; return True.
@@ -1293,6 +1344,12 @@ class SyncKeyedLimiter(_KeyedBase):
     def full_in(self, key: str) -> float:
         """Return seconds until all of ``key``'s buckets are full again (0.0 when full)."""
         return max(self.peek(key).full_in_ns) / 1e9
+
+    def for_key(self, key: str) -> SyncKeyedView:
+        """Return ``key``'s buckets as a blocking limiter of the contract (``SyncLimiter``)."""
+        from ._keyview import SyncKeyedView  # noqa: PLC0415 (as above)
+
+        return SyncKeyedView(self, key)
 
     def close(self) -> None:
         """Refuse every later call and wake every blocked thread with LimiterClosed.

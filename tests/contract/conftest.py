@@ -1,9 +1,10 @@
 """The implementations the contract suite runs on, and a driver that calls either family.
 
 Every scenario in ``test_contract.py`` runs once per implementation: in memory and on a
-real Valkey server, asyncio and blocking, one limit and a composite. A composite is tested
-through its limit ``"main"`` (the scenario's rate and capacity) beside a generous second
-limit that never decides; an int cost takes that many tokens of each.
+real Valkey server, asyncio and blocking, one limit, a composite, and one key of a keyed
+limiter (``for_key``). A composite (and a keyed limiter) is tested through its limit
+``"main"`` (the scenario's rate and capacity) beside a generous second limit that never
+decides; an int cost takes that many tokens of each.
 
 The blocking limiters are driven from worker threads (``asyncio.to_thread``), so one
 scenario body, written with ``await``, holds both families to the same answers.
@@ -20,7 +21,15 @@ from typing import Any
 
 import pytest
 
-from ratekeeper import CompositeLimiter, SyncCompositeLimiter, SyncTokenBucket, TokenBucket
+from ratekeeper import (
+    CompositeLimiter,
+    KeyedLimiter,
+    Limit,
+    SyncCompositeLimiter,
+    SyncKeyedLimiter,
+    SyncTokenBucket,
+    TokenBucket,
+)
 
 from .._redis_fixtures import redis_url
 
@@ -33,12 +42,23 @@ SIDE = ("1000/s", 1000)  # the composite's second limit: never the one that deci
 class Impl:
     name: str
     is_async: bool
-    composite: bool
+    form: str  # "bucket", "composite" or "keyed" (one key of a keyed limiter)
     redis: bool
+
+    @property
+    def composite(self) -> bool:
+        """Costs and tokens by limit name (a composite, or a keyed limiter's key)."""
+        return self.form != "bucket"
+
+    @property
+    def keyed(self) -> bool:
+        return self.form == "keyed"
 
     def make(self, url: str | None, rate: str, capacity: int) -> Any:
         limits = {"main": (rate, capacity), "side": SIDE}
         key = f"contract-{uuid.uuid4().hex[:12]}"
+        if self.keyed:
+            return self._keyed(url, key, {name: Limit(*v) for name, v in limits.items()})
         if not self.redis:
             if self.composite:
                 return (CompositeLimiter if self.is_async else SyncCompositeLimiter)(limits)
@@ -56,12 +76,21 @@ class Impl:
         cls = RedisTokenBucket if self.is_async else SyncRedisTokenBucket
         return cls(url, key, rate, capacity)
 
+    def _keyed(self, url: str | None, key: str, limits: dict[str, Limit]) -> Any:
+        if not self.redis:
+            return (KeyedLimiter if self.is_async else SyncKeyedLimiter)(limits=limits).for_key(key)
+        from ratekeeper.redis import RedisKeyedBackend, SyncRedisKeyedBackend
+
+        if self.is_async:
+            return KeyedLimiter(backend=RedisKeyedBackend(url, limits)).for_key(key)
+        return SyncKeyedLimiter(backend=SyncRedisKeyedBackend(url, limits)).for_key(key)
+
 
 IMPLS = [
-    Impl(f"{where}-{family}-{form}", family == "async", form == "composite", where == "redis")
+    Impl(f"{where}-{family}-{form}", family == "async", form, where == "redis")
     for where in ("memory", "redis")
     for family in ("async", "sync")
-    for form in ("bucket", "composite")
+    for form in ("bucket", "composite", "keyed")
 ]
 
 
@@ -134,6 +163,15 @@ class Driver:
                 await limiter.aclose()
             else:
                 limiter.close()
+            if self.impl.keyed:  # the view is closed; now its keyed limiter and backend
+                keyed = limiter._limiter
+                keyed.close()
+                if self.impl.redis:
+                    closing = keyed.backend.aclose if self.impl.is_async else keyed.backend.close
+                    if self.impl.is_async:
+                        await closing()
+                    else:
+                        closing()
 
 
 @pytest.fixture(params=IMPLS, ids=[impl.name for impl in IMPLS])
