@@ -45,7 +45,6 @@ from ._common import (
     BucketParts,
     CompositeParts,
     Core,
-    OnFailure,
     RedisStatistics,
     ReservationBase,
     ServerFailure,
@@ -327,25 +326,7 @@ def _resolve_client(client: Any, timeout: float) -> tuple[Any, bool]:
 class _AsyncLimiter(Core):
     """The asyncio verbs over the server; subclasses say what ``tokens`` means."""
 
-    def _start(
-        self,
-        client: Any,
-        specs: tuple[Any, ...],
-        *,
-        timeout: float,
-        on_failure: OnFailure,
-        fallback_share: float | None,
-        retry_interval: float,
-        name: str | None,
-    ) -> None:
-        self._setup(
-            specs,
-            on_failure=on_failure,
-            fallback_share=fallback_share,
-            retry_interval=retry_interval,
-            timeout=timeout,
-            name=name,
-        )
+    def _connect(self, client: Any) -> None:
         self._client, self._owned = _resolve_client(client, self._timeout)
         self._dispatcher = _dispatcher_for(self._client, self._timeout, self._retry_interval)
         self._sleepers: dict[asyncio.Future[None], RedisReservation] = {}

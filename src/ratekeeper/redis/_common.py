@@ -142,6 +142,32 @@ class Core:
 
     _specs: tuple[Spec, ...]
 
+    def _start(
+        self,
+        client: Any,
+        specs: tuple[Spec, ...],
+        *,
+        timeout: float,
+        on_failure: OnFailure,
+        fallback_share: float | None,
+        retry_interval: float,
+        name: str | None,
+    ) -> None:
+        """Check the options (``_setup``), then connect through the front end (``_connect``)."""
+        self._setup(
+            specs,
+            on_failure=on_failure,
+            fallback_share=fallback_share,
+            retry_interval=retry_interval,
+            timeout=timeout,
+            name=name,
+        )
+        self._connect(client)
+
+    def _connect(self, client: Any) -> None:
+        """Take the client (or a URL) and the dispatcher that batches its calls."""
+        raise NotImplementedError
+
     def _setup(
         self,
         specs: tuple[Spec, ...],
@@ -579,7 +605,7 @@ def adopt_limits(trailer: list[int], keys: list[str], requests: list[Request]) -
 
 class BucketParts:
     """What both front ends' single buckets add to Core: construction, the limit as it is
-    now. ``_start`` is the front end's: it makes the client and the dispatcher."""
+    now. ``Core._start`` checks the options and has the front end connect."""
 
     _specs: tuple[Spec, ...]
     _start: Callable[..., None]

@@ -34,7 +34,6 @@ from ._common import (
     BucketParts,
     CompositeParts,
     Core,
-    OnFailure,
     RedisStatistics,
     ReservationBase,
     ServerFailure,
@@ -265,25 +264,7 @@ _registry_lock = threading.Lock()
 class _SyncLimiter(Core):
     """The blocking verbs over the server; subclasses say what ``tokens`` means."""
 
-    def _start(
-        self,
-        client: Any,
-        specs: tuple[Any, ...],
-        *,
-        timeout: float,
-        on_failure: OnFailure,
-        fallback_share: float | None,
-        retry_interval: float,
-        name: str | None,
-    ) -> None:
-        self._setup(
-            specs,
-            on_failure=on_failure,
-            fallback_share=fallback_share,
-            retry_interval=retry_interval,
-            timeout=timeout,
-            name=name,
-        )
+    def _connect(self, client: Any) -> None:
         self._client, self._owned = _resolve_client(client, self._timeout)
         self._lock = threading.Lock()
         self._dispatcher = _dispatcher_for(self._client, self._retry_interval)
