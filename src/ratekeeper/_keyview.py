@@ -37,6 +37,7 @@ from ._keyed import (
     _KeyedBase,
     _wait_ns,
 )
+from ._scheduler import TakeBlock
 
 __all__ = ["KeyedReservation", "KeyedView", "SyncKeyedReservation", "SyncKeyedView"]
 
@@ -313,7 +314,7 @@ class KeyedView(_ViewBase):
     ) -> _Take:
         """Return an async context manager that acquires ``tokens`` on entry (and, with
         ``refund_on_error``, gives them back if the block raises an Exception)."""
-        return _Take(self, tokens, refund_on_error, timeout)
+        return _Take(self, tokens, refund_on_error, timeout, 0)
 
     def limit(
         self, tokens: Tokens = 1, *, timeout: float | None = None
@@ -402,7 +403,7 @@ class SyncKeyedView(_ViewBase):
         self, tokens: Tokens = 1, *, refund_on_error: bool = False, timeout: float | None = None
     ) -> _SyncTake:
         """Return a context manager that acquires ``tokens`` on entry (see KeyedView.take)."""
-        return _SyncTake(self, tokens, refund_on_error, timeout)
+        return _SyncTake(self, tokens, refund_on_error, timeout, 0)
 
     def limit(
         self, tokens: Tokens = 1, *, timeout: float | None = None
@@ -436,29 +437,16 @@ class SyncKeyedView(_ViewBase):
         return None
 
 
-class _TakeBase:
-    __slots__ = ("_refund_on_error", "_reservation", "_timeout", "_tokens", "_view")
+class _TakeBase(TakeBlock):
+    """What both views' ``take()`` blocks share; the mark is the reservation, once entered."""
 
-    def __init__(
-        self, view: Any, tokens: Tokens, refund_on_error: bool, timeout: float | None
-    ) -> None:
-        self._view = view
-        self._tokens = tokens
-        self._refund_on_error = refund_on_error
-        self._timeout = timeout
-        self._reservation: _ReservationBase | None = None
+    __slots__ = ()
 
     def _exit(self, exc_type: type[BaseException] | None) -> Any:
         """Give the block's tokens back if it failed and was asked to; return the refund to
         await (an awaited backend), or None."""
-        reservation = self._reservation
-        self._reservation = None
-        if (
-            reservation is not None
-            and self._refund_on_error
-            and exc_type is not None
-            and issubclass(exc_type, Exception)
-        ):
+        reservation, self._mark = self._mark, None
+        if isinstance(reservation, _ReservationBase) and self._refunds(exc_type):
             return reservation._give_back()
         return None
 
@@ -467,9 +455,9 @@ class _Take(_TakeBase):
     __slots__ = ()
 
     async def __aenter__(self) -> None:
-        reservation = await self._view.reserve(self._tokens, timeout=self._timeout)
+        reservation = await self._limiter.reserve(self._tokens, timeout=self._timeout)
         await reservation
-        self._reservation = reservation
+        self._mark = reservation
 
     async def __aexit__(
         self,
@@ -486,9 +474,9 @@ class _SyncTake(_TakeBase):
     __slots__ = ()
 
     def __enter__(self) -> None:
-        reservation = self._view.reserve(self._tokens, timeout=self._timeout)
+        reservation = self._limiter.reserve(self._tokens, timeout=self._timeout)
         reservation.wait()
-        self._reservation = reservation
+        self._mark = reservation
 
     def __exit__(
         self,

@@ -38,6 +38,7 @@ from redis.exceptions import NoScriptError
 from .._asyncio import check_timeout
 from .._errors import AcquireTimeout, BackendUnavailable, LimiterClosed
 from .._rate import RateLike
+from .._scheduler import TakeBlock
 from ._common import (
     CANCELLED,
     IN_USE,
@@ -640,7 +641,7 @@ class RedisTokenBucket(BucketParts, _AsyncLimiter):
         With ``refund_on_error=True``, a block that raises an Exception gives its tokens
         back at the server (by mark: never more than is still outstanding).
         """
-        return _Take(self, self._call_amounts(tokens), refund_on_error, timeout)
+        return _Take(self, self._call_amounts(tokens), refund_on_error, timeout, 0)
 
     async def __aenter__(self) -> RedisTokenBucket:
         await self.acquire()
@@ -749,7 +750,7 @@ class RedisCompositeLimiter(CompositeParts, _AsyncLimiter):
         timeout: float | None = None,
     ) -> _Take:
         """Return an async context manager that acquires the call's tokens on entry."""
-        return _Take(self, self._call_amounts(tokens), refund_on_error, timeout)
+        return _Take(self, self._call_amounts(tokens), refund_on_error, timeout, 0)
 
     async def __aenter__(self) -> RedisCompositeLimiter:
         await self.acquire()
@@ -856,26 +857,14 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-class _Take:
-    """The async context manager returned by ``take()``."""
+class _Take(TakeBlock):
+    """The async context manager returned by ``take()``; its mark is the reservation (an
+    int when the grant needed none)."""
 
-    __slots__ = ("_amounts", "_limiter", "_refund_on_error", "_reservation", "_timeout")
-
-    def __init__(
-        self,
-        limiter: _AsyncLimiter,
-        amounts: tuple[int, ...],
-        refund_on_error: bool,
-        timeout: float | None,
-    ) -> None:
-        self._limiter = limiter
-        self._amounts = amounts
-        self._refund_on_error = refund_on_error
-        self._timeout = timeout
-        self._reservation: RedisReservation | int = 0
+    __slots__ = ()
 
     async def __aenter__(self) -> None:
-        self._reservation = await self._limiter._acquire(self._amounts, self._timeout)
+        self._mark = await self._limiter._acquire(self._tokens, self._timeout)
 
     async def __aexit__(
         self,
@@ -883,11 +872,5 @@ class _Take:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        reservation = self._reservation
-        if (
-            self._refund_on_error
-            and exc_type is not None
-            and issubclass(exc_type, Exception)
-            and isinstance(reservation, RedisReservation)
-        ):
-            reservation._give_back()
+        if self._refunds(exc_type) and isinstance(self._mark, RedisReservation):
+            self._mark._give_back()

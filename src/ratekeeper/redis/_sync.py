@@ -27,6 +27,7 @@ from redis.retry import Retry
 from .._asyncio import check_timeout
 from .._errors import BackendUnavailable, LimiterClosed
 from .._rate import RateLike
+from .._scheduler import TakeBlock
 from ._common import (
     CANCELLED,
     IN_USE,
@@ -442,7 +443,7 @@ class _SyncLimiter(Core):
         With ``refund_on_error=True``, a block that raises an Exception gives its tokens
         back (by mark).
         """
-        return _SyncTake(self, self._call_amounts(tokens), refund_on_error, timeout)
+        return _SyncTake(self, self._call_amounts(tokens), refund_on_error, timeout, 0)
 
 
 class SyncRedisTokenBucket(BucketParts, _SyncLimiter):
@@ -596,24 +597,13 @@ class SyncRedisReservation(ReservationBase):
                 limiter._fallback_refund(None, self.amounts, self._local)
 
 
-class _SyncTake:
-    __slots__ = ("_amounts", "_limiter", "_refund_on_error", "_reservation", "_timeout")
+class _SyncTake(TakeBlock):
+    """The context manager returned by ``take()``; its mark is the reservation."""
 
-    def __init__(
-        self,
-        limiter: _SyncLimiter,
-        amounts: tuple[int, ...],
-        refund_on_error: bool,
-        timeout: float | None,
-    ) -> None:
-        self._limiter = limiter
-        self._amounts = amounts
-        self._refund_on_error = refund_on_error
-        self._timeout = timeout
-        self._reservation: SyncRedisReservation | None = None
+    __slots__ = ()
 
     def __enter__(self) -> None:
-        self._reservation = self._limiter._acquire(self._amounts, self._timeout)
+        self._mark = self._limiter._acquire(self._tokens, self._timeout)
 
     def __exit__(
         self,
@@ -621,10 +611,5 @@ class _SyncTake:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if (
-            self._refund_on_error
-            and exc_type is not None
-            and issubclass(exc_type, Exception)
-            and self._reservation is not None
-        ):
-            self._reservation._give_back()
+        if self._refunds(exc_type) and isinstance(self._mark, SyncRedisReservation):
+            self._mark._give_back()
