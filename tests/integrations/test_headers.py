@@ -214,8 +214,15 @@ def test_garbage_is_ignored_never_raised(headers: dict[str, str]) -> None:
 
 LATIN_1 = st.characters(codec="latin-1")
 PIECES = st.sampled_from(
-    ['"', ";", ",", "=", "q", "r", "t", "w", "-", ".", " ", "0", "9", HUGE, "h", "m", "s", "ms"]
-    + ["T", ":", "Z", "+", "2026-05-01T12:00:00", "Mon, 01 Jan ", "GMT", "1900000000"]
+    [
+        *'";,=qrtw-. 09hms:TZ+',
+        HUGE,
+        "ms",
+        "2026-05-01T12:00:00",
+        "GMT",
+        "Mon, 01 Jan ",
+        "1900000000",
+    ]
 )
 VALUE = st.one_of(
     st.text(LATIN_1, max_size=40),
