@@ -33,7 +33,13 @@ import typing
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, NamedTuple, TypeVar
 
-from starlette.concurrency import run_in_threadpool
+try:
+    from starlette.concurrency import run_in_threadpool
+except ImportError as exc:
+    raise ModuleNotFoundError(
+        "ratekeeper.integrations.starlette needs starlette: pip install 'ratekeeper[starlette]'",
+        name="starlette",
+    ) from exc
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response as StarletteResponse
