@@ -97,13 +97,13 @@ def check_the_limits(urls: list[str]) -> None:
 
     assert [r.status_code for r in items] == [200] * 5 + [429]
     assert items[0].json() == {"item_id": 0}
-    assert items[0].headers["ratelimit-policy"] == ('"5_per_minute";q=5;w=60, "default";q=100;w=60')
-    assert items[0].headers["ratelimit"] == '"5_per_minute";r=4;t=12, "default";r=99;t=1'
+    assert items[0].headers["ratelimit-policy"] == ('"minute";q=5;w=60, "default";q=100;w=60')
+    assert items[0].headers["ratelimit"] == '"minute";r=4;t=12, "default";r=99;t=1'
     refused = items[5]
     assert refused.json() == {"detail": "Too Many Requests", "retry_after": 12}
     assert refused.headers["retry-after"] == "12"
     assert refused.headers["content-type"] == "application/json"
-    assert refused.headers["ratelimit"].startswith('"5_per_minute";r=0;t=12')
+    assert refused.headers["ratelimit"].startswith('"minute";r=0;t=12')
     assert other_key.status_code == 200  # each API key has its own buckets
 
     assert [r.status_code for r in searches] == [200, 200, 429]  # 10 tokens, 5 a search

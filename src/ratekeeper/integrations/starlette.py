@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import re
 import time
 import typing
 from collections.abc import Awaitable, Callable, Mapping
@@ -179,28 +178,28 @@ def _starlette_response(response: Any, refusal: Refusal) -> StarletteResponse:
 # -- route limits -------------------------------------------------------------------------------
 
 
-def _rate_name(text: str) -> str:
-    """Return a policy name for a rate: ``"5/minute"`` -> ``"5_per_minute"``."""
-    return re.sub(r"[^A-Za-z0-9.]+", "_", text.replace("/", " per ")).strip("_")[:64] or "limit"
-
-
 def _limits(rate: object, capacity: int | None) -> dict[str, Limit]:
-    """Return the named limits of a route limit's ``rate``; raise TypeError/ValueError."""
+    """Return the named limits of a route limit's ``rate``; raise TypeError/ValueError.
+
+    A string holds one or more rates named by period (``"5/minute"`` is ``{"minute": ...}``,
+    ``"10/second;1000/day"`` two limits), as ``Limit.parse_many`` reads it.
+    """
+    if isinstance(rate, Limit):
+        if capacity is not None:
+            raise TypeError("capacity goes with a rate string; a Limit carries its own")
+        return {rate.rate.period_name: rate}
+    if isinstance(rate, str):
+        limits = Limit.parse_many(rate)
+        if capacity is None:
+            return limits
+        if len(limits) > 1:
+            raise TypeError(f"capacity goes with one rate, not {rate!r}")
+        ((name, limit),) = limits.items()
+        return {name: Limit(limit.rate, capacity)}
     if isinstance(rate, Mapping):
         if capacity is not None:
             raise TypeError("capacity goes with one rate; with several, give each Limit's own")
         return named_limits(rate)
-    if isinstance(rate, Limit):
-        if capacity is not None:
-            raise TypeError("capacity goes with a rate string; a Limit carries its own")
-        return {_rate_name(str(rate.rate)): rate}
-    if isinstance(rate, str):
-        parts = [part.strip() for part in rate.split(";") if part.strip()]
-        if len(parts) > 1:
-            if capacity is not None:
-                raise TypeError(f"capacity goes with one rate, not {rate!r}")
-            return {_rate_name(part): Limit(part) for part in parts}
-        return {_rate_name(rate.strip()): Limit(rate, capacity)}
     raise TypeError(
         "a route limit's rate is a string ('5/minute', '10/second;1000/day'), a Limit, or "
         f"a mapping of name to Limit, not {rate!r}"
@@ -541,7 +540,8 @@ class RouteLimiter:
 
         ``rate``: ``"5/minute"`` (bursts of 5), with ``capacity`` for another burst size;
         several at once, all or nothing: ``"10/second;1000/day"`` or ``{"burst":
-        Limit("10/s"), "day": Limit("1000/day")}`` (their names are the policy names).
+        Limit("10/s"), "day": Limit("1000/day")}``. The names are the policy names of the
+        headers; a string's rates are named by period (``"minute"``, ``"day"``).
         ``cost``: the tokens each request takes (an int, a mapping of limit name to tokens,
         or a function of the request). ``key``, ``max_wait``: this route's own. Raises
         TypeError/ValueError for a bad rate, capacity or cost.
