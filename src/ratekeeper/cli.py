@@ -637,7 +637,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=_FORMATTER,
         description=(
             "Run the benchmark scripts (benchmarks/bench_*.py) whose backends are installed, "
-            "and print their tables:\nthe same figures the README quotes."
+            "and print their tables:\nthe same figures the documentation quotes."
         ),
         epilog=_BENCH_EPILOG,
     )
