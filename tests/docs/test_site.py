@@ -7,6 +7,7 @@ It needs no network: no plugin fetches anything and the theme loads no web fonts
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,13 @@ def test_the_site_builds_in_strict_mode(tmp_path: Path) -> None:
     assert pages <= built, f"pages not built: {sorted(pages - built)}"
     for page in site.rglob("*.html"):
         assert "fonts.googleapis.com" not in page.read_text(encoding="utf-8"), page
+
+
+def test_the_readme_links_resolve() -> None:
+    """The README is not part of the site, so its relative links are checked here."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [target for target in targets if "://" not in target]
+    assert local, "the README links no page"
+    missing = [target for target in local if not (REPO / target).exists()]
+    assert not missing, f"README links to missing files: {missing}"
