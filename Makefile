@@ -25,8 +25,8 @@ demo: $(VENV)/.installed
 	$(BIN)/ratekeeper demo
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests $(wildcard benchmarks)
-	$(BIN)/ruff format --check src tests $(wildcard benchmarks)
+	$(BIN)/ruff check src tests $(wildcard benchmarks examples)
+	$(BIN)/ruff format --check src tests $(wildcard benchmarks examples)
 	$(BIN)/mypy --strict src
 
 test: lint
@@ -39,6 +39,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/bench_redis.py --json .bench/redis.json
 	$(BIN)/python benchmarks/bench_metrics.py
 	$(BIN)/python benchmarks/bench_web.py --json .bench/web.json
+	$(BIN)/python benchmarks/bench_clients.py
 	$(BIN)/python benchmarks/targets.py .bench/core.json .bench/redis.json .bench/web.json
 
 clean:
