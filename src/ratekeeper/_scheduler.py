@@ -12,9 +12,12 @@ smaller ones behind it that would fit now, and sustained load in a higher class 
 lower classes for as long as it lasts.
 
 Timing. Only the head waiter has a due time; the adapter arms one timer for it. When the timer
-fires, the head is granted at its theoretical due time, not at the (slightly late) moment the
-timer fired, so a saturated limiter runs at its exact rate; the late-firing slack credited is
-capped at one token's interval, so the envelope is never exceeded by more than one token.
+fires, every waiter due by then is granted at that moment: a timer that fires late is not
+credited with the time it lost, so the grants, at the instants they are made, keep the exact
+envelope (at most capacity + rate x T in any window of length T; never more than capacity at
+one instant). A late timer costs rate only when the bucket is full by then (lateness beyond
+capacity / rate): a saturated limiter whose capacity covers its timers' lateness (1 ms on
+Linux's asyncio loop) runs at its exact rate.
 """
 
 from __future__ import annotations
@@ -236,7 +239,6 @@ class Queue:
         # Provided by the arithmetic class beside this one (Gcra or CompositeGcra), which
         # comes after Queue in the method order: real definitions here would shadow it.
         _scale: int
-        _cost: int
 
         def wait_ns(self, now_ns: int, tokens: Any, ahead: Any = ...) -> int: ...
         def _commit_units(self, at: int, tokens: Any) -> Any: ...
@@ -421,15 +423,15 @@ class Queue:
     def release_due(self, now_ns: int) -> list[Waiter]:
         """Grant every waiter, in order, whose tokens are due by ``now_ns``; return them.
 
-        Each is granted at its theoretical due time (at most one token's interval before now),
-        so late timers do not slow a saturated limiter down.
+        Each is granted at ``now_ns``, however late that is: no credit for a late timer, so
+        the grants never pass the envelope at the instant they are made. (Only the rounding
+        of a due time up to whole ns is not lateness: such a waiter is granted at its exact
+        due time, so nothing drifts.)
         """
         granted: list[Waiter] = []
         now = now_ns * self._scale
-        # The slack credited for a late timer is at most one token's interval, and never
-        # earlier than the grant before it: a waiter held back by the one ahead (on another
-        # limit of a composite) was not late, and crediting it would open a burst there.
-        floor = now - self._cost
+        # Never earlier than the nanosecond before now, nor than the grant ahead.
+        floor = now - self._scale + 1
         counts = self._wait_counts
         while (waiter := self.head()) is not None:
             if waiter.abandoned():
@@ -596,7 +598,7 @@ class Scheduler(Queue, Gcra):
         cost = self._cost
         burst = self._burst
         shift = self._shift
-        floor = now - cost  # the late-timer credit: see Queue.release_due
+        floor = now - self._scale + 1  # as in Queue.release_due: no credit for lateness
         tat = self._tat
         total = self._granted
         waited_sum = 0
