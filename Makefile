@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean docs
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,10 @@ lint: $(VENV)/.installed-test
 test: lint
 	$(BIN)/python -m pytest -q
 
+# The documentation site in site/, built in strict mode (a broken link or reference fails).
+docs: $(VENV)/.installed-test
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 # Each script prints its tables; targets.py then sums up the headline targets of the run.
 bench: $(VENV)/.installed-bench
 	mkdir -p .bench
@@ -43,7 +47,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/targets.py .bench/core.json .bench/redis.json .bench/web.json
 
 clean:
-	rm -rf $(VENV) .bench .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .bench .pytest_cache .mypy_cache .ruff_cache .hypothesis site
 
 .PHONY: dist
 # The release artefacts in dist/, built offline (the test extra installs the backend), checked.
