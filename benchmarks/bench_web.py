@@ -23,9 +23,12 @@ rounds; ``SECTIONS`` lists them.
      paired with bare round by round, with its quartiles: the end-to-end cost, but noisy
      when other work shares the cores.
    And, for reference, the same apps called in-process with no server at all.
-2. Route limits in FastAPI (``routes``): one endpoint, bare; with ``@route_limit``; with
-   ``Depends(limiter.depends(...))``; with slowapi's ``@limiter.limit``. Server CPU per
-   request over bare, paired by round (medians, quartiles), and in-process timings.
+2. Route limits in FastAPI (``routes``): one endpoint, bare; with a dependency that does
+   nothing (the floor of any ``Depends``); with ``@route_limit``; with
+   ``Depends(limiter.depends(...))``; with slowapi's ``@limiter.limit``. The request path
+   (inside the server, the median time from a request entering the app to the endpoint's
+   body, minus bare's), the server CPU per request over bare, paired by round (medians,
+   quartiles), and in-process timings.
 3. Keyed limiter (``keyed``). 1,000,000 distinct keys touched once each (sync and asyncio),
    bytes per live key (tracemalloc), memory after the keys go idle, and an attacker sending
    endless new keys against ``max_keys``.
@@ -48,6 +51,8 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from _common import Check, write_checks
+
 VARIANTS = ("bare", "ratekeeper", "ratekeeper+headers", "slowapi")
 LIMIT = "1000000/minute"
 
@@ -56,7 +61,10 @@ LIMIT = "1000000/minute"
 
 
 class Stopwatch:
-    """The time each request spends from entering the app to reaching the router, summed.
+    """The CPU time each request spends from entering the app to reaching the router.
+
+    CPU time of the server's thread (``thread_time``), so that the preemptions of a loaded
+    machine do not count; nothing on this path suspends, so it is this request's own.
 
     ``Outer`` wraps the whole app and notes the entry time in the scope; ``Inner`` sits
     just inside the middleware under test and adds the time elapsed. With no middleware in
@@ -65,18 +73,18 @@ class Stopwatch:
     """
 
     def __init__(self) -> None:
-        self.samples: list[int] = []  # ns per request: medians shrug off preemptions
+        self.samples: list[int] = []  # ns per request
 
     def outer(self, app: Any) -> Any:
         async def timed(scope: Any, receive: Any, send: Any) -> None:
-            scope["bench.t0"] = time.perf_counter_ns()
+            scope["bench.t0"] = time.thread_time_ns()
             await app(scope, receive, send)
 
         return timed
 
     def inner(self, app: Any) -> Any:
         async def timed(scope: Any, receive: Any, send: Any) -> None:
-            self.samples.append(time.perf_counter_ns() - scope["bench.t0"])
+            self.samples.append(time.thread_time_ns() - scope["bench.t0"])
             await app(scope, receive, send)
 
         return timed
@@ -136,6 +144,8 @@ def build_routes_app(variant: str, limit: str = LIMIT, watch: Stopwatch | None =
     app = FastAPI(openapi_url=None)
 
     async def hello(request: Request) -> PlainTextResponse:
+        if watch is not None:  # the request path: from entering the app to the endpoint
+            watch.samples.append(time.thread_time_ns() - request.scope["bench.t0"])
         return PlainTextResponse("hello")
 
     hello.__annotations__["request"] = Request  # a class, not the string: FastAPI injects it
@@ -388,7 +398,21 @@ def paired_over_bare(measured: Measured, variant: str) -> tuple[float, float, fl
     return quartiles(diffs)
 
 
-def bench_middleware(requests: int, rounds: int, connections: int) -> None:
+def quarter_of_peer(section: str, name: str, ours: float, peer: float, headline: bool) -> Check:
+    """The target of every front door: its added cost at most a quarter of the peer's."""
+    ratio = ours / peer
+    return Check(
+        section,
+        name,
+        ratio,
+        f"{ours:+.1f} us vs {peer:+.1f} us: {ratio:.2f} of the peer's",
+        "<= 0.25",
+        ratio <= 0.25,
+        headline=headline,
+    )
+
+
+def bench_middleware(requests: int, rounds: int, connections: int) -> list[Check]:
     print(
         f"\n## Middleware overhead under uvicorn (h11) + Starlette: {requests} requests x "
         f"{rounds} rounds per server, {connections} keep-alive connections, limit {LIMIT} "
@@ -433,38 +457,54 @@ def bench_middleware(requests: int, rounds: int, connections: int) -> None:
         "request path does not include: see its CPU column.)"
     )
     bench_in_process("middleware")
+    return [
+        quarter_of_peer(
+            "web",
+            "RateLimitMiddleware's request path vs slowapi's middleware",
+            added["ratekeeper"],
+            added["slowapi"],
+            headline=True,
+        )
+    ]
 
 
-def bench_routes(requests: int, rounds: int, connections: int) -> None:
+def bench_routes(requests: int, rounds: int, connections: int) -> list[Check]:
     print(
         f"\n## Route limits under uvicorn (h11) + FastAPI: {requests} requests x {rounds} "
         f"rounds per server, {connections} keep-alive connections, limit {LIMIT} per client\n"
     )
     measured = measure("routes", requests, rounds, connections)
     base = statistics.median(measured.cpu["bare"])
+    base_path = statistics.median(measured.inside["bare"]) / 1000
     print(
-        "| FastAPI endpoint | user CPU us/request | added over bare, paired by round: median "
-        "[quartiles] | requests/s |"
+        "| FastAPI endpoint | user CPU us/request | CPU added over bare, paired by round: "
+        "median [quartiles] | request path, app entry to endpoint: median us | added |"
     )
-    print("| --- | ---: | ---: | ---: |")
-    added: dict[str, float] = {}
+    print("| --- | ---: | ---: | ---: | ---: |")
+    added: dict[str, float] = {}  # request path, us
+    cpu_added: dict[str, float] = {}
     for variant in ROUTE_VARIANTS:
+        path = statistics.median(measured.inside[variant]) / 1000
         if variant == "bare":
-            extra = "-"
+            extra = path_extra = "-"
         else:
-            q1, added[variant], q3 = paired_over_bare(measured, variant)
-            extra = f"{added[variant]:+.1f} us [{q1:+.1f}, {q3:+.1f}]"
+            q1, cpu_added[variant], q3 = paired_over_bare(measured, variant)
+            extra = f"{cpu_added[variant]:+.1f} us [{q1:+.1f}, {q3:+.1f}]"
+            added[variant] = path - base_path
+            path_extra = f"{added[variant]:+.1f} us"
         print(
             f"| {variant} | {statistics.median(measured.cpu[variant]):.1f} | {extra} "
-            f"| {statistics.median(measured.wall[variant]):,.0f} |"
+            f"| {path:.1f} | {path_extra} |"
         )
     peer = added["slowapi-limit"]
     floor = added["noop-depends"]
     for ours in ("route_limit", "depends"):
         print(
-            f"\n{ours}: adds {added[ours]:.1f} us per request ({added[ours] / base * 100:.1f}% "
-            f"of bare's {base:.0f} us), slowapi's @limiter.limit {peer:.1f} us: a ratio of "
-            f"{added[ours] / peer:.2f}",
+            f"\n{ours}: its request path adds {added[ours]:.1f} us ({added[ours] / base * 100:.1f}%"
+            f" of bare's {base:.0f} us of CPU per request), slowapi's @limiter.limit "
+            f"{peer:.1f} us: a ratio of {added[ours] / peer:.2f} (server CPU, paired: "
+            f"{cpu_added[ours]:+.1f} us vs {cpu_added['slowapi-limit']:+.1f} us, "
+            f"{cpu_added[ours] / cpu_added['slowapi-limit']:.2f})",
             end="",
         )
     print(
@@ -473,6 +513,22 @@ def bench_routes(requests: int, rounds: int, connections: int) -> None:
         f"{(added['depends'] - floor) / peer:.2f} of slowapi's)"
     )
     bench_in_process("routes")
+    return [
+        quarter_of_peer(
+            "web",
+            "FastAPI @route_limit's request path vs slowapi's @limiter.limit",
+            added["route_limit"],
+            peer,
+            headline=True,
+        ),
+        quarter_of_peer(
+            "web",
+            "FastAPI Depends(limiter.depends)'s request path vs slowapi's @limiter.limit",
+            added["depends"],
+            peer,
+            headline=False,
+        ),
+    ]
 
 
 def bench_in_process(section: str, calls: int = 1000, rounds: int = 25) -> None:
@@ -557,13 +613,15 @@ def bench_in_process(section: str, calls: int = 1000, rounds: int = 25) -> None:
 
 
 def timed(function: Callable[[], object]) -> float:
+    """Return the CPU seconds ``function()`` takes (the process's: a loaded machine's other
+    work does not count)."""
     gc.collect()
-    start = time.perf_counter()
+    start = time.process_time()
     function()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
-def bench_keyed(n: int) -> None:
+def bench_keyed(n: int) -> list[Check]:
     from ratekeeper._keyed import KeyedLimiter, SyncKeyedLimiter
     from ratekeeper.testing import ManualClock
 
@@ -589,15 +647,42 @@ def bench_keyed(n: int) -> None:
         for key in keys:
             await admit(key)
 
-    print("| operation | seconds | ns/key |")
-    print("| --- | ---: | ---: |")
-    for name, run in (
+    start = time.monotonic_ns()
+
+    def floor_run() -> dict[str, int]:
+        # The floor: one int per key in a plain dict (no lock, no clock, no limit).
+        state: dict[str, int] = {}
+        tat = start
+        for key in keys:
+            state[key] = tat + 6_000_000_000
+        return state
+
+    runs: list[tuple[str, Callable[[], object]]] = [
+        ("(floor) dict[key] = int", floor_run),
         ("SyncKeyedLimiter.try_acquire", sync_run),
         ("await KeyedLimiter.try_acquire", lambda: asyncio.run(async_loop())),
         ("await KeyedLimiter.admit (Verdict)", lambda: asyncio.run(admit_loop())),
-    ):
-        best = min(timed(run) for _ in range(3))
-        print(f"| {name} | {best:.2f} | {best / n * 1e9:,.0f} |")
+    ]
+    times: dict[str, list[float]] = {name: [] for name, _ in runs}
+    for rep in range(5):  # interleaved, order rotated; medians
+        for name, run in runs[rep % len(runs) :] + runs[: rep % len(runs)]:
+            times[name].append(timed(run))
+    print("| operation | CPU seconds (median of 5) | ns/key | / floor |")
+    print("| --- | ---: | ---: | ---: |")
+    floor_s = statistics.median(times["(floor) dict[key] = int"])
+    for name, _ in runs:
+        taken = statistics.median(times[name])
+        print(f"| {name} | {taken:.2f} | {taken / n * 1e9:,.0f} | {taken / floor_s:.1f}x |")
+    new_keys = statistics.median(times["SyncKeyedLimiter.try_acquire"]) * 1_000_000 / n
+
+    # The floor's memory: the same keys, one int each, in a plain dict.
+    gc.collect()
+    tracemalloc.start()
+    floor_base = tracemalloc.get_traced_memory()[0]
+    floor_state = floor_run()
+    floor_live = tracemalloc.get_traced_memory()[0] - floor_base
+    tracemalloc.stop()
+    del floor_state
 
     # Memory, on a manual clock so that "idle" is exact.
     clock = ManualClock()
@@ -618,7 +703,8 @@ def bench_keyed(n: int) -> None:
     print(
         f"\nmemory: {live / n:.0f} bytes per live key held by the limiter, "
         f"{(live + key_bytes) / n:.0f} with the key strings (here {key_bytes / n:.0f} bytes "
-        f"each, the caller's); {live / 2**20:.0f} MiB for {n:,} keys"
+        f"each, the caller's); {live / 2**20:.0f} MiB for {n:,} keys; floor (a dict of "
+        f"ints): {floor_live / n:.0f} bytes per key ({live / floor_live:.2f}x)"
     )
     print(
         f"idle: 1,000 later calls left {after_calls:,} keys; sweep() dropped {dropped:,} more; "
@@ -642,6 +728,26 @@ def bench_keyed(n: int) -> None:
         f"attacker: {n:,} new keys against max_keys={bound:,}: at most {peak_keys:,} live keys, "
         f"{used / 2**20:.0f} MiB, {stats.evicted:,} evicted (least recently used first)"
     )
+    return [
+        Check(
+            "keyed",
+            "bytes per live key (tracemalloc, key strings excluded)",
+            live / n,
+            f"{live / n:.0f} B (floor {floor_live / n:.0f} B)",
+            "<= 100 B",
+            live / n <= 100,
+            headline=True,
+        ),
+        Check(
+            "keyed",
+            "1,000,000 new keys, SyncKeyedLimiter.try_acquire",
+            new_keys,
+            f"{new_keys:.2f} s" + ("" if n == 1_000_000 else f" (scaled from {n:,})"),
+            "< 1 s",
+            new_keys < 1.0,
+            headline=True,
+        ),
+    ]
 
 
 def main() -> None:
@@ -654,6 +760,7 @@ def main() -> None:
         help=argparse.SUPPRESS,
     )
     parser.add_argument("--only", choices=(*SECTIONS, "keyed"), help="run one part")
+    parser.add_argument("--json", metavar="FILE", help="also write the targets as JSON")
     args = parser.parse_args()
     if args.serve:
         section, variants, ports, limit = args.serve
@@ -665,11 +772,14 @@ def main() -> None:
         if args.quick
         else {"requests": 2000, "rounds": 30, "connections": 4}
     )
+    checks: list[Check] = []
     for name, bench in (("middleware", bench_middleware), ("routes", bench_routes)):
         if args.only in (None, name):
-            bench(**load)
+            checks += bench(**load)
     if args.only in (None, "keyed"):
-        bench_keyed(100_000 if args.quick else 1_000_000)
+        checks += bench_keyed(100_000 if args.quick else 1_000_000)
+    if args.json:
+        write_checks(args.json, "bench_web.py", checks)
 
 
 if __name__ == "__main__":
