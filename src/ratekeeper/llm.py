@@ -50,7 +50,14 @@ from ._rate import Rate
 from ._threading import SyncCompositeLimiter
 from .contract import AsyncComposite, SyncComposite
 from .integrations._governor import check_seconds
-from .integrations._headers import Fields, Quota, fields, parse_retry_after, read_quotas
+from .integrations._headers import (
+    REFILLED,
+    Fields,
+    Quota,
+    fields,
+    parse_retry_after,
+    read_quotas,
+)
 
 
 class _Headers(Protocol):
@@ -71,9 +78,6 @@ __all__ = ["LLMCall", "LLMLimiter", "SyncLLMCall", "SyncLLMLimiter", "estimate_t
 
 _CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text and BPE tokenizers
 _PER_MESSAGE = 4  # the role and separators each chat message costs
-# The families whose quotas refill steadily and are full again at the reset they announce
-# (OpenAI's and Anthropic's documented behaviour); the others are windows.
-_REFILLED = frozenset({"openai", "anthropic"})
 _NAMES = ("requests", "tokens")
 _PARTS = frozenset({"input-tokens", "output-tokens"})
 
@@ -247,14 +251,9 @@ class _Planner(Generic[Composite]):
         rates = {}
         for name in _NAMES:
             refills = [
-                (q.limit - q.remaining) / q.reset
+                rate
                 for q in quotas
-                if q.family in _REFILLED
-                and q.per_request == (name == "requests")
-                and q.limit is not None
-                and q.remaining is not None
-                and q.remaining < q.limit
-                and q.reset
+                if q.per_request == (name == "requests") and (rate := q.refill_rate) is not None
             ]
             if not refills:
                 continue
@@ -285,7 +284,7 @@ class _Planner(Generic[Composite]):
             else:
                 in_flight = self._tokens * others / self._calls if self._calls else 0
             target: float = quota.remaining - in_flight  # never more than is left now
-            if quota.family in _REFILLED:
+            if quota.family in REFILLED:
                 # Refilled steadily, full again at the reset: never past the limit by then.
                 if quota.limit is not None:
                     target = min(target, quota.limit - in_flight - rate * reset)
