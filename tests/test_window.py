@@ -322,3 +322,26 @@ def test_limiters_without_windows_refuse_a_window_limit_by_name() -> None:
 
     with pytest.raises(ValueError, match="'rpm': kind='sliding' is not supported here"):
         KeyedLimiter(limits={"rpm": Limit("1/s", kind="sliding")})
+
+
+def test_a_grant_after_the_live_runs_were_given_back_during_a_debt_counts() -> None:
+    """The race the differential test against the server found: tokens moved into the debt
+    count, the run they came from given back by its mark, then a new grant: it must count
+    (it was numbered before the first live token and so lost)."""
+    w = log("1/s")
+    w._commit_units(0, 1)
+    mark = w._commit_units(S, 1)  # booked ahead: the token of 0 is now debt
+    w.charge_at(0, 1)  # recorded with the booking (never before the newest): more debt
+    assert w.refund_at(0, 1, mark) == 1.0
+    w._commit_units(2 * S, 1)
+    assert w.tokens_at(2 * S) == 0
+
+
+def test_settling_never_forgets_a_token_for_a_booking_that_may_be_withdrawn() -> None:
+    """A booking ahead makes older tokens irrelevant only while it stands: they must not be
+    dropped for it (the server's differential test found the burst this opened)."""
+    w = log("1/s")
+    w._commit_units(0, 1)
+    mark = w._commit_units(S, 1)
+    assert w.refund_at(0, 1, mark) == 1.0  # the booking is withdrawn
+    assert w.wait_ns(0, 1) == S  # the token of 0 still holds the window until 1 s

@@ -199,18 +199,28 @@ class SlidingLog(LimitState):
         return due + rounds * self._span
 
     def wait_ns(self, now_ns: int, tokens: int, ahead: int = 0) -> int:
-        """Return ns until ``ahead + tokens`` tokens can have been granted."""
+        """Return ns until ``ahead + tokens`` tokens can have been granted.
+
+        Drops the tokens that have slid out of the window first (every grant is planned
+        by this, so the log is kept short here).
+        """
+        self._prune(now_ns)
         return self.due_ns(ahead + tokens, now_ns) - now_ns
 
     def try_take(self, now_ns: int, tokens: int) -> bool:
         """Take ``tokens`` if they fit at ``now_ns``; return whether they were taken."""
-        if self.due_ns(tokens, now_ns) > now_ns:
+        if self.wait_ns(now_ns, tokens):
             return False
         self._commit_units(now_ns, tokens)
         return True
 
     def _prune(self, now_ns: int) -> None:
-        """Drop the tokens that have slid out of the window ending at ``now_ns``."""
+        """Drop the tokens that have slid out of the window ending at ``now_ns``.
+
+        Only ever at the time of a decision, never at a later one (say, a booking's): a
+        token dropped because a booking ahead made it irrelevant would be missed once that
+        booking is withdrawn.
+        """
         start = now_ns - self._span
         if self._older and self._older_at <= start:
             self._older = 0
@@ -221,6 +231,12 @@ class SlidingLog(LimitState):
             if self._ends[lo - 1] > self._base:
                 self._base = self._ends[lo - 1]
             self._lo = lo
+        self._compact()
+
+    def _compact(self) -> None:
+        """Drop the dead runs before the live ones once they outnumber them."""
+        times = self._times
+        lo = self._lo
         if lo > _COMPACT and lo > len(times) - lo:
             # Renumber from the first live token, so the numbers stay small.
             ends = self._ends
@@ -238,14 +254,14 @@ class SlidingLog(LimitState):
         newest = self._newest()
         if newest is not None and at < newest:
             at = newest
-        self._prune(at)
         times = self._times
         ends = self._ends
         if len(times) > self._lo and times[-1] == at:
             ends[-1] += tokens
         else:
             times.append(at)
-            ends.append((ends[-1] if len(ends) else self._base) + tokens)
+            # The next number follows the live runs, or the first live token if none is left.
+            ends.append((ends[-1] if len(ends) > self._lo else self._base) + tokens)
         self._granted += tokens
         over = ends[-1] - self._base - self._capacity
         if over > 0:
@@ -260,6 +276,7 @@ class SlidingLog(LimitState):
         self._older += count
         self._base = base
         self._lo = bisect_right(ends, base, self._lo)
+        self._compact()
 
     def _idle_mark(self) -> int:
         """Return the refund mark of a grant of nothing (a composite's untouched limit)."""
@@ -271,6 +288,7 @@ class SlidingLog(LimitState):
 
     def charge_at(self, now_ns: int, tokens: int) -> int:
         """Record ``tokens`` now even past N (debt); return the mark."""
+        self._prune(now_ns)
         return self._commit_units(now_ns, tokens)
 
     def refund_at(self, now_ns: int, tokens: int, mark: int | None = None) -> float:
@@ -280,8 +298,7 @@ class SlidingLog(LimitState):
         still in the window. Without, the ``tokens`` oldest tokens in the window leave it
         (see the module's docstring for why the oldest).
         """
-        newest = self._newest()
-        self._prune(now_ns if newest is None or now_ns > newest else newest)
+        self._prune(now_ns)
         if mark is None:
             returned = min(tokens, self._older)
             self._older -= returned
@@ -325,8 +342,7 @@ class SlidingLog(LimitState):
         A smaller N keeps the newest N in the runs and counts the rest as older (debt).
         """
         self._configure(rate, capacity)
-        newest = self._newest()
-        self._prune(now_ns if newest is None or now_ns > newest else newest)
+        self._prune(now_ns)
         over = self._live() - capacity
         if over > 0:
             self._to_older(over)

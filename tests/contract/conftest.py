@@ -78,10 +78,16 @@ class Impl:
             return (TokenBucket if self.is_async else SyncTokenBucket)(rate, capacity)
         from ratekeeper.redis import (
             RedisCompositeLimiter,
+            RedisSlidingWindow,
             RedisTokenBucket,
             SyncRedisCompositeLimiter,
+            SyncRedisSlidingWindow,
             SyncRedisTokenBucket,
         )
+
+        if self.window:  # one window per key (no Redis composite holds a window)
+            window = RedisSlidingWindow if self.is_async else SyncRedisSlidingWindow
+            return window(url, key, rate, capacity)
 
         if self.composite:
             cls = RedisCompositeLimiter if self.is_async else SyncRedisCompositeLimiter
@@ -106,9 +112,9 @@ IMPLS = [
     for form in ("bucket", "composite", "keyed")
 ] + [
     Impl(f"{where}-{family}-{form}-window", family == "async", form, where == "redis", "sliding")
-    for where in ("memory",)
+    for where, forms in (("memory", ("bucket", "composite")), ("redis", ("bucket",)))
     for family in ("async", "sync")
-    for form in ("bucket", "composite")
+    for form in forms
 ]
 
 
