@@ -578,6 +578,53 @@ class SingleCost:
         def _largest_queued(self, index: int | None = None) -> int: ...
         def reconfigure(self, now_ns: int, rate: Rate, capacity: int) -> None: ...
 
+    def change_limit(self, now_ns: int, rate: Rate, capacity: int | None) -> None:
+        """Reconfigure at ``now_ns`` (capacity None: unchanged); raise ValueError, changing
+        nothing, if a queued request would no longer fit."""
+        capacity = self._capacity if capacity is None else capacity
+        largest = self._largest_queued()
+        if type(capacity) is int and largest > capacity:
+            raise ValueError(f"capacity={capacity} is below a queued request for {largest} tokens")
+        self.reconfigure(now_ns, rate, capacity)
+
+    def _check(self, tokens: Any) -> int:
+        return check_tokens(tokens, limit=self._capacity)
+
+    def _check_amount(self, tokens: Any) -> int:
+        return check_tokens(tokens)
+
+    def _zero(self) -> int:
+        return 0
+
+    @staticmethod
+    def _size(tokens: int) -> int:
+        return tokens
+
+    # Grants are counted as tokens (``_granted``, which the fast paths bump by one); the
+    # number of grants is that minus ``_excess`` (extra tokens of larger grants, charges).
+    def _count_grant(self, tokens: int) -> None:
+        self._excess += tokens - 1
+
+    def _count_charge(self, tokens: int) -> None:
+        self._excess += tokens
+
+    def _grant_totals(self) -> tuple[int, int]:
+        return self._granted - self._excess, self._granted
+
+
+class Scheduler(SingleCost, Queue, Gcra):
+    """One token bucket with a queue: FIFO per priority class, one due time for the head."""
+
+    __slots__ = (*QUEUE_SLOTS, "_excess")
+
+    def __init__(self, rate: Rate, capacity: int, now_ns: int, initial: int | None = None) -> None:
+        Gcra.__init__(self, rate, capacity, now_ns, initial)
+        self._init_queue()
+        self._excess = 0
+
+    def _head_due_units(self, tokens: int) -> int:
+        return self._tat + tokens * self._cost - self._burst
+
     def release_due(self, now_ns: int) -> list[Waiter]:
         """Grant every waiter, in order, whose tokens are due by ``now_ns``; return them.
 
@@ -674,53 +721,6 @@ class SingleCost:
         self._total_wait_ns += waited_sum
         self._max_wait_ns = longest
         return granted
-
-    def change_limit(self, now_ns: int, rate: Rate, capacity: int | None) -> None:
-        """Reconfigure at ``now_ns`` (capacity None: unchanged); raise ValueError, changing
-        nothing, if a queued request would no longer fit."""
-        capacity = self._capacity if capacity is None else capacity
-        largest = self._largest_queued()
-        if type(capacity) is int and largest > capacity:
-            raise ValueError(f"capacity={capacity} is below a queued request for {largest} tokens")
-        self.reconfigure(now_ns, rate, capacity)
-
-    def _check(self, tokens: Any) -> int:
-        return check_tokens(tokens, limit=self._capacity)
-
-    def _check_amount(self, tokens: Any) -> int:
-        return check_tokens(tokens)
-
-    def _zero(self) -> int:
-        return 0
-
-    @staticmethod
-    def _size(tokens: int) -> int:
-        return tokens
-
-    # Grants are counted as tokens (``_granted``, which the fast paths bump by one); the
-    # number of grants is that minus ``_excess`` (extra tokens of larger grants, charges).
-    def _count_grant(self, tokens: int) -> None:
-        self._excess += tokens - 1
-
-    def _count_charge(self, tokens: int) -> None:
-        self._excess += tokens
-
-    def _grant_totals(self) -> tuple[int, int]:
-        return self._granted - self._excess, self._granted
-
-
-class Scheduler(SingleCost, Queue, Gcra):
-    """One token bucket with a queue: FIFO per priority class, one due time for the head."""
-
-    __slots__ = (*QUEUE_SLOTS, "_excess")
-
-    def __init__(self, rate: Rate, capacity: int, now_ns: int, initial: int | None = None) -> None:
-        Gcra.__init__(self, rate, capacity, now_ns, initial)
-        self._init_queue()
-        self._excess = 0
-
-    def _head_due_units(self, tokens: int) -> int:
-        return self._tat + tokens * self._cost - self._burst
 
 
 class WindowScheduler(SingleCost, Queue, SlidingLog):
