@@ -48,12 +48,15 @@ end
 -- The tail: a run "t*c" of the debt, or a plain token.
 local len = redis.call("LLEN", key)
 local run_t, run_c = nil, 0
+local oldest = nil -- the oldest plain token's time, while it is known
 if len > 0 then
   local tail = redis.call("LINDEX", key, -1)
   local star = string.find(tail, "*", 1, true)
   if star then
     run_t = tonumber(string.sub(tail, 1, star - 1))
     run_c = tonumber(string.sub(tail, star + 1))
+  else
+    oldest = tonumber(tail)
   end
 end
 local plain = len - (run_t and 1 or 0)
@@ -99,9 +102,16 @@ local function prune(t)
     len = len - 1
     newest = nil
   end
-  if plain == 0 or tonumber(redis.call("LINDEX", key, plain - 1)) > start then
+  if plain == 0 then
     return
   end
+  if oldest == nil then
+    oldest = tonumber(redis.call("LINDEX", key, plain - 1))
+  end
+  if oldest > start then
+    return
+  end
+  oldest = nil
   local keep = newer_than(start)
   if keep == 0 then
     redis.call("DEL", key)
