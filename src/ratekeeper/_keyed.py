@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 from ._asyncio import check_timeout
 from ._clock import MONOTONIC, Clock, Timer
 from ._errors import AcquireTimeout, LimiterClosed
-from ._gcra import Limit, LimitsLike, check_tokens, named_limits
+from ._gcra import Limit, LimitsLike, check_amount, check_tokens, named_limits
 from ._rate import RateLike
 from ._scheduler import WAIT_BUCKETS, Statistics
 
@@ -787,11 +787,9 @@ class _KeyedBase:
             costs = []
             for name, limit in limits.items():
                 amount = tokens.get(name, 0)
-                if type(amount) is not int:
-                    raise TypeError(f"tokens for limit {name!r} must be an int, not {amount!r}")
-                if amount < 0 or (capped and amount > limit.capacity):
-                    cap = f" to its capacity {limit.capacity}" if capped else ""
-                    raise ValueError(f"tokens for limit {name!r} must be from 0{cap}, got {amount}")
+                check_amount(
+                    amount, f"tokens for limit {name!r}", limit.capacity if capped else None
+                )
                 costs.append(amount)
             if not any(costs):
                 raise ValueError(f"tokens must name at least one limit with >= 1, got {tokens!r}")

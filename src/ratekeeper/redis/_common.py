@@ -127,13 +127,22 @@ def describe_client(client: Any) -> str:
         return "the server"
 
 
+MAX_SECONDS = 86400.0
+"""The longest server-call ``timeout`` and ``retry_interval`` (a day): longer ones are
+mistakes, and past the platform's time_t a socket timeout fails only at the first call."""
+
+
 def check_seconds(value: float, what: str, allow_zero: bool = True) -> float:
-    """Return ``value`` if it is a finite number of seconds (> 0 unless allowed); raise."""
+    """Return ``value`` if it is a number of seconds from 0 (excluded unless allowed) to
+    ``MAX_SECONDS``; raise TypeError, or ValueError naming the range."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    if not 0 <= value <= MAX_SECONDS or (value == 0 and not allow_zero):
         allowed = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{what} must be a finite number of seconds {allowed}, got {value!r}")
+        raise ValueError(
+            f"{what} must be a number of seconds {allowed} and at most {MAX_SECONDS:.0f} "
+            f"(a day), got {value!r}"
+        )
     return float(value)
 
 
