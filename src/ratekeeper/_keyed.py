@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 from ._asyncio import check_timeout
 from ._clock import MONOTONIC, Clock, Timer
 from ._errors import AcquireTimeout, LimiterClosed
+from ._fork import track
 from ._gcra import Limit, LimitsLike, check_amount, check_tokens, named_limits
 from ._rate import RateLike
 from ._scheduler import WAIT_BUCKETS, Statistics
@@ -253,6 +254,7 @@ class MemoryKeyedStore:
     """
 
     __slots__ = (
+        "__weakref__",
         "_booked",
         "_booked_purge",
         "_clock",
@@ -296,6 +298,7 @@ class MemoryKeyedStore:
         self._clock = MONOTONIC if clock is None else clock
         self._now_ns = self._clock.now_ns
         self._lock = threading.Lock()
+        track(self)
         # key -> tat (one limit) or tuple of tats (several), least recently granted first.
         self._tats: OrderedDict[str, Any] = OrderedDict()
         # key -> the latest slot (ns) booked ahead by a reservation that had to wait: only
@@ -321,6 +324,13 @@ class MemoryKeyedStore:
     def clock(self) -> Clock:
         """The clock decisions are made on."""
         return self._clock
+
+    def _fork_locks(self) -> tuple[threading.Lock, ...]:
+        return (self._lock,)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a new lock; the keys' state is the parent's at the fork."""
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         """Return the number of live keys (buckets not yet known to be full)."""
@@ -672,6 +682,7 @@ class _KeyedBase:
     """What the asyncio and thread keyed limiters share: set-up, arguments, counters."""
 
     __slots__ = (
+        "__weakref__",
         "_backend",
         "_cancelled",
         "_clock",
@@ -1030,6 +1041,15 @@ class KeyedLimiter(_KeyedBase):
             name=name,
         )
         self._sleepers = _Sleepers(self._clock)
+        track(self)
+
+    def _fork_locks(self) -> tuple[()]:
+        return ()
+
+    def _after_fork(self) -> None:
+        """In a forked child: the sleepers and their timer belong to the parent's loop."""
+        self._sleepers = _Sleepers(self._clock)
+        self._waiting = 0
 
     async def admit(
         self, key: str, tokens: Tokens = 1, *, max_wait: float | None = _NO_WAIT
@@ -1239,6 +1259,16 @@ class SyncKeyedLimiter(_KeyedBase):
             )
         self._stats_lock = threading.Lock()
         self._sleeping: set[threading.Lock] = set()
+        track(self)
+
+    def _fork_locks(self) -> tuple[threading.Lock, ...]:
+        return (self._stats_lock,)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a new lock; the sleepers were other threads."""
+        self._stats_lock = threading.Lock()
+        self._sleeping = set()
+        self._waiting = 0
 
     def admit(self, key: str, tokens: Tokens = 1, *, max_wait: float | None = 0.0) -> Verdict:
         """Take ``tokens`` for ``key`` if they can go within ``max_wait`` seconds; block for them.

@@ -37,6 +37,7 @@ from redis.exceptions import NoScriptError
 
 from .._asyncio import check_timeout
 from .._errors import AcquireTimeout, BackendUnavailable, LimiterClosed
+from .._fork import track
 from .._rate import RateLike
 from .._scheduler import TakeBlock
 from ._common import (
@@ -102,6 +103,28 @@ class _Dispatcher:
         self.calls: dict[asyncio.Task[Any], float] = {}  # in flight: task -> start (monotonic)
         self.overdue: set[asyncio.Task[Any]] = set()
         self.watchdog: asyncio.TimerHandle | None = None
+        track(self)
+
+    def _fork_locks(self) -> tuple[()]:
+        return ()
+
+    def _after_fork(self) -> None:
+        """In a forked child: nothing in flight or queued (the parent's event loop's), and
+        none of the parent's connections: they are its sockets, and replies read on them
+        in two processes would be mixed up. The child opens its own."""
+        self.pending = []
+        self.in_flight = 0
+        self.scheduled = False
+        self.tasks = set()
+        self.calls = {}
+        self.overdue = set()
+        self.watchdog = None
+        self.down_until = 0.0
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is not None:
+            pool.reset()  # drops the inherited connections without closing the parent's
+            if isinstance(getattr(pool, "_lock", None), asyncio.Lock):
+                pool._lock = asyncio.Lock()  # it may be bound to the parent's loop
 
     async def call(self, request: Request) -> list[int]:
         """Return the script's reply to ``request``; raise ServerFailure if the call failed."""
@@ -331,6 +354,16 @@ class _AsyncLimiter(Core):
         self._client, self._owned = _resolve_client(client, self._timeout)
         self._dispatcher = _dispatcher_for(self._client, self._timeout, self._retry_interval)
         self._sleepers: dict[asyncio.Future[None], RedisReservation] = {}
+        track(self)
+
+    def _fork_locks(self) -> tuple[()]:
+        return ()
+
+    def _after_fork(self) -> None:
+        """In a forked child: the sleepers belong to the parent's event loop."""
+        self._sleepers = {}
+        self._waiting = 0
+        self._waiting_tokens = 0
 
     # -- the engine ------------------------------------------------------------------------
 

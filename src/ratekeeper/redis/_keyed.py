@@ -24,6 +24,7 @@ import redis
 import redis.asyncio as aioredis
 
 from .._errors import BackendUnavailable, LimiterClosed
+from .._fork import track
 from .._gcra import Limit, LimitsLike, named_limits
 from .._keyed import DEFAULT_MAX_KEY_LENGTH, MemoryKeyedStore, Verdict, _check_key, _describe
 from ._async import _AsyncLimiter
@@ -522,6 +523,13 @@ class SyncRedisKeyedBackend(_KeyedCore):
         self._client, self._owned = _sync_resolve_client(client, self._timeout)
         self._lock = threading.Lock()
         self._dispatcher = _sync_dispatcher_for(self._client, self._retry_interval)
+        track(self)
+
+    def _fork_locks(self) -> tuple[threading.Lock, ...]:
+        return (self._lock,)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     def reserve(self, key: str, costs: tuple[int, ...], max_wait_ns: int | None) -> Verdict:
         """Take ``costs`` for the earliest time they can go; see RedisKeyedBackend.reserve."""

@@ -26,6 +26,7 @@ from redis.retry import Retry
 
 from .._asyncio import check_timeout
 from .._errors import BackendUnavailable, LimiterClosed
+from .._fork import track
 from .._rate import RateLike
 from .._scheduler import TakeBlock
 from ._common import (
@@ -107,6 +108,17 @@ class _SyncDispatcher:
         self.busy = False  # a call is in flight (its sender holds the lead)
         self.pending: list[Request] = []
         self.down_until = 0.0
+        track(self)
+
+    def _fork_locks(self) -> tuple[threading.Lock, ...]:
+        return (self.lock,)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a new lock, no call in flight, no queued thread (they were
+        the parent's). redis-py gives the child new connections by itself."""
+        self.lock = threading.Lock()
+        self.busy = False
+        self.pending = []
 
     def call(self, request: Request) -> list[int]:
         """Return the script's reply to ``request``; raise ServerFailure if the call failed."""
@@ -246,7 +258,7 @@ class _SyncDispatcher:
 
 def _dispatcher_for(client: Any, retry_interval: float) -> _SyncDispatcher:
     """Return the client's dispatcher for these settings (kept on the client: same lifetime)."""
-    with _registry_lock:
+    with _registry.lock:
         per_client: dict[float, _SyncDispatcher] | None = getattr(
             client, "_ratekeeper_dispatchers", None
         )
@@ -259,7 +271,21 @@ def _dispatcher_for(client: Any, retry_interval: float) -> _SyncDispatcher:
         return dispatcher
 
 
-_registry_lock = threading.Lock()
+class _Registry:
+    """The lock guarding the dispatchers kept on clients (renewed in a forked child)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        track(self)
+
+    def _fork_locks(self) -> tuple[threading.Lock, ...]:
+        return (self.lock,)
+
+    def _after_fork(self) -> None:
+        self.lock = threading.Lock()
+
+
+_registry = _Registry()
 
 
 class _SyncLimiter(Core):
@@ -270,6 +296,17 @@ class _SyncLimiter(Core):
         self._lock = threading.Lock()
         self._dispatcher = _dispatcher_for(self._client, self._retry_interval)
         self._sleepers: dict[threading.Event, SyncRedisReservation] = {}
+        track(self)
+
+    def _fork_locks(self) -> tuple[threading.Lock, ...]:
+        return (self._lock,)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a new lock; the sleepers were the parent's threads."""
+        self._lock = threading.Lock()
+        self._sleepers = {}
+        self._waiting = 0
+        self._waiting_tokens = 0
 
     def _count_cancel(self) -> None:
         with self._lock:
