@@ -20,8 +20,13 @@ EXTRAS = {
     "redis": ("ratekeeper.redis", ["redis"]),
     "httpx": ("ratekeeper.integrations.httpx", ["httpx"]),
     "prometheus": ("ratekeeper.metrics", ["prometheus_client"]),
+    "requests": ("ratekeeper.integrations.requests", ["requests"]),
+    "aiohttp": ("ratekeeper.integrations.aiohttp", ["aiohttp"]),
+    "celery": ("ratekeeper.integrations.celery", ["celery"]),
 }
-EVERY_OPTIONAL_DEPENDENCY = ["redis", "httpx", "prometheus_client", "matplotlib"]
+EVERY_OPTIONAL_DEPENDENCY = [
+    *["redis", "httpx", "prometheus_client", "matplotlib", "requests", "aiohttp", "celery"]
+]
 WEB_FRAMEWORKS = ["starlette", "fastapi", "uvicorn", "anyio"]
 
 IMPORT_WITHOUT = """\
@@ -71,7 +76,7 @@ def test_every_extra_named_in_a_message_exists(extra: str) -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["ratekeeper", "ratekeeper.cli", "ratekeeper.testing", "ratekeeper.contract"],
+    ["ratekeeper", "ratekeeper.cli", "ratekeeper.testing", "ratekeeper.contract", "ratekeeper.llm"],
 )
 def test_the_core_needs_no_extra(module: str) -> None:
     assert import_without(module, EVERY_OPTIONAL_DEPENDENCY + WEB_FRAMEWORKS) is None
