@@ -648,6 +648,12 @@ class MemoryKeyedStore:
             self._sweep_at = min(soonest, now_ns + self._slack) if self._tats else _NEVER
             return dropped
 
+    def discard(self, key: str) -> None:
+        """Forget ``key`` (its buckets start full again); nothing if it is not live."""
+        with self._lock:
+            self._tats.pop(key, None)
+            self._booked.pop(key, None)
+
     def clear(self) -> None:
         """Forget every key (every bucket starts full again)."""
         with self._lock:

@@ -42,8 +42,9 @@ from ._common import (
     classify,
     describe_client,
     take_replies,
+    wire,
 )
-from ._script import DONE, SCRIPT, Request, encode, parse
+from ._script import DONE, SCRIPT, Request, parse
 
 MAX_BATCH = 256
 
@@ -236,7 +237,7 @@ class _SyncDispatcher:
         replies: dict[int, list[int]] = {}
         try:
             for group in groups:
-                keys, args = encode(group)
+                keys, args = wire(group)
                 values = parse(self.script(keys, args))
                 replies.update(zip(map(id, group), take_replies(values, keys, group), strict=True))
         except Exception as exc:
@@ -318,6 +319,18 @@ class _SyncLimiter(Core):
         """Return the script's reply to ``request``; raise ServerFailure if the call failed."""
         return self._dispatcher.call(request)
 
+    def _decide(self, request: Request) -> list[int]:
+        """Return the server's reply to a decision, sent with the settlement of the
+        fallback's grants if the server was down before (one atomic call)."""
+        with self._lock:
+            settle = self._settle_request()
+        if settle is None:
+            return self._dispatcher.call(request)
+        (settled,), reply = self._dispatcher.call_group([settle, request])
+        with self._lock:
+            self._settled(settled)
+        return reply
+
     # -- the engine ------------------------------------------------------------------------
 
     def _reserve(
@@ -330,7 +343,7 @@ class _SyncLimiter(Core):
         max_wait_ns = check_timeout(timeout)
         request = self._reserve_request(amounts, max_wait_ns)
         try:
-            reply = self._call(request)
+            reply = self._decide(request)
         except ServerFailure as failure:
             with self._lock:
                 wait, marks = self._fallback_reserve(failure, amounts, max_wait_ns)
