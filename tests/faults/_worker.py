@@ -1,9 +1,9 @@
 """One process of the fault suite: callers acquiring from one shared limit until the end.
 
-Run as ``python -m tests.faults._worker CONFIG`` (CONFIG: one JSON object, see
-``harness.Scenario.worker_config``). Prints one JSON line: the wall-clock times at which
-callers were let through, the longest call, when the limiter counted backend errors (sampled
-every 10 ms), and its counters.
+Run as ``python -m tests.faults._worker CONFIG OUT`` (CONFIG: one JSON object, see
+``harness.Scenario.worker_config``). Writes one JSON object to the file OUT: the wall-clock
+times at which callers were let through, the longest call, when the limiter counted backend
+errors (sampled every 10 ms), and its counters.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from ratekeeper import AcquireTimeout, BackendUnavailable, KeyedLimiter, Limit, SyncKeyedLimiter
@@ -145,7 +146,7 @@ def main(argv: list[str]) -> None:
 
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         stats = asyncio.run(run_async(config, record))
-    print(
+    Path(argv[1]).write_text(
         json.dumps(
             {
                 "grants": record.grants,

@@ -115,14 +115,16 @@ HEADER = (
 
 
 def over_admission(times: list[float], rate: float, capacity: int) -> float:
-    """Return max over windows [t_i, t_j] of grants in it - (capacity + rate*(t_j - t_i))."""
-    times = sorted(times)
+    """Return max over windows [t_i, t_j] of grants in it - (capacity + rate*(t_j - t_i)).
+
+    In one pass: the excess is (j - rate*t_j) - (i - 1 - rate*t_i) - capacity, so for each
+    j it is largest with the smallest i - 1 - rate*t_i seen so far.
+    """
     worst = 0.0
-    for i, start in enumerate(times):
-        for j in range(i, len(times)):
-            excess = (j - i + 1) - capacity - rate * (times[j] - start)
-            if excess > worst:
-                worst = excess
+    lowest = float("inf")
+    for j, t in enumerate(sorted(times)):
+        lowest = min(lowest, j - 1 - rate * t)
+        worst = max(worst, j - rate * t - lowest - capacity)
     return worst
 
 
@@ -133,6 +135,7 @@ def run(scenario: Scenario, workdir: Path) -> Outcome:
     key = f"fault-{uuid.uuid4().hex[:10]}"
     start = time.time() + 2.0  # time for every process to start and connect
     url = proxy.url
+    outs = [workdir / f"worker{n}.json" for n in range(scenario.processes)]
     procs = [
         subprocess.Popen(
             [
@@ -140,23 +143,24 @@ def run(scenario: Scenario, workdir: Path) -> Outcome:
                 "-m",
                 "tests.faults._worker",
                 json.dumps(scenario.worker_config(url, key, start)),
+                str(out),
             ],
             cwd=ROOT,
-            stdout=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(scenario.processes)
+        for out in outs
     ]
     try:
         time.sleep(max(0.0, start + scenario.fault_at - time.time()))
         fault_end = inject(scenario, server, proxy)
         reports = []
-        for proc in procs:
-            out, err = proc.communicate(timeout=scenario.duration + 60)
+        for proc, out in zip(procs, outs, strict=True):
+            _, err = proc.communicate(timeout=scenario.duration + 60)
             if proc.returncode != 0:
                 raise RuntimeError(f"a worker failed ({scenario.name}):\n{err}")
-            reports.append(json.loads(out))
+            reports.append(json.loads(out.read_text()))
     finally:
         for proc in procs:
             if proc.poll() is None:

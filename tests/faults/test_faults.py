@@ -11,11 +11,12 @@ within the documented recovery time. ``make test`` runs the short list below; ``
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
 
-from .harness import FAULTS, FRONTS, POLICIES, Scenario, check, run
+from .harness import FAULTS, FRONTS, POLICIES, Scenario, check, over_admission, run
 
 QUICK = {"duration": 2.5, "fault_at": 0.8, "outage": 0.7}
 SHORT = [
@@ -40,3 +41,20 @@ def test_the_bounds_hold_under_the_fault(scenario: Scenario, tmp_path: Path) -> 
     outcome = run(scenario, tmp_path)
     print(outcome.row())
     check(outcome)
+
+
+def test_over_admission_is_the_worst_window() -> None:
+    """The one-pass measure equals the worst window found by trying them all."""
+    rng = random.Random(9)
+    for _ in range(200):
+        times = sorted(rng.uniform(0, 3) for _ in range(rng.randint(0, 50)))
+        brute = max(
+            [0.0]
+            + [
+                (j - i + 1) - 5 - 20 * (times[j] - times[i])
+                for i in range(len(times))
+                for j in range(i, len(times))
+            ]
+        )
+        assert over_admission(times, 20, 5) == pytest.approx(brute)
+    assert over_admission([0.0] * 8, 20, 5) == 3  # 8 at once, 5 allowed
