@@ -17,6 +17,7 @@ shared.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import weakref
@@ -69,7 +70,10 @@ def _after_in_child() -> None:
     _held.clear()  # the child's objects get new locks; the held ones are dropped with them
     _registry = threading.Lock()
     for obj in list(_live):
-        obj._after_fork()
+        try:
+            obj._after_fork()
+        except Exception:  # one object's failure must not leave the others unreset
+            logging.getLogger("ratekeeper").exception("resetting %r after fork failed", obj)
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork

@@ -533,7 +533,6 @@ class Queue:
         self._queues = {}
         self._levels = []
         self._waiting = 0
-        self._waiting_tokens = self._zero()
 
     def give_back(self, now_ns: int, tokens: Any, mark: Any) -> Any:
         """Refund and count it; return the tokens that went back (per limit, on a composite)."""
