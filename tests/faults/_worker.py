@@ -1,9 +1,9 @@
 """One process of the fault suite: callers acquiring from one shared limit until the end.
 
-Run as ``python -m tests.faults._worker CONFIG OUT`` (CONFIG: one JSON object, see
-``harness.Scenario.worker_config``). Writes one JSON object to the file OUT: the wall-clock
-times at which callers were let through, the longest call, when the limiter counted backend
-errors (sampled every 10 ms), and its counters.
+Run as ``python -m tests.faults._worker CONFIG`` (CONFIG: one JSON object, see
+``harness.Scenario.worker_config``). Writes one JSON object to the file CONFIG["out"]: the
+wall-clock times at which callers were let through, the longest call, when the limiter
+counted backend errors (sampled every 10 ms), and its counters.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ratekeeper import AcquireTimeout, BackendUnavailable, KeyedLimiter, Limit, SyncKeyedLimiter
+from ratekeeper import AcquireTimeout, BackendUnavailable, Limit
 from ratekeeper.redis import (
     RedisKeyedBackend,
     RedisTokenBucket,
@@ -35,11 +35,11 @@ class Record:
         self.error_times: list[float] = []
         self.lock = threading.Lock()
 
-    def call(self, started: float, granted: bool, failed: bool) -> None:
+    def call(self, started: float, slot: float | None, failed: bool) -> None:
         now = time.time()
         with self.lock:
-            if granted:
-                self.grants.append(now)
+            if slot is not None:
+                self.grants.append(slot)
             self.failures += failed
             self.longest = max(self.longest, now - started)
 
@@ -66,39 +66,81 @@ def sample_errors(stats: Any, record: Record, end: float) -> None:
 
 
 def make(config: dict[str, Any], sync: bool) -> tuple[Any, Any, Any]:
-    """Return (acquire(timeout), statistics, close) of the limiter the config names."""
+    """Return (decide, statistics, close) of the limiter the config names.
+
+    ``decide(timeout)`` reserves one token (a coroutine for asyncio) and returns the wait
+    until its slot, in seconds; it raises AcquireTimeout when refused. The callers record
+    each grant at its slot (when decided, plus the wait), not when their sleep ends: on a
+    loaded machine a late wake-up would bunch grants up that the limiter spread out.
+    """
     rate, capacity, key = config["rate"], config["capacity"], config["key"]
     limits = {"default": Limit(rate, capacity)}
     if config["keyed"]:
-        backend_type = SyncRedisKeyedBackend if sync else RedisKeyedBackend
-        backend: Any = backend_type(config["url"], limits, **options(config))
-        keyed: Any = (SyncKeyedLimiter if sync else KeyedLimiter)(backend=backend)
-        close = backend.close if sync else backend.aclose
-        return (lambda t: keyed.acquire(key, timeout=t)), backend.statistics, close
-    bucket_type = SyncRedisTokenBucket if sync else RedisTokenBucket
-    bucket: Any = bucket_type(config["url"], key, rate, capacity, **options(config))
-    close = bucket.close if sync else bucket.aclose
-    return (lambda t: bucket.acquire(timeout=t)), bucket.statistics, close
+        backend: Any = (SyncRedisKeyedBackend if sync else RedisKeyedBackend)(
+            config["url"], limits, **options(config)
+        )
+
+        def verdict(v: Any) -> float:
+            if not v.granted:
+                raise AcquireTimeout("refused", v.wait_ns / 1e9)
+            return float(v.wait_ns) / 1e9
+
+        if sync:
+            decide: Any = lambda t: verdict(backend.reserve(key, (1,), int(t * 1e9)))  # noqa: E731
+        else:
+
+            async def decide(t: float) -> float:
+                return verdict(await backend.reserve(key, (1,), int(t * 1e9)))
+
+        return decide, backend.statistics, backend.close if sync else backend.aclose
+    bucket: Any = (SyncRedisTokenBucket if sync else RedisTokenBucket)(
+        config["url"], key, rate, capacity, **options(config)
+    )
+    if sync:
+        decide = lambda t: bucket.reserve(timeout=t).delay  # noqa: E731
+    else:
+
+        async def decide(t: float) -> float:
+            return float((await bucket.reserve(timeout=t)).delay)
+
+    return decide, bucket.statistics, bucket.close if sync else bucket.aclose
+
+
+def ready(config: dict[str, Any]) -> float:
+    """Say this process is ready, then wait for the common start time (a barrier: on a
+    loaded machine processes take very different times to start)."""
+    go = Path(config["go"])
+    Path(config["out"] + ".ready").touch()
+    deadline = time.monotonic() + 120
+    while not go.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError("no start time came")
+        time.sleep(0.005)
+    return float(go.read_text())
 
 
 async def run_async(config: dict[str, Any], record: Record) -> Any:
-    acquire, stats, close = make(config, sync=False)
-    end = config["start"] + config["duration"]
-    await asyncio.sleep(max(0.0, config["start"] - time.time()))
+    decide, stats, close = make(config, sync=False)
+    start = ready(config)
+    end = start + config["duration"]
+    await asyncio.sleep(max(0.0, start - time.time()))
     threading.Thread(target=sample_errors, args=(stats, record, end), daemon=True).start()
 
     async def caller() -> None:
         while (left := end - time.time()) > 0:
             started = time.time()
             try:
-                await acquire(min(left, config["acquire_timeout"]))
+                delay = await decide(min(left, config["acquire_timeout"]))
             except AcquireTimeout:
-                record.call(started, False, False)
+                record.call(started, None, False)
             except BackendUnavailable:
-                record.call(started, False, True)
+                record.call(started, None, True)
                 await asyncio.sleep(0.01)
             else:
-                record.call(started, True, False)
+                slot = time.time() + delay
+                await asyncio.sleep(delay)
+                record.call(started, slot, False)
+                await asyncio.sleep(0.001)  # the work the grant was for
 
     await asyncio.gather(*(caller() for _ in range(config["tasks"])))
     result = stats()
@@ -107,23 +149,27 @@ async def run_async(config: dict[str, Any], record: Record) -> Any:
 
 
 def run_sync(config: dict[str, Any], record: Record) -> Any:
-    acquire, stats, close = make(config, sync=True)
-    end = config["start"] + config["duration"]
-    time.sleep(max(0.0, config["start"] - time.time()))
+    decide, stats, close = make(config, sync=True)
+    start = ready(config)
+    end = start + config["duration"]
+    time.sleep(max(0.0, start - time.time()))
     threading.Thread(target=sample_errors, args=(stats, record, end), daemon=True).start()
 
     def caller() -> None:
         while (left := end - time.time()) > 0:
             started = time.time()
             try:
-                acquire(min(left, config["acquire_timeout"]))
+                delay = decide(min(left, config["acquire_timeout"]))
             except AcquireTimeout:
-                record.call(started, False, False)
+                record.call(started, None, False)
             except BackendUnavailable:
-                record.call(started, False, True)
+                record.call(started, None, True)
                 time.sleep(0.01)
             else:
-                record.call(started, True, False)
+                slot = time.time() + delay
+                time.sleep(delay)
+                record.call(started, slot, False)
+                time.sleep(0.001)  # the work the grant was for
 
     threads = [threading.Thread(target=caller) for _ in range(config["tasks"])]
     for thread in threads:
@@ -146,7 +192,7 @@ def main(argv: list[str]) -> None:
 
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         stats = asyncio.run(run_async(config, record))
-    Path(argv[1]).write_text(
+    Path(config["out"]).write_text(
         json.dumps(
             {
                 "grants": record.grants,
