@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio
 
 from ratekeeper import BackendUnavailable
@@ -167,3 +168,24 @@ def test_sync_fail_closed_then_open(own_server: Server, key: str) -> None:
     assert closed.try_acquire()
     closed.close()
     opened.close()
+
+
+async def test_a_flushed_key_starts_at_the_slots_this_process_booked(
+    own_server: Server, key: str
+) -> None:
+    """State loss: sleepers' booked slots are not added on top of a fresh full bucket."""
+    bucket = RedisTokenBucket(own_server.url, key, "10/s", 2, **FAST)
+    blocking = SyncRedisTokenBucket(own_server.url, key + "-sync", "10/s", 2, **FAST)
+    reservations = [await bucket.reserve() for _ in range(4)]
+    held = [blocking.reserve() for _ in range(4)]
+    assert [round(r.delay, 1) for r in reservations] == [0.0, 0.0, 0.1, 0.2]
+    assert held[-1].delay > 0.15
+    with redis.Redis(port=own_server.port) as admin:
+        admin.flushall()
+    # The latest slot booked lies 0.2 s ahead: the bucket restarts there, empty, as it was.
+    assert not await bucket.try_acquire()
+    assert not blocking.try_acquire()
+    await asyncio.sleep(0.3)
+    assert await bucket.try_acquire()  # and refills from there
+    await bucket.aclose()
+    blocking.close()

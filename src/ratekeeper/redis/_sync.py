@@ -44,7 +44,7 @@ from ._common import (
     take_replies,
     wire,
 )
-from ._script import DONE, SCRIPT, Request, parse
+from ._script import DONE, SCRIPT, TAKE_SCRIPT, Request, parse, take_wire
 
 MAX_BATCH = 256
 
@@ -102,6 +102,7 @@ class _SyncDispatcher:
     def __init__(self, client: Any, retry_interval: float) -> None:
         # register_script keeps the sha and reloads the script on NOSCRIPT (restart, flush).
         self.script = client.register_script(SCRIPT)
+        self.take_script = client.register_script(TAKE_SCRIPT)  # its common case, short
         self.cluster = isinstance(client, redis.RedisCluster)
         self.where = describe_client(client)
         self.retry_interval = retry_interval
@@ -237,8 +238,17 @@ class _SyncDispatcher:
         replies: dict[int, list[int]] = {}
         try:
             for group in groups:
-                keys, args = wire(group)
-                values = parse(self.script(keys, args))
+                owner = group[0].owner
+                short = len(group) == 1 and not (owner is not None and owner._floors)
+                take = take_wire(group[0]) if short else None
+                # The short script's case: it answers, or leaves it to ours (an empty reply).
+                # Not with slots booked ahead to send: only ours starts a lost key at them.
+                values = [] if take is None else parse(self.take_script(*take))
+                if take is not None and values:
+                    keys = take[0]
+                else:
+                    keys, args = wire(group)
+                    values = parse(self.script(keys, args))
                 replies.update(zip(map(id, group), take_replies(values, keys, group), strict=True))
         except Exception as exc:
             failure = classify(exc, self.where)
