@@ -40,6 +40,7 @@ from starlette.responses import Response as StarletteResponse
 
 from .._gcra import Limit, named_limits
 from .._keyed import KeyedLimiter, Verdict
+from .._rate import several, split_limits
 from ._web import (
     Cost,
     Gate,
@@ -189,11 +190,13 @@ def _limits(rate: object, capacity: int | None) -> dict[str, Limit]:
             raise TypeError("capacity goes with a rate string; a Limit carries its own")
         return {_rate_name(str(rate.rate)): rate}
     if isinstance(rate, str):
-        parts = [part.strip() for part in rate.split(";") if part.strip()]
-        if len(parts) > 1:
+        if several(rate):  # "10/second;1000/day", also with "," or "|", as limits reads it
             if capacity is not None:
                 raise TypeError(f"capacity goes with one rate, not {rate!r}")
-            return {_rate_name(part): Limit(part) for part in parts}
+            # Read as every composite reads it (bounds, refusals); named after each rate.
+            limits = Limit.parse_many(rate).values()  # one per part: no part is empty
+            named = zip(split_limits(rate), limits, strict=True)
+            return {_rate_name(part): limit for part, limit in named}
         return {_rate_name(rate.strip()): Limit(rate, capacity)}
     raise TypeError(
         "a route limit's rate is a string ('5/minute', '10/second;1000/day'), a Limit, or "
@@ -517,7 +520,8 @@ class RouteLimiter:
         """Return a limit counted per route and key: ``@limiter.route_limit("5/minute")``.
 
         ``rate``: ``"5/minute"`` (bursts of 5), with ``capacity`` for another burst size;
-        several at once, all or nothing: ``"10/second;1000/day"`` or ``{"burst":
+        several at once, all or nothing: ``"10/second;1000/day"`` (or with ``,`` or ``|``, as
+        slowapi and limits read it; each named after its rate) or ``{"burst":
         Limit("10/s"), "day": Limit("1000/day")}`` (their names are the policy names).
         ``cost``: the tokens each request takes (an int, a mapping of limit name to tokens,
         or a function of the request). ``key``, ``max_wait``: this route's own. Raises
