@@ -292,7 +292,7 @@ def test_route_limits_read_the_string_as_every_composite_does() -> None:
     routes = RouteLimiter()
     for text in ("10/second;100/hour", "10/second, 100/hour", "10/second | 100/hour"):
         limits = routes.route_limit(text).limits
-        assert limits == {"10_per_second": Limit("10/s"), "100_per_hour": Limit("100/hour")}
+        assert limits == {"second": Limit("10/s"), "hour": Limit("100/hour")}
     for text, match in (("10/second;;100/hour", "empty part"), ("1/s;2/s", "two rates")):
         with pytest.raises(ValueError, match=match) as caught:
             routes.route_limit(text)

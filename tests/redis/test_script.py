@@ -30,12 +30,15 @@ from ratekeeper.redis._script import (
     RESERVE,
     SCRIPT,
     STATE,
+    TAKE_SCRIPT,
     Request,
     Spec,
     encode,
     make_spec,
+    single_take_wire,
     single_wire,
     split,
+    take_wire,
 )
 
 T0 = 1_700_000_000_000_000  # us: a realistic server time, so the sizes are realistic too
@@ -63,9 +66,28 @@ class Script:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self.script = client.register_script(SCRIPT)
+        self.short = client.register_script(TAKE_SCRIPT)
+        self.short_answered = 0
 
-    def call(self, requests: list[Request], now_us: int | None) -> list[list[int]]:
-        keys, args = encode(requests, now_us)
+    def call(
+        self,
+        requests: list[Request],
+        now_us: int | None,
+        floors: dict[str, int] | None = None,
+        *,
+        short: bool = False,
+    ) -> list[list[int]]:
+        """Decide ``requests`` in one call; with ``short``, as the limiters do: the short
+        script first when it is its case (and no floors go with it), the full one when it
+        answers ""."""
+        wire = take_wire(requests[0]) if short and len(requests) == 1 and not floors else None
+        if wire is not None:
+            keys, args = wire
+            reply = self.short(keys, ["" if now_us is None else str(now_us), *args[1:]])
+            if reply:
+                self.short_answered += 1
+                return split(reply, requests)
+        keys, args = encode(requests, now_us, floors)
         return split(self.script(keys, args), requests)
 
 
@@ -232,12 +254,22 @@ def traces(draw: st.DrawFn) -> tuple[Rate, int, list[tuple[Any, ...]]]:
 
 
 def _run_trace(
-    script: Script, rate: Rate, capacity: int, steps: list[tuple[Any, ...]], batched: bool
+    script: Script,
+    rate: Rate,
+    capacity: int,
+    steps: list[tuple[Any, ...]],
+    batched: bool,
+    *,
+    floors: bool = False,
+    short: bool = False,
 ) -> None:
+    """Hold the script to Gcra over ``steps``; with ``floors``, each call also carries the
+    latest slot booked so far, as the limiters send it (a no-op while the key lives)."""
     key = f"diff-{uuid.uuid4().hex}"
     spec = make_spec(key, "", rate, capacity)
     gcra: Gcra | None = None
     marks: list[tuple[int, tuple[int, int]]] = []  # (Gcra mark, script mark) of grants
+    floor: dict[str, int] = {}
     now = T0
     # Steps at the same instant go in one call when batched: the script must decide a batch
     # exactly as the same requests one call each.
@@ -269,7 +301,7 @@ def _run_trace(
                     back = gcra.refund_at(now_ns, tokens, None if pick is None else pick[0])
                     expected.append(("refund", True, 0, back))
                 expected[-1] += (gcra.tokens_at(now_ns),)
-            replies = script.call(requests, at)
+            replies = script.call(requests, at, floor if floors else None, short=short)
             for (op, granted, wait_ns, value, _tokens_left), reply in zip(
                 expected, replies, strict=False
             ):
@@ -280,6 +312,8 @@ def _run_trace(
                     got = (status == 1, wait, count if status == 1 else value)
                     if status == 1:
                         marks.append((value, (epoch, count)))
+                        if op == "reserve" and wait:
+                            floor[key] = max(floor.get(key, 0), at * 1000 + wait)
                 assert status in (0, 1)
                 assert got == (granted, wait_ns, value), (op, reply)
         assert gcra is not None
@@ -303,6 +337,81 @@ def test_random_traces_decide_as_gcra_when_batched(
     script: Script, trace: tuple[Rate, int, list[tuple[Any, ...]]]
 ) -> None:
     _run_trace(script, *trace, batched=True)
+
+
+@SETTINGS
+@given(trace=traces())
+def test_random_traces_decide_as_gcra_with_the_booked_floors_sent(
+    script: Script, trace: tuple[Rate, int, list[tuple[Any, ...]]]
+) -> None:
+    _run_trace(script, *trace, batched=True, floors=True)
+
+
+@pytest.mark.parametrize("rate", [Rate(5), Rate(12.345), Rate(3, per=7)])
+def test_a_vanished_key_starts_no_earlier_than_the_callers_booked_slot(
+    script: Script, sync_client: redis.Redis, key: str, rate: Rate
+) -> None:
+    """After state loss, a caller's request carries its latest booked slot: the new bucket
+    starts there (as Gcra with its tat at the slot), not full on top of its sleepers."""
+    spec = make_spec(key, "", rate, 3)
+    replies = script.call([reserve(spec, 1, None) for _ in range(6)], T0)
+    slot = T0 * 1000 + replies[-1][1]  # the last sleeper's slot
+    assert replies[-1][1] > 0
+    for later_us in (0, 1_000, replies[-1][1] // 2000):
+        sync_client.delete(key)  # FLUSHALL, eviction, a restart without persistence...
+        now_ns = (T0 + later_us) * 1000
+        model = Gcra(rate, 3, now_ns)
+        model._tat = max(model._tat, slot * model._scale)  # the bucket as the floor says
+        expected = [model.reserve_at(now_ns, 1, None).wait_ns for _ in range(4)]
+        got = script.call([reserve(spec, 1, None) for _ in range(4)], T0 + later_us, {key: slot})
+        assert [r[1] for r in got] == expected
+        if later_us == 0:  # nobody is granted on top of the sleepers, as before the loss
+            assert expected[0] > 0
+    sync_client.delete(key)
+    [fresh] = script.call([reserve(spec, 1, None)], T0)  # no floor: a full bucket, as before
+    assert fresh[1] == 0
+
+
+@SETTINGS
+@given(trace=traces())
+def test_random_traces_decide_as_gcra_with_the_short_script(
+    script: Script, trace: tuple[Rate, int, list[tuple[Any, ...]]]
+) -> None:
+    # Every take (a reserve with max_wait 0) goes to gcra_take.lua, the rest to gcra.lua,
+    # on the same key: the two read and write one state, and both decide as Gcra.
+    _run_trace(script, *trace, batched=False, short=True)
+
+
+def test_the_short_script_writes_what_the_full_one_writes(
+    script: Script, sync_client: redis.Redis, key: str
+) -> None:
+    for rate, capacity in ((Rate(5), 3), (Rate(3, per=7), 2), (Rate(1e6), 8)):
+        specs = [make_spec(f"{key}-{rate}-{n}", "", rate, capacity) for n in ("full", "short")]
+        for step in range(6):  # from a missing key through grants, refusals and refill
+            now = T0 + step * 150_000
+            full = script.call([reserve(specs[0], 1, 0)], now)
+            short = script.call([reserve(specs[1], 1, 0)], now, short=True)
+            assert short == full
+            assert sync_client.get(specs[0].key) == sync_client.get(specs[1].key)
+    assert script.short_answered == 18
+
+
+def test_the_short_script_leaves_other_keys_to_the_full_one(
+    script: Script, sync_client: redis.Redis, key: str
+) -> None:
+    sync_client.hset(key + "-hash", "x", "1")
+    sync_client.set(key + "-str", "someone else's value")
+    sync_client.set(key + "-own", f"{T0} {T0} 0 0 0 200000000 1 5")  # holds its own limit
+    for suffix in ("-hash", "-str", "-own"):
+        spec = make_spec(key + suffix, "", "5/s", 5)
+        keys, args = single_take_wire(spec, 1)
+        assert script.short(keys, [str(T0), *args[1:]]) == b""
+    assert sync_client.get(key + "-str") == b"someone else's value"
+    assert sync_client.get(key + "-own") == f"{T0} {T0} 0 0 0 200000000 1 5".encode()
+    # The full script then decides: a refusal for the others, the key's own limit for it.
+    assert script.call([reserve(make_spec(key + "-str", "", "5/s", 5), 1, 0)], T0, short=True)[0][
+        :2
+    ] == [3, 1]
 
 
 # -- hypothesis: composites against LocalLimits ---------------------------------------------

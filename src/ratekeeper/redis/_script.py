@@ -13,6 +13,7 @@ ahead, so every sum it forms stays exact.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from importlib import resources
@@ -26,11 +27,13 @@ __all__ = [
     "MAX_AHEAD",
     "MAX_BURST",
     "NO_MARK",
+    "PAD",
     "REFUND",
     "RESERVE",
     "SCRIPT",
     "SET_LIMIT",
     "STATE",
+    "TAKE_SCRIPT",
     "Request",
     "Spec",
     "cut",
@@ -38,19 +41,23 @@ __all__ = [
     "make_spec",
     "parse",
     "rate_of",
+    "single_take_wire",
     "single_wire",
     "split",
+    "take_wire",
 ]
 
 SCRIPT: str = resources.files(__package__).joinpath("gcra.lua").read_text("utf-8")
 """The Lua source; its opening comment is the KEYS/ARGV/return contract."""
+TAKE_SCRIPT: str = resources.files(__package__).joinpath("gcra_take.lua").read_text("utf-8")
+"""The common case of SCRIPT, short: one key, one limit, take now or refuse (``take_wire``)."""
 
 MAX_AHEAD = 2**52
 """The script never lets a bucket run further ahead of now than this many units."""
 MAX_BURST = 2**51
 """The largest full bucket (capacity * cost units) a limit may have; also bounds a charge."""
 
-RESERVE, CHARGE, REFUND, STATE, SET_LIMIT = b"R", b"C", b"F", b"S", b"K"
+RESERVE, CHARGE, REFUND, STATE, SET_LIMIT, PAD = b"R", b"C", b"F", b"S", b"K", b"P"
 NO_MARK = -1
 """Mark epoch of a refund that names no grant (the caller vouches the tokens went unused)."""
 
@@ -186,13 +193,17 @@ class Request:
         return 2 + 3 * len(self.items)
 
 
-def encode(requests: list[Request], now_us: int | None = None) -> tuple[list[str], list[Any]]:
+def encode(
+    requests: list[Request], now_us: int | None = None, floors: Mapping[str, int] | None = None
+) -> tuple[list[str], list[Any]]:
     """Return (KEYS, ARGV) for one script call deciding ``requests`` in order.
 
     Each key is sent once, with the parameters of the first request naming it (one key
     must mean one limit); if later ones name it with others, the script is asked to report
     the limit the key holds, so that every owner in the batch can adopt it. ``now_us``
-    replaces the server's TIME: for tests only.
+    replaces the server's TIME: for tests only. ``floors``: per key, the latest slot (server
+    time, ns) the sender's process has booked there; a key that lost its state starts no
+    earlier (see the script).
     """
     index: dict[str, int] = {}
     keys: list[str] = []
@@ -226,13 +237,40 @@ def encode(requests: list[Request], now_us: int | None = None) -> tuple[list[str
     for i in disagree:  # the callers disagree: the reply must say what the key holds
         spec = first[i - 1]
         conf[i - 1] = f"{spec.cost} {spec.scale} -{spec.capacity}"
-    return keys, ["" if now_us is None else str(now_us), " ".join(conf), " ".join(body)]
+    args = ["" if now_us is None else str(now_us), " ".join(conf), " ".join(body)]
+    if floors:
+        sent = [
+            f"{i} {ns // 1000} {ns % 1000}"
+            for key, ns in floors.items()
+            if (i := index.get(key)) is not None
+        ]
+        if sent:
+            args.append(" ".join(sent))
+    return keys, args
 
 
 def single_wire(spec: Spec, op: bytes, tokens: int, max_wait: int) -> tuple[list[str], list[Any]]:
     """Return ``encode([Request(op, ((spec, tokens, ...),), max_wait)])``, built directly."""
     head = f"R 1 {max_wait}" if op == RESERVE else f"{op.decode()} 1"
     return [spec.key], ["", spec.conf, f"{head} 1 {tokens}"]
+
+
+def take_wire(request: Request) -> tuple[list[str], list[Any]] | None:
+    """Return (KEYS, ARGV) for TAKE_SCRIPT if ``request`` is its case, else None.
+
+    Its case: a reserve on one key with a maximum wait of 0 (take now or refuse; nothing is
+    booked). TAKE_SCRIPT answers it as SCRIPT answers ``encode([request])``, or with an
+    empty reply, changing nothing, when the key is not a plain bucket: then ask SCRIPT.
+    """
+    if request.op != RESERVE or request.max_wait != 0 or len(request.items) != 1:
+        return None
+    spec, tokens, _, _ = request.items[0]
+    return single_take_wire(spec, tokens)
+
+
+def single_take_wire(spec: Spec, tokens: int) -> tuple[list[str], list[Any]]:
+    """Return (KEYS, ARGV) for TAKE_SCRIPT taking ``tokens`` on ``spec``'s key."""
+    return [spec.key], ["", str(spec.cost), str(spec.scale), str(spec.capacity), str(tokens)]
 
 
 def parse(reply: bytes | str) -> list[int]:
