@@ -83,6 +83,12 @@ def test_the_asgi_middleware_needs_no_extra() -> None:
     assert import_without("ratekeeper.integrations.asgi", blocked) is None
 
 
+def test_the_wsgi_middleware_needs_no_extra() -> None:
+    # Pure WSGI: no framework, no server (redis only for a redis:// storage).
+    blocked = EVERY_OPTIONAL_DEPENDENCY + WEB_FRAMEWORKS + ["flask", "django", "werkzeug"]
+    assert import_without("ratekeeper.integrations.wsgi", blocked) is None
+
+
 PLOT_WITHOUT_MATPLOTLIB = """\
 import sys
 sys.modules["matplotlib"] = None
