@@ -89,7 +89,7 @@ async def test_429_with_retry_after_and_ratelimit_headers_after_the_burst(redis_
     assert responses[0].headers["ratelimit"] == '"default";r=2;t=20'
     assert responses[0].headers["ratelimit-policy"] == '"default";q=3;w=60'
     refused = responses[3]
-    assert refused.text == "Too Many Requests\n"
+    assert refused.json() == {"detail": "Too Many Requests", "retry_after": 20}
     assert refused.headers["retry-after"] == "20"
     assert refused.headers["ratelimit"] == '"default";r=0;t=20'
     assert health.status_code == 200 and "ratelimit" not in health.headers
