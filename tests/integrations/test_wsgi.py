@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from ratekeeper import Limit, SyncKeyedLimiter
-from ratekeeper.integrations.wsgi import RateLimitMiddleware
+from ratekeeper.integrations.wsgi import RateLimitMiddleware, Refusal, Response
 from ratekeeper.redis import SyncRedisKeyedBackend
 
 from .._redis_fixtures import Server
@@ -46,7 +46,7 @@ def make_limiter(request: pytest.FixtureRequest) -> Any:
 
 def test_burst_then_429_with_retry_after_headers_and_a_json_body(make_limiter: Any) -> None:
     limiter = make_limiter({"default": Limit("1/minute", 3)})
-    app = RateLimitMiddleware(hello, limiter)
+    app = RateLimitMiddleware(hello, limiter, headers=True)
     with serve_wsgi(app) as url, httpx.Client(base_url=url) as client:
         answers = [client.get("/") for _ in range(4)]
     assert [a.status_code for a in answers] == [200, 200, 200, 429]
@@ -54,11 +54,7 @@ def test_burst_then_429_with_retry_after_headers_and_a_json_body(make_limiter: A
     assert first.text == "hello /" and first.headers["x-app"] == "yes"
     assert first.headers["ratelimit-policy"] == '"default";q=3;w=180'
     assert first.headers["ratelimit"] == '"default";r=2;t=60'
-    assert refused.json() == {
-        "error": "rate_limited",
-        "detail": "Too Many Requests",
-        "retry_after": 60,
-    }
+    assert refused.json() == {"detail": "Too Many Requests", "retry_after": 60}
     assert refused.headers["content-type"] == "application/json"
     assert refused.headers["retry-after"] == "60"
     assert refused.headers["ratelimit"] == '"default";r=0;t=60'
@@ -70,10 +66,10 @@ def test_burst_then_429_with_retry_after_headers_and_a_json_body(make_limiter: A
     [
         ("x-ratelimit", ["x-ratelimit-limit", "x-ratelimit-remaining"], ["ratelimit"]),
         ("both", ["x-ratelimit-limit", "ratelimit", "ratelimit-policy"], []),
-        ("none", [], ["x-ratelimit-limit", "ratelimit", "ratelimit-policy"]),
+        (None, [], ["x-ratelimit-limit", "ratelimit", "ratelimit-policy"]),
     ],
 )
-def test_header_modes(mode: str, present: list[str], absent: list[str]) -> None:
+def test_header_modes(mode: Any, present: list[str], absent: list[str]) -> None:
     app = RateLimitMiddleware(hello, SyncKeyedLimiter("1/minute", 2), headers=mode)
     with serve_wsgi(app) as url, httpx.Client(base_url=url) as client:
         ok, _, refused = (client.get("/") for _ in range(3))
@@ -83,10 +79,20 @@ def test_header_modes(mode: str, present: list[str], absent: list[str]) -> None:
         assert name in ok.headers and name in refused.headers
     for name in absent:
         assert name not in ok.headers and name not in refused.headers
-    if mode != "none":
+    if mode is not None:
         assert ok.headers["x-ratelimit-remaining"] == "1"
         assert refused.headers["x-ratelimit-remaining"] == "0"
-        assert refused.headers["x-ratelimit-reset"] == "60"
+        reset = int(refused.headers["x-ratelimit-reset"]) - time.time()  # a Unix time
+        assert 55 <= reset <= 62
+
+
+def test_refusals_only_by_default() -> None:
+    app = RateLimitMiddleware(hello, SyncKeyedLimiter("1/minute", 1))
+    with serve_wsgi(app) as url, httpx.Client(base_url=url) as client:
+        ok, refused = client.get("/"), client.get("/")
+    assert "ratelimit" not in ok.headers
+    assert refused.headers["ratelimit-policy"] == '"default";q=1;w=60'
+    assert refused.headers["retry-after"] == "60"
 
 
 def test_costs_exemptions_and_keys_per_header(make_limiter: Any) -> None:
@@ -151,40 +157,45 @@ def test_redis_down_answers_503_or_lets_through(tmp_path: Any) -> None:
             down = httpx.get(deny_url)
             assert down.status_code == 503
             assert down.headers["retry-after"] == "1"
-            assert down.json()["error"] == "unavailable"
+            assert down.json() == {"detail": "Service Unavailable", "retry_after": 1}
             assert httpx.get(allow_url).status_code == 200
     finally:
         server.kill()
 
 
-def test_a_response_hook_shapes_the_body_and_a_broken_one_falls_back() -> None:
-    def html(environ: dict[str, Any], decision: Any) -> tuple[bytes, str]:
-        return f"<p>wait {decision.retry_after}s</p>".encode(), "text/html"
+def test_a_refusal_hook_shapes_the_answer_and_a_broken_one_falls_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def html(environ: dict[str, Any], refusal: Refusal) -> Response:
+        body = f"<p>wait {refusal.retry_after}s</p>".encode()
+        return Response(refusal.status, (("content-type", "text/html"),), body)
 
-    def broken(environ: dict[str, Any], decision: Any) -> tuple[bytes, str]:
+    def broken(environ: dict[str, Any], refusal: Refusal) -> Response:
         raise ValueError("oops")
 
     limiter = SyncKeyedLimiter("1/minute", 1)
-    with serve_wsgi(RateLimitMiddleware(hello, limiter, response=html)) as url:
+    with serve_wsgi(RateLimitMiddleware(hello, limiter, refusal_response=html)) as url:
         httpx.get(url)
         refused = httpx.get(url)
     assert (refused.status_code, refused.text) == (429, "<p>wait 60s</p>")
-    with serve_wsgi(
-        RateLimitMiddleware(hello, SyncKeyedLimiter("1/minute", 1), response=broken)
-    ) as url:
-        httpx.get(url)
-        refused = httpx.get(url)
+    assert refused.headers["retry-after"] == "60"  # added to the hook's response
+    limiter = SyncKeyedLimiter("1/minute", 1)
+    with caplog.at_level(logging.ERROR, "ratekeeper.wsgi"):
+        with serve_wsgi(RateLimitMiddleware(hello, limiter, refusal_response=broken)) as url:
+            httpx.get(url)
+            refused = httpx.get(url)
     assert refused.status_code == 429 and refused.json()["retry_after"] == 60
+    assert "the refusal_response hook failed: ValueError('oops')" in caplog.text
 
 
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [
-        ({"headers": "draft"}, ValueError, "headers must be one of 'ietf', 'x-ratelimit'"),
+        ({"headers": "draft"}, ValueError, "headers must be True, False, None, 'ietf'"),
         ({"costs": {"/x": -1}}, ValueError, "the cost of '/x' must be from 0 to the capacity"),
         ({"costs": {"/x": 11}}, ValueError, "capacity 10"),
         ({"costs": {"x": 1}}, ValueError, "a route pattern looks like"),
-        ({"on_error": "open"}, ValueError, "on_error must be one of"),
+        ({"on_error": "open"}, ValueError, "on_error must be 'deny' or 'allow'"),
         ({"max_wait": -1}, ValueError, "max_wait must be finite seconds >= 0"),
     ],
 )

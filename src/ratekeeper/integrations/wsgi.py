@@ -2,10 +2,11 @@
 
 ``RateLimitMiddleware(app, limiter=SyncKeyedLimiter("10/s", 20))`` takes tokens for each
 request from the bucket of its key (by default the client's address) and refuses the request
-with ``429 Too Many Requests``, ``Retry-After`` and the rate-limit headers, or waits up to
-``max_wait`` seconds for them first (the worker thread sleeps). It is the blocking twin of
-``ratekeeper.integrations.asgi.RateLimitMiddleware``, with the same options; the limiter may
-keep its state in memory or on Redis (``SyncRedisKeyedBackend``).
+with ``429 Too Many Requests`` (a JSON body, ``Retry-After`` and the rate-limit headers), or
+waits up to ``max_wait`` seconds for them first (the worker thread sleeps). It is the
+blocking twin of ``ratekeeper.integrations.asgi.RateLimitMiddleware``, with the same options
+and the same decisions (``_web``); the limiter may keep its state in memory or on Redis
+(``SyncRedisKeyedBackend``). No framework is imported.
 
 What it never does: turn an error into a 500. A key function that raises is logged on
 ``ratekeeper.wsgi`` and the request is limited under one shared key (or let through,
@@ -15,15 +16,37 @@ What it never does: turn an error into a 500. A key function that raises is logg
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from http import HTTPStatus
+from typing import Any, Literal
 
-from .._keyed import SyncKeyedLimiter, Tokens
-from ._gate import Decision, Gate, Rule, check_cost
+from .._keyed import SyncKeyedLimiter
+from ._web import (
+    UNKEYED,
+    Cost,
+    Gate,
+    HeaderKey,
+    HeaderMode,
+    Refusal,
+    RefusalHook,
+    Response,
+    TrustedProxies,
+    check_max_wait,
+    json_refusal,
+)
 
-__all__ = ["RateLimitMiddleware", "client_address", "refusal_body"]
+__all__ = [
+    "UNKEYED",
+    "EnvironView",
+    "RateLimitMiddleware",
+    "Refusal",
+    "Response",
+    "client_address",
+    "forwarded_for",
+    "header_key",
+    "json_refusal",
+]
 
 logger = logging.getLogger("ratekeeper.wsgi")
 
@@ -32,14 +55,49 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 KeyFunc = Callable[[Environ], str | None]
 
-_REASONS = {429: "429 Too Many Requests", 503: "503 Service Unavailable"}
+
+class EnvironView:
+    """A WSGI environ seen as a ``RequestView`` (method, path, client, headers), read lazily.
+
+    Flask's ``request.environ`` and Django's ``request.META`` are such environs.
+    """
+
+    __slots__ = ("environ",)
+
+    def __init__(self, environ: Mapping[str, Any]) -> None:
+        self.environ = environ
+
+    @property
+    def method(self) -> str:
+        return str(self.environ.get("REQUEST_METHOD", "GET"))
+
+    @property
+    def path(self) -> str:
+        return str(self.environ.get("PATH_INFO", "")) or "/"
+
+    @property
+    def client(self) -> str | None:
+        address = self.environ.get("REMOTE_ADDR")
+        return str(address) if address else None
+
+    def header(self, name: str) -> str | None:
+        if name == "content-type":
+            value = self.environ.get("CONTENT_TYPE")
+        elif name == "content-length":
+            value = self.environ.get("CONTENT_LENGTH")
+        else:
+            value = self.environ.get("HTTP_" + name.upper().replace("-", "_"))
+        return str(value) if value else None
+
+
+# -- key functions -------------------------------------------------------------------------------
 
 
 def client_address(environ: Environ) -> str:
     """Return the client's IP address (``REMOTE_ADDR``): the default key.
 
     Raises LookupError when the server gives none. Behind a proxy every request has the
-    proxy's address: key by the forwarded address of trusted proxies instead.
+    proxy's address: use ``forwarded_for``.
     """
     address = environ.get("REMOTE_ADDR")
     if not address:
@@ -47,53 +105,94 @@ def client_address(environ: Environ) -> str:
     return str(address)
 
 
-def refusal_body(decision: Decision) -> tuple[bytes, str]:
-    """Return the default body of a refusal and its content type: a small JSON object.
+def header_key(
+    name: str,
+    *,
+    fallback: KeyFunc | None = client_address,
+    hashed: bool = True,
+    secret: str | bytes | None = None,
+) -> KeyFunc:
+    """Return a key function that keys requests by a header, such as an API key.
 
-    429: ``{"error": "rate_limited", "detail": "Too Many Requests", "retry_after": N}``;
-    503: ``{"error": "unavailable", "detail": "Service Unavailable", "retry_after": 1}``.
+    As ``ratekeeper.integrations.asgi.header_key``: ``"<name>:<value>"`` with the value
+    replaced by its keyed hash (HMAC-SHA-256 under ``secret``, else
+    ``$RATEKEEPER_KEY_SECRET``, else a built-in key) unless ``hashed=False``; without the
+    header, ``fallback(environ)``, or with ``fallback=None`` a LookupError (``on_key_error``
+    decides). Raises ValueError for an empty header name or secret.
     """
-    limited = decision.status == 429
-    body = {
-        "error": "rate_limited" if limited else "unavailable",
-        "detail": "Too Many Requests" if limited else "Service Unavailable",
-        "retry_after": decision.retry_after,
-    }
-    return json.dumps(body).encode(), "application/json"
+    header = HeaderKey(name, hashed=hashed, secret=secret)
+
+    def key(environ: Environ) -> str | None:
+        found = header.of(EnvironView(environ))
+        if found is not None:
+            return found
+        if fallback is None:
+            raise header.missing()
+        return fallback(environ)
+
+    return key
+
+
+def forwarded_for(trusted: Iterable[str], *, header: str = "x-forwarded-for") -> KeyFunc:
+    """Return a key function for clients behind trusted proxies: the first untrusted hop.
+
+    As ``ratekeeper.integrations.asgi.forwarded_for`` (see ``TrustedProxies``). Raises
+    ValueError for a ``trusted`` entry that is not an address or network.
+    """
+    proxies = TrustedProxies(trusted)
+    name = header.lower()
+
+    def key(environ: Environ) -> str:
+        return proxies.client(client_address(environ), EnvironView(environ).header(name))
+
+    return key
+
+
+# -- the middleware ------------------------------------------------------------------------------
+
+
+def status_line(status: int) -> str:
+    """Return a WSGI status line (``"429 Too Many Requests"``) for a status code."""
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Unknown"
 
 
 class RateLimitMiddleware:
     """Limit a WSGI app's requests per key; refuse with 429 and the standard headers.
 
-    Arguments (all but ``app`` and ``limiter`` keyword-only):
+    The arguments are those of the ASGI middleware, with WSGI's environ for the scope:
 
     ``limiter``
         a ``SyncKeyedLimiter`` (in memory, or on Redis with ``SyncRedisKeyedBackend``).
     ``key``
-        ``environ -> str | None``: the request's key (default ``client_address``); ``None``
-        means: do not limit this request.
+        ``environ -> str | None``: the request's key (default ``client_address``; see also
+        ``header_key`` and ``forwarded_for``). ``None`` means: do not limit this request.
     ``costs``
-        tokens per route: a mapping from ``"/path"``, ``"/prefix/*"``, or either preceded by
-        a method (``"POST /upload"``) to an amount (an int, or a mapping of limit name to
-        tokens); ``0`` exempts. Exact paths win over prefixes, longer prefixes over shorter
-        ones, a method-specific entry over a general one. Unlisted routes cost
-        ``default_cost`` (1).
+        tokens per route: a mapping from ``"/path"``, a template ``"/items/{item_id}"``,
+        ``"/prefix/*"``, or any of these preceded by a method (``"POST /upload"``) to an
+        amount (an int, or a mapping of limit name to tokens); ``0`` exempts. Or a function
+        ``environ -> amount``. Unlisted routes cost ``default_cost`` (1).
     ``exempt``
         routes never limited (same patterns): shorthand for a cost of 0.
     ``max_wait``
-        seconds a request may wait for its tokens before it is refused (default 0).
+        seconds a request may wait for its tokens before it is refused (default 0). The
+        worker thread sleeps meanwhile; waiting requests are served in arrival order.
     ``headers``
-        ``"ietf"`` (default: ``RateLimit`` and ``RateLimit-Policy``), ``"x-ratelimit"``
-        (``X-RateLimit-Limit/Remaining/Reset``), ``"both"`` or ``"none"``: on accepted and
-        refused responses. ``Retry-After`` is always on a refusal.
-    ``on_key_error`` / ``on_error``
-        ``"shared"``/``"allow"`` and ``"deny"``/``"allow"``, as in the ASGI middleware.
-    ``response``
-        ``(environ, decision) -> (body, content_type)``: the body of a 429 or 503 (default
-        ``refusal_body``, a small JSON object). The status and headers stay ratekeeper's.
+        ``False`` (default) the IETF ``RateLimit``/``RateLimit-Policy`` on refusals only;
+        ``True`` those on every response; ``"ietf"``, ``"x-ratelimit"``
+        (``X-RateLimit-Limit/Remaining/Reset``) or ``"both"`` that set on every response;
+        ``None`` none. Refusals always carry ``Retry-After``.
+    ``refusal_response``
+        ``(environ, refusal) -> Response`` builds the answer to a refusal (429, or 503 when
+        the limiter failed); the refusal's headers it lacks are added. Default
+        ``json_refusal``: ``{"detail": "Too Many Requests", "retry_after": N}``.
+    ``on_key_error`` / ``on_error`` / ``max_key_length`` / ``log_interval``
+        as in the ASGI middleware.
 
     Raises ValueError/TypeError at once for a bad argument (a cost above a limit's capacity,
-    an unknown header mode...).
+    an unknown ``headers`` or ``on_error``...).
     """
 
     def __init__(
@@ -102,115 +201,100 @@ class RateLimitMiddleware:
         limiter: SyncKeyedLimiter,
         *,
         key: KeyFunc = client_address,
-        costs: Mapping[str, Tokens] | None = None,
+        costs: Mapping[str, Cost] | Callable[[Environ], Cost] | None = None,
         exempt: Iterable[str] = (),
-        default_cost: Tokens = 1,
+        default_cost: Cost = 1,
         max_wait: float = 0.0,
-        headers: str = "ietf",
-        on_key_error: str = "shared",
-        on_error: str = "deny",
-        response: Callable[[Environ, Decision], tuple[bytes, str]] | None = None,
+        headers: bool | HeaderMode | None = False,
+        refusal_response: RefusalHook | None = None,
+        on_key_error: Literal["shared", "allow"] = "shared",
+        on_error: Literal["deny", "allow"] = "deny",
+        max_key_length: int = 128,
         log_interval: float = 10.0,
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be a WSGI application, not {app!r}")
-        if response is not None and not callable(response):
-            raise TypeError(f"response must be a function (environ, decision), not {response!r}")
-        self.app = app
-        self.limiter = limiter
-        self._gate: Gate[Environ] = Gate(
-            max_wait=max_wait,
+        if not isinstance(limiter, SyncKeyedLimiter):
+            raise TypeError(f"limiter must be a SyncKeyedLimiter, not {limiter!r}")
+        self._max_wait = check_max_wait(max_wait)
+        self._gate = Gate(
+            limiter.limits,
+            key=key,
+            costs=costs,
+            exempt=exempt,
+            default_cost=default_cost,
             headers=headers,
+            refusal_response=refusal_response,
             on_key_error=on_key_error,
             on_error=on_error,
-            logger=logger,
+            max_key_length=max_key_length,
             log_interval=log_interval,
+            logger=logger,
         )
-        self._response = response
-        self._default = Rule(limiter, key, default_cost)
-        table: dict[str, Tokens] = {}
-        if costs is not None:
-            if not isinstance(costs, Mapping):
-                raise TypeError(f"costs must be a mapping of route to tokens, not {costs!r}")
-            table.update(costs)
-        for pattern in exempt:
-            table[pattern] = 0
-        self._exact: dict[str, Rule[Environ] | None] = {}
-        self._prefixes: list[tuple[str, Rule[Environ] | None]] = []
-        for pattern, cost in table.items():
-            self._add_route(pattern, cost, key)
-        self._prefixes.sort(key=lambda item: -len(item[0]))
-
-    def _add_route(self, pattern: str, cost: Tokens, key: KeyFunc) -> None:
-        if not isinstance(pattern, str):
-            raise TypeError(f"a route pattern must be a str, not {pattern!r}")
-        method, _, path = pattern.rpartition(" ")
-        if not path.startswith("/") or (method and not method.isalpha()):
-            raise ValueError(
-                f"a route pattern looks like '/path', '/prefix/*' or 'POST /path', got {pattern!r}"
-            )
-        checked = check_cost(cost, self._default.limits, f"the cost of {pattern!r}")
-        rule = Rule(self.limiter, key, checked) if checked else None
-        route = f"{method.upper()} {path}" if method else path
-        if path.endswith("*"):
-            self._prefixes.append((route[:-1], rule))
-        else:
-            self._exact[route] = rule
-
-    def _rule(self, environ: Environ) -> Rule[Environ] | None:
-        path: str = environ.get("PATH_INFO", "") or "/"
-        exact = self._exact
-        if exact:
-            method = environ.get("REQUEST_METHOD", "GET")
-            for candidate in (f"{method} {path}", path):
-                if candidate in exact:
-                    return exact[candidate]
-        if self._prefixes:
-            method_path = f"{environ.get('REQUEST_METHOD', 'GET')} {path}"
-            for prefix, rule in self._prefixes:
-                if (path if prefix[0] == "/" else method_path).startswith(prefix):
-                    return rule
-        return self._default
+        self.app = app
+        self.limiter = limiter
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        rule = self._rule(environ)
-        if rule is None:
+        gate = self._gate
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "") or "/"
+        cost = gate.fixed_cost
+        if cost is None:
+            try:
+                cost = gate.cost(environ, method, path)
+            except Exception as exc:
+                return self._failed(environ, start_response, "the cost function", exc)
+            if not cost:
+                return self.app(environ, start_response)
+        key = gate.key(environ, method, path)
+        if key is None:
             return self.app(environ, start_response)
-        decision = self._gate.check((rule,), environ, environ_what(environ))
-        if decision.status is not None:
-            return self._refuse(environ, start_response, decision)
-        if not decision.headers:
+        try:
+            verdict = self.limiter.admit(key, cost, max_wait=self._max_wait)
+        except Exception as exc:
+            return self._failed(environ, start_response, "the limiter", exc)
+        if not verdict.granted:
+            return send_refusal(environ, start_response, gate, gate.refusal(verdict))
+        if not gate.headers_on_accept:
             return self.app(environ, start_response)
-        extra = list(decision.headers)
+        extra = gate.accepted_headers(verdict)
 
         def start_with_headers(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
             return start_response(status, [*headers, *extra], *exc)
 
         return self.app(environ, start_with_headers)
 
-    def _refuse(
-        self, environ: Environ, start_response: StartResponse, decision: Decision
+    def _failed(
+        self, environ: Environ, start_response: StartResponse, what: str, exc: Exception
     ) -> Iterable[bytes]:
-        body, content_type = refusal_body(decision)
-        if self._response is not None:
-            try:
-                body, content_type = self._response(environ, decision)
-            except Exception as exc:  # the hook's bug must not become a 500
-                self._gate.log_failure("the response hook", environ_what(environ), exc)
-        start_response(
-            _REASONS[decision.status or 503],
-            [
-                *decision.headers,
-                ("Content-Type", content_type),
-                ("Content-Length", str(len(body))),
-            ],
-        )
-        return [body]
+        gate = self._gate
+        method = environ.get("REQUEST_METHOD", "GET")
+        refusal = gate.failed(what, exc, method, environ.get("PATH_INFO", ""))
+        if refusal is None:
+            return self.app(environ, start_response)
+        return send_refusal(environ, start_response, gate, refusal)
 
     def __repr__(self) -> str:
-        return f"<RateLimitMiddleware {self.limiter!r} max_wait={self._gate.max_wait}>"
+        return f"<RateLimitMiddleware {self.limiter!r} max_wait={self._max_wait}>"
 
 
-def environ_what(environ: Environ) -> str:
-    """Return ``"METHOD /path"`` for a log line."""
-    return f"{environ.get('REQUEST_METHOD', '')} {environ.get('PATH_INFO', '')}"
+def send_refusal(
+    environ: Environ, start_response: StartResponse, gate: Gate, refusal: Refusal
+) -> Iterable[bytes]:
+    """Answer a refusal with the hook's ``Response`` (the default's if it returns another)."""
+    response = gate.respond(environ, refusal)
+    if not isinstance(response, Response):
+        gate.log(
+            logging.ERROR,
+            "refusal_response",
+            f"ratekeeper: the refusal_response hook returned {response!r:.60}, not a Response; "
+            "sending the default",
+            None,
+        )
+        response = json_refusal(environ, refusal)
+    body = response.body
+    start_response(
+        status_line(response.status),
+        [*response.headers, ("content-length", str(len(body)))],
+    )
+    return [body]

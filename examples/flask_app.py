@@ -1,0 +1,63 @@
+"""A Flask app limited per endpoint and per client with ratekeeper.
+
+Run it under any WSGI server, e.g. ``waitress-serve --port 8000 flask_app:app`` from this
+folder. ``RATEKEEPER_STORAGE=redis://localhost:6379/0`` in the environment keeps the limits
+at a Redis or Valkey server, shared by every worker process; the default is in memory.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask
+
+from ratekeeper.integrations.flask import RateLimiter
+
+app = Flask(__name__)
+app.config.update(
+    RATEKEEPER_STORAGE=os.environ.get("RATEKEEPER_STORAGE", "memory://"),
+    RATEKEEPER_DEFAULT="10/minute",  # each endpoint without its own limit, per client address
+    RATEKEEPER_HEADERS="ietf",  # RateLimit and RateLimit-Policy on every response
+    RATEKEEPER_EXEMPT=["static", "health"],
+)
+limiter = RateLimiter(app)
+
+
+@app.get("/")
+def index() -> dict[str, str]:
+    return {"hello": "world"}
+
+
+@app.get("/search")
+@limiter.limited("5/minute", key="header:X-API-Key")  # per API key (hashed), else per address
+def search() -> dict[str, list[str]]:
+    return {"results": []}
+
+
+@app.get("/items/<int:item_id>")
+@limiter.limited("6/minute", cost=2)  # one limit for the endpoint, whatever the item
+def item(item_id: int) -> dict[str, int]:
+    return {"item": item_id}
+
+
+@app.post("/login")
+@limiter.limited("3/minute", name="auth")  # login and reset share one limit per client
+def login() -> dict[str, bool]:
+    return {"ok": True}
+
+
+@app.post("/reset-password")
+@limiter.limited("3/minute", name="auth")
+def reset_password() -> dict[str, bool]:
+    return {"ok": True}
+
+
+@app.get("/health")
+def health() -> dict[str, str]:
+    return {"status": "up"}
+
+
+if __name__ == "__main__":
+    from waitress import serve
+
+    serve(app, host="127.0.0.1", port=8000)

@@ -1,0 +1,520 @@
+"""Flask extension: per-endpoint limits per key, configured the Flask way (``app.config``).
+
+::
+
+    app = Flask(__name__)
+    app.config["RATEKEEPER_DEFAULT"] = "100/minute"     # every endpoint, per client address
+    limiter = RateLimiter(app)
+
+    @app.get("/search")
+    @limiter.limited("10/minute", key="header:X-API-Key", cost=2)
+    def search(): ...
+
+A limit applies per Flask endpoint (its URL rule, whatever the concrete path), one bucket per
+key. ``limited`` gives an endpoint its own limit (instead of the default); give several
+endpoints the same ``name`` to share one limit; ``exempt`` takes an endpoint out. The state
+lives in memory or on Redis (``RATEKEEPER_STORAGE = "redis://..."``), through the same
+limiters as everywhere in ratekeeper; the keys, costs, headers and refusals are those of the
+ASGI and WSGI middlewares. A key function that raises is logged on ``ratekeeper.flask`` and
+the request limited under one shared key (or let through); a backend that is down gives
+``503`` with ``Retry-After: 1`` (or lets requests through): never a 500.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import sys
+import threading
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any, TypeVar
+
+try:
+    import flask
+    from flask import Flask, Request, g
+except ImportError as exc:
+    raise ModuleNotFoundError(
+        "ratekeeper.integrations.flask needs flask: pip install 'ratekeeper[flask]'",
+        name="flask",
+    ) from exc
+
+from .._gcra import Limit
+from ._rules import (
+    Rule,
+    Storage,
+    accepted_headers,
+    check,
+    check_rule_name,
+    key_function,
+    parse_limit,
+)
+from ._web import (
+    Cost,
+    Gate,
+    Refusal,
+    RefusalHook,
+    Response,
+    check_cost,
+    check_max_wait,
+    json_refusal,
+)
+from .wsgi import EnvironView
+
+__all__ = ["CONFIG", "RateLimiter"]
+
+logger = logging.getLogger("ratekeeper.flask")
+
+F = TypeVar("F", bound=Callable[..., Any])
+KeySpec = str | Callable[[Request], "str | None"]
+
+CONFIG: dict[str, object] = {
+    "RATEKEEPER_ENABLED": True,
+    "RATEKEEPER_STORAGE": "memory://",
+    "RATEKEEPER_DEFAULT": None,
+    "RATEKEEPER_KEY": "ip",
+    "RATEKEEPER_TRUSTED_PROXIES": (),
+    "RATEKEEPER_KEY_SECRET": None,
+    "RATEKEEPER_HEADERS": False,
+    "RATEKEEPER_MAX_WAIT": 0.0,
+    "RATEKEEPER_ON_ERROR": "deny",
+    "RATEKEEPER_ON_KEY_ERROR": "shared",
+    "RATEKEEPER_ROUTES": {},
+    "RATEKEEPER_COSTS": {},
+    "RATEKEEPER_EXEMPT": ("static",),
+}
+"""The ``app.config`` keys the extension reads, with their defaults (see ``RateLimiter``)."""
+
+_ATTRIBUTE = "__ratekeeper_limits__"
+_EXEMPT = object()
+_HEADERS_KEY = "ratekeeper.headers"
+
+
+class _Spec:
+    """One limit a view asked for (``limited``) or the configuration gives an endpoint."""
+
+    __slots__ = ("cost", "key", "limit", "name")
+
+    def __init__(
+        self,
+        limit: Limit,
+        key: KeySpec | None,
+        cost: Cost | Callable[[Request], Cost],
+        name: str | None,
+    ) -> None:
+        self.limit = limit
+        self.key = key
+        self.cost = cost
+        self.name = name
+
+
+def _spec(rate: object, key: object, cost: object, name: object, what: str) -> _Spec:
+    """Check what ``limited`` (or a RATEKEEPER_ROUTES entry) was given; raise naming it."""
+    limit = parse_limit(rate, what)
+    if key is not None:
+        _key_function(key, (), None, f"{what}: key")  # a bad spec fails now
+    if not callable(cost):
+        cost = check_cost(cost, {"limit": limit}, f"{what}: cost")
+    if name is not None:
+        check_rule_name(name, f"{what}: name")
+    return _Spec(limit, key, cost, name)  # type: ignore[arg-type]
+
+
+def _view(request: Request) -> EnvironView:
+    return EnvironView(request.environ)
+
+
+def _user(request: Request) -> object:
+    """Return the signed-in user's id: Flask-Login's ``current_user``, else ``g.user``."""
+    login = sys.modules.get("flask_login")
+    if login is not None:
+        current = login.current_user
+        if getattr(current, "is_authenticated", False):
+            return current.get_id()
+    user = g.get("user")
+    if user is None:
+        return None
+    return getattr(user, "id", user)
+
+
+def _arg(request: Request, name: str) -> object:
+    return (request.view_args or {}).get(name)
+
+
+def _key_function(
+    spec: object, trusted: Collection[str], secret: str | bytes | None, what: str
+) -> Callable[[Request], str | None]:
+    return key_function(
+        spec, view=_view, user=_user, arg=_arg, trusted=trusted, secret=secret, what=what
+    )
+
+
+class _AppState:
+    """What the extension keeps per app: the options, the storage and the rules per endpoint."""
+
+    def __init__(self, app: Flask, limiter: RateLimiter) -> None:
+        config = {name: app.config.get(name, default) for name, default in CONFIG.items()}
+        config.update(limiter.overrides)
+        self.enabled = bool(config["RATEKEEPER_ENABLED"])
+        self.max_wait = check_max_wait(config["RATEKEEPER_MAX_WAIT"])
+        self.trusted = tuple(
+            _strings(config["RATEKEEPER_TRUSTED_PROXIES"], "RATEKEEPER_TRUSTED_PROXIES")
+        )
+        self.secret: Any = config["RATEKEEPER_KEY_SECRET"]
+        self.key = _key_function(
+            config["RATEKEEPER_KEY"], self.trusted, self.secret, "RATEKEEPER_KEY"
+        )
+        self.options: dict[str, Any] = {
+            "headers": config["RATEKEEPER_HEADERS"],
+            "on_error": config["RATEKEEPER_ON_ERROR"],
+            "on_key_error": config["RATEKEEPER_ON_KEY_ERROR"],
+            "refusal_response": limiter.refusal_response,
+            "logger": logger,
+        }
+        default = config["RATEKEEPER_DEFAULT"]
+        self.default = None if default is None else parse_limit(default, "RATEKEEPER_DEFAULT")
+        routes = config["RATEKEEPER_ROUTES"]
+        if not isinstance(routes, Mapping):
+            raise TypeError(
+                f"RATEKEEPER_ROUTES must be a mapping of endpoint to limit, not {routes!r}"
+            )
+        self.routes: dict[str, list[_Spec]] = {}
+        for endpoint, entry in routes.items():
+            what = f"RATEKEEPER_ROUTES[{endpoint!r}]"
+            if isinstance(entry, Mapping):
+                unknown = set(entry) - {"rate", "key", "cost", "name"}
+                if unknown or "rate" not in entry:
+                    raise ValueError(
+                        f"{what} takes 'rate' and optionally 'key', 'cost', 'name'; got "
+                        f"{sorted(entry)}"
+                    )
+                spec = _spec(
+                    entry["rate"], entry.get("key"), entry.get("cost", 1), entry.get("name"), what
+                )
+            else:
+                spec = _spec(entry, None, 1, None, what)
+            self.routes[str(endpoint)] = [spec]
+        costs = config["RATEKEEPER_COSTS"]
+        if not isinstance(costs, Mapping):
+            raise TypeError(
+                f"RATEKEEPER_COSTS must be a mapping of endpoint to tokens, not {costs!r}"
+            )
+        self.costs: dict[str, Cost] = {}
+        for endpoint, cost in costs.items():
+            what = f"RATEKEEPER_COSTS[{endpoint!r}]"
+            if self.default is None:
+                raise ValueError(f"{what}: costs apply to RATEKEEPER_DEFAULT, which is not set")
+            self.costs[str(endpoint)] = check_cost(cost, {"default": self.default}, what)
+        self.exempt = set(_strings(config["RATEKEEPER_EXEMPT"], "RATEKEEPER_EXEMPT"))
+        # Checked at once: a bad option fails here, not on the first request.
+        Gate({"default": self.default or Limit(1)}, key=self.key, **self.options)
+        self.storage = Storage(_string(config["RATEKEEPER_STORAGE"], "RATEKEEPER_STORAGE"))
+        self.plans: dict[str | None, tuple[Rule[Request], ...]] | None = None
+        self.default_plan: tuple[Rule[Request], ...] = ()
+        self.lock = threading.Lock()
+
+    def plan(self, app: Flask) -> dict[str | None, tuple[Rule[Request], ...]]:
+        """Build every endpoint's rules (once, on the first request); raise if misconfigured."""
+        with self.lock:
+            if self.plans is None:
+                plans = self._build(app)
+                for endpoint, rules in plans.items():
+                    if rules and endpoint is not None:
+                        view = app.view_functions[endpoint]
+                        app.view_functions[endpoint] = self._wrap(app, view, rules)
+                self.plans = plans
+            return self.plans
+
+    def _wrap(self, app: Flask, view: Any, rules: tuple[Rule[Request], ...]) -> Any:
+        """Return ``view`` checking ``rules`` first: after every before_request hook (so that
+        ``g.user`` is set), in the view's place, so a refusal is an ordinary response."""
+        if inspect.iscoroutinefunction(view):
+
+            @functools.wraps(view)
+            async def limited_async_view(*args: Any, **kwargs: Any) -> Any:
+                refused = self.apply(app, flask.request._get_current_object(), rules)  # type: ignore[attr-defined]
+                if refused is not None:
+                    return refused
+                return await view(*args, **kwargs)
+
+            return limited_async_view
+
+        @functools.wraps(view)
+        def limited_view(*args: Any, **kwargs: Any) -> Any:
+            refused = self.apply(app, flask.request._get_current_object(), rules)  # type: ignore[attr-defined]
+            if refused is not None:
+                return refused
+            return view(*args, **kwargs)
+
+        return limited_view
+
+    def apply(
+        self, app: Flask, request: Request, rules: tuple[Rule[Request], ...]
+    ) -> flask.Response | None:
+        """Check a request against its rules; return the refusal, or None to go on."""
+        refusal, granted = check(rules, request, request.method, request.path, self.max_wait)
+        if refusal is not None:
+            return _refuse(app, rules[0].gate, request, refusal)
+        if granted and granted[0][0].gate.headers_on_accept:
+            request.environ[_HEADERS_KEY] = accepted_headers(granted)
+        return None
+
+    def _endpoints(self, app: Flask, name: str, what: str) -> list[str]:
+        """Return the endpoints a configuration entry names (an endpoint, or a URL rule)."""
+        if name in app.view_functions:
+            return [name]
+        found = sorted({rule.endpoint for rule in app.url_map.iter_rules() if rule.rule == name})
+        if not found:
+            known = sorted(app.view_functions)
+            raise ValueError(
+                f"{what} names {name!r}, which is no endpoint or URL rule of the app; its "
+                f"endpoints are {known}"
+            )
+        return found
+
+    def _build(self, app: Flask) -> dict[str | None, tuple[Rule[Request], ...]]:
+        specs: dict[str, list[_Spec]] = {}
+        exempt: set[str] = set()
+        for name in self.exempt:
+            if name == "static" and name not in app.view_functions:
+                continue
+            exempt.update(self._endpoints(app, name, "RATEKEEPER_EXEMPT"))
+        for endpoint, view in app.view_functions.items():
+            marks = getattr(view, _ATTRIBUTE, None)
+            if marks is _EXEMPT:
+                exempt.add(endpoint)
+            elif marks:
+                specs[endpoint] = list(marks)
+        for name, entries in self.routes.items():
+            for endpoint in self._endpoints(app, name, f"RATEKEEPER_ROUTES[{name!r}]"):
+                specs.setdefault(endpoint, []).extend(entries)
+        costs: dict[str, Cost] = {}
+        for name, cost in self.costs.items():
+            for endpoint in self._endpoints(app, name, f"RATEKEEPER_COSTS[{name!r}]"):
+                costs[endpoint] = cost
+        shared: dict[str, tuple[Limit, Any]] = {}
+        plans: dict[str | None, tuple[Rule[Request], ...]] = {}
+        default_rule: Rule[Request] | None = None
+        default = self.default
+        if default is not None:
+            default_limiter = self.storage.limiter("default", default)
+            shared["default"] = (default, default_limiter)
+            default_rule = Rule(
+                default_limiter, Gate({"default": default}, key=self.key, **self.options)
+            )
+            self.default_plan = (default_rule,)
+        for endpoint in app.view_functions:
+            if endpoint in exempt:
+                plans[endpoint] = ()
+            elif endpoint in specs:
+                plans[endpoint] = tuple(self._rules(endpoint, specs[endpoint], shared))
+            elif default_rule is not None and default is not None:
+                cost = costs.get(endpoint, 1)
+                if cost == 1:
+                    plans[endpoint] = (default_rule,)
+                elif not cost:
+                    plans[endpoint] = ()
+                else:
+                    gate = Gate(
+                        {"default": default}, key=self.key, default_cost=cost, **self.options
+                    )
+                    plans[endpoint] = (Rule(default_rule.limiter, gate),)
+        return plans
+
+    def _rules(
+        self, endpoint: str, specs: list[_Spec], shared: dict[str, tuple[Limit, Any]]
+    ) -> Iterable[Rule[Request]]:
+        for n, spec in enumerate(specs, 1):
+            name = spec.name or _rule_name(endpoint, n)
+            if name in shared:
+                limit, limiter = shared[name]
+                if limit != spec.limit:
+                    raise ValueError(
+                        f"the limit named {name!r} is given twice with different rates: "
+                        f"{limit} and {spec.limit}; a shared limit has one rate"
+                    )
+            else:
+                limiter = self.storage.limiter(name, spec.limit)
+                shared[name] = (spec.limit, limiter)
+            key = (
+                self.key
+                if spec.key is None
+                else _key_function(spec.key, self.trusted, self.secret, "key")
+            )
+            cost_options: dict[str, Any] = (
+                {"costs": spec.cost} if callable(spec.cost) else {"default_cost": spec.cost}
+            )
+            gate = Gate({name: spec.limit}, key=key, **cost_options, **self.options)
+            yield Rule(limiter, gate)
+
+
+def _rule_name(endpoint: str, n: int) -> str:
+    """Return a policy name for an endpoint's n-th unnamed limit: the endpoint's name."""
+    name = "".join(c if c.isalnum() or c in "_.:-" else "_" for c in endpoint)[:60]
+    return name if n == 1 else f"{name}-{n}"
+
+
+def _string(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {value!r}")
+    return value
+
+
+def _strings(value: object, what: str) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise TypeError(f"{what} must be a list of str, not {value!r}")
+    return [_string(item, what) for item in value]
+
+
+class RateLimiter:
+    """Limit a Flask app's requests per endpoint and key; refuse with 429 and the headers.
+
+    ``RateLimiter(app)`` or ``RateLimiter()`` then ``init_app(app)`` (several apps may share
+    one). Options come from ``app.config`` (keyword arguments override them, named as the
+    keys without ``RATEKEEPER_`` and in lower case):
+
+    ``RATEKEEPER_STORAGE``
+        ``"memory://"`` (default; per process) or a Redis URL (``redis://host:6379/0``,
+        options as for ``ratekeeper.sync_limiter``): limits shared by every process.
+    ``RATEKEEPER_DEFAULT``
+        the limit of every endpoint without its own (``"100/minute"``, or ``(rate,
+        capacity)``): one bucket per key shared by those endpoints, named ``"default"``.
+        None (default): only decorated endpoints are limited.
+    ``RATEKEEPER_KEY``
+        how requests are keyed: ``"ip"`` (default), ``"header:X-API-Key"`` (the value
+        hashed, else the address), ``"user"`` (Flask-Login's ``current_user`` or
+        ``g.user``, else the address), ``"arg:<name>"`` (a view argument), or a function
+        of the Flask request returning a str (None: not limited).
+    ``RATEKEEPER_TRUSTED_PROXIES``
+        addresses or networks of your proxies: ``"ip"`` is then the first untrusted hop of
+        ``X-Forwarded-For``. ``RATEKEEPER_KEY_SECRET``: the secret header values are hashed
+        with (default ``$RATEKEEPER_KEY_SECRET``, else a built-in one).
+    ``RATEKEEPER_HEADERS``
+        ``False`` (default; IETF headers on refusals), ``True``, ``"ietf"``,
+        ``"x-ratelimit"``, ``"both"`` or ``None``, as for the ASGI middleware.
+    ``RATEKEEPER_MAX_WAIT``, ``RATEKEEPER_ON_ERROR``, ``RATEKEEPER_ON_KEY_ERROR``
+        seconds a request may wait for tokens (0); ``"deny"`` (503) or ``"allow"`` when the
+        backend fails; ``"shared"`` or ``"allow"`` when a key function fails.
+    ``RATEKEEPER_ROUTES``
+        limits per endpoint (or URL rule) without decorators: ``{"search": "10/minute",
+        "login": {"rate": "5/minute", "key": "ip", "cost": 1, "name": "auth"}}``.
+    ``RATEKEEPER_COSTS`` / ``RATEKEEPER_EXEMPT``
+        tokens per endpoint on the default limit (0: exempt); endpoints never limited
+        (default ``["static"]``).
+    ``RATEKEEPER_ENABLED``
+        False turns every limit off (tests).
+
+    ``refusal_response=(request, refusal) -> response`` builds the answer to a refusal (a
+    ``Response``, or anything a Flask view may return); default ``json_refusal``.
+    Raises ValueError/TypeError at ``init_app`` for a bad option, and on the first request
+    for an endpoint the configuration names that the app does not have.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        refusal_response: RefusalHook | None = None,
+        **options: Any,
+    ) -> None:
+        self.refusal_response = refusal_response
+        self.overrides: dict[str, Any] = {}
+        for name, value in options.items():
+            key = "RATEKEEPER_" + name.upper()
+            if key not in CONFIG:
+                known = ", ".join(k.removeprefix("RATEKEEPER_").lower() for k in CONFIG)
+                raise TypeError(f"RateLimiter() got an unknown option {name!r}; it takes {known}")
+            self.overrides[key] = value
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Read ``app.config``, check it, and limit the app's requests from now on.
+
+        Raises ValueError/TypeError naming a bad option; ImportError for a Redis storage
+        without the redis client.
+        """
+        state = _AppState(app, self)
+        app.extensions["ratekeeper"] = state
+        if not state.enabled:
+            return
+
+        def before() -> Any:
+            if state.plans is None:
+                state.plan(app)  # wraps the limited views: their limits apply there
+            request = flask.request._get_current_object()  # type: ignore[attr-defined]
+            if request.endpoint is None and state.default_plan:
+                # No route matched (404, 405): the default limit still counts the request.
+                return state.apply(app, request, state.default_plan)
+            return None
+
+        def after(response: flask.Response) -> flask.Response:
+            extra = flask.request.environ.pop(_HEADERS_KEY, None)
+            if extra:
+                response.headers.extend(extra)
+            return response
+
+        app.before_request(before)
+        app.after_request(after)
+
+    def limited(
+        self,
+        rate: str | tuple[str, int] | Limit,
+        *,
+        key: KeySpec | None = None,
+        cost: Cost | Callable[[Request], Cost] = 1,
+        name: str | None = None,
+    ) -> Callable[[F], F]:
+        """Return a decorator giving a view its own limit, instead of the default.
+
+        ``rate``: ``"10/minute"`` (bursts of 10), ``("10/minute", 20)`` or a ``Limit``.
+        ``key``: as ``RATEKEEPER_KEY`` (default: that one). ``cost``: tokens per request
+        (an int, or a function of the request). ``name``: the limit's name (its policy name
+        in the headers; default the endpoint's); endpoints given the same name share one
+        limit. Several ``limited`` on one view all apply. Works above or below
+        ``@app.route``. Raises ValueError/TypeError at once for a bad rate, key, cost or
+        name.
+        """
+        spec = _spec(rate, key, cost, name, "limited()")
+
+        def decorate(view: F) -> F:
+            marks = getattr(view, _ATTRIBUTE, None)
+            if marks is _EXEMPT:
+                raise ValueError(f"{view.__name__} is exempt; it cannot also be limited")
+            setattr(view, _ATTRIBUTE, [spec, *(marks or ())])
+            return view
+
+        return decorate
+
+    def exempt(self, view: F) -> F:
+        """Mark a view as never limited (not even by ``RATEKEEPER_DEFAULT``); return it."""
+        if getattr(view, _ATTRIBUTE, None):
+            raise ValueError(f"{view.__name__} is limited; it cannot also be exempt")
+        setattr(view, _ATTRIBUTE, _EXEMPT)
+        return view
+
+    def __repr__(self) -> str:
+        return f"<RateLimiter options={sorted(self.overrides)}>"
+
+
+def _refuse(app: Flask, gate: Gate, request: Request, refusal: Refusal) -> flask.Response:
+    """Turn a refusal into a Flask response: the hook's, with the refusal's headers added."""
+    answer = gate.respond(request, refusal)
+    if isinstance(answer, Response):
+        return flask.Response(answer.body, answer.status, list(answer.headers))
+    try:
+        response = app.make_response(answer)
+    except Exception as exc:
+        gate.log(
+            logging.ERROR,
+            "refusal_response",
+            f"ratekeeper: the refusal_response hook returned {answer!r:.60}: {exc!r}; "
+            "sending the default",
+            exc,
+        )
+        default = json_refusal(request, refusal)
+        return flask.Response(default.body, default.status, list(default.headers))
+    for name, value in refusal.headers:
+        if name not in response.headers:
+            response.headers[name] = value
+    return response
