@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from flask import Flask
+from flask.views import MethodView
 
 from ratekeeper.integrations.flask import RateLimiter
 
@@ -28,31 +29,41 @@ def index() -> dict[str, str]:
     return {"hello": "world"}
 
 
-@app.get("/search")
+@app.get("/search/")
 @limiter.limited("5/minute", key="header:X-API-Key")  # per API key (hashed), else per address
 def search() -> dict[str, list[str]]:
     return {"results": []}
 
 
-@app.get("/items/<int:item_id>")
+@app.get("/items/<int:item_id>/")
 @limiter.limited("6/minute", cost=2)  # one limit for the endpoint, whatever the item
 def item(item_id: int) -> dict[str, int]:
     return {"item": item_id}
 
 
-@app.post("/login")
+class Report(MethodView):
+    decorators = [limiter.limited("2/minute", key="arg:tenant")]  # per tenant, whoever asks
+
+    def get(self, tenant: str) -> dict[str, str]:
+        return {"tenant": tenant}
+
+
+app.add_url_rule("/tenants/<tenant>/report/", view_func=Report.as_view("report"))
+
+
+@app.post("/login/")
 @limiter.limited("3/minute", name="auth")  # login and reset share one limit per client
 def login() -> dict[str, bool]:
     return {"ok": True}
 
 
-@app.post("/reset-password")
+@app.post("/reset-password/")
 @limiter.limited("3/minute", name="auth")
 def reset_password() -> dict[str, bool]:
     return {"ok": True}
 
 
-@app.get("/health")
+@app.get("/health/")
 def health() -> dict[str, str]:
     return {"status": "up"}
 

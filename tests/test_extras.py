@@ -20,6 +20,8 @@ EXTRAS = {
     "redis": ("ratekeeper.redis", ["redis"]),
     "httpx": ("ratekeeper.integrations.httpx", ["httpx"]),
     "prometheus": ("ratekeeper.metrics", ["prometheus_client"]),
+    "flask": ("ratekeeper.integrations.flask", ["flask"]),
+    "django": ("ratekeeper.integrations.django", ["django"]),
 }
 EVERY_OPTIONAL_DEPENDENCY = ["redis", "httpx", "prometheus_client", "matplotlib"]
 WEB_FRAMEWORKS = ["starlette", "fastapi", "uvicorn", "anyio"]

@@ -12,14 +12,28 @@ No framework is imported here; the framework modules adapt their requests and re
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import logging
-from collections.abc import Callable, Collection, Sequence
+import threading
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from .._config import _cluster_client, _parse, _redis_backend
 from .._gcra import _NAME_RE, Limit
 from .._keyed import SyncKeyedLimiter, Verdict
-from ._web import Cost, Gate, HeaderKey, Refusal, RequestView, TrustedProxies, client_key
+from ._web import (
+    Cost,
+    Gate,
+    HeaderKey,
+    Refusal,
+    RequestView,
+    TrustedProxies,
+    check_cost,
+    check_header_mode,
+    check_max_wait,
+    client_key,
+)
 
 R = TypeVar("R")
 """The request a front door passes to key and cost functions (a Flask or Django request)."""
@@ -186,12 +200,30 @@ def accepted_headers(granted: Granted) -> list[tuple[str, str]]:
 KEY_SPECS = "'ip', 'header:<name>', 'user', 'arg:<name>' or a function of the request"
 
 
+class Reader(Generic[R]):
+    """How a framework's request is read by the key specs: its environ, user and URL args.
+
+    ``view(request)``: the request as a ``RequestView``; ``user(request)``: the signed-in
+    user's id or None; ``arg(request, name)``: a URL parameter or None.
+    """
+
+    __slots__ = ("arg", "user", "view")
+
+    def __init__(
+        self,
+        view: Callable[[R], RequestView],
+        user: Callable[[R], object],
+        arg: Callable[[R, str], object],
+    ) -> None:
+        self.view = view
+        self.user = user
+        self.arg = arg
+
+
 def key_function(
     spec: object,
+    reader: Reader[R],
     *,
-    view: Callable[[R], RequestView],
-    user: Callable[[R], object],
-    arg: Callable[[R, str], object],
     trusted: Collection[str] = (),
     secret: str | bytes | None = None,
     what: str = "key",
@@ -202,12 +234,15 @@ def key_function(
     ``X-Forwarded-For``); ``"header:<name>"``: the header's value, hashed (HMAC under
     ``secret``), else the address; ``"user"``: ``"user:<id>"`` of the signed-in user, else
     the address; ``"arg:<name>"``: ``"<name>:<value>"`` of a URL parameter; a callable is
-    used as it is. ``view``, ``user`` and ``arg`` read the framework's request.
+    used as it is; a str with dots and no colon is a function's dotted path.
     """
+    if isinstance(spec, str) and "." in spec and ":" not in spec:
+        spec = imported(spec, what)
     if callable(spec):
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"{what} must be {KEY_SPECS}, not {spec!r}")
+    view, user, arg = reader.view, reader.user, reader.arg
     proxies = TrustedProxies(trusted) if trusted else None
 
     def address(request: R) -> str:
@@ -248,8 +283,230 @@ def key_function(
     raise ValueError(f"{what} must be {KEY_SPECS}, got {spec!r}")
 
 
-def check_rule_name(name: object, what: str) -> str:
-    """Return a rule's name (its policy name in the headers); raise ValueError if malformed."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise ValueError(f"{what} must be {RULE_NAME_HELP}, got {name!r}")
+def imported(path: str, what: str) -> Any:
+    """Return the object a dotted path names (``"myapp.limits.tenant_key"``); raise ValueError."""
+    module, _, attribute = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ValueError(f"{what}: cannot import {path!r}: {exc}") from None
+
+
+def policy_name(text: str) -> str:
+    """Return a valid policy name for a view or route: readable, with a digest if long."""
+    name = "".join(c if c.isalnum() or c in "_.:-" else "_" for c in text).strip("_") or "route"
+    if len(name) > 64:
+        name = name[:55] + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
     return name
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+class LimitSpec:
+    """One limit asked for by a view's decorator or by a ``ROUTES`` entry, checked.
+
+    Raises ValueError/TypeError naming ``what`` for a bad rate, key, cost or name.
+    """
+
+    __slots__ = ("cost", "key", "limit", "name")
+
+    def __init__(
+        self,
+        rate: object,
+        *,
+        key: object = None,
+        cost: object = 1,
+        name: object = None,
+        what: str,
+        reader: Reader[Any],
+    ) -> None:
+        self.limit = parse_limit(rate, what)
+        if key is not None:
+            key_function(key, reader, what=f"{what}: key")  # a bad spec fails now
+        self.key = key
+        self.cost: Any = (
+            cost if callable(cost) else check_cost(cost, {"limit": self.limit}, f"{what}: cost")
+        )
+        if name is not None and (not isinstance(name, str) or not _NAME_RE.fullmatch(name)):
+            raise ValueError(f"{what}: name must be {RULE_NAME_HELP}, got {name!r}")
+        self.name: str | None = name
+
+    @classmethod
+    def entry(cls, entry: object, what: str, reader: Reader[Any]) -> LimitSpec:
+        """Return the spec of a ``ROUTES`` entry: a rate, or ``{"rate", "key", "cost", "name"}``."""
+        if not isinstance(entry, Mapping):
+            return cls(entry, what=what, reader=reader)
+        unknown = set(entry) - {"rate", "key", "cost", "name"}
+        if unknown or "rate" not in entry:
+            raise ValueError(
+                f"{what} takes 'rate' and optionally 'key', 'cost', 'name'; got {sorted(entry)}"
+            )
+        return cls(
+            entry["rate"],
+            key=entry.get("key"),
+            cost=entry.get("cost", 1),
+            name=entry.get("name"),
+            what=what,
+            reader=reader,
+        )
+
+
+DEFAULTS: dict[str, object] = {
+    "ENABLED": True,
+    "STORAGE": "memory://",
+    "DEFAULT": None,
+    "KEY": "ip",
+    "TRUSTED_PROXIES": (),
+    "KEY_SECRET": None,
+    "HEADERS": False,
+    "MAX_WAIT": 0.0,
+    "ON_ERROR": "deny",
+    "ON_KEY_ERROR": "shared",
+    "ROUTES": {},
+    "COSTS": {},
+    "EXEMPT": (),
+    "REFUSAL_RESPONSE": None,
+}
+"""The options of the Flask and Django front doors and their defaults (``RATEKEEPER_<NAME>``
+in Flask's ``app.config``, ``RATEKEEPER = {"<NAME>": ...}`` in Django's settings)."""
+
+
+class Config(Generic[R]):
+    """A front door's options, checked, and the rules made from them (one limiter per name).
+
+    ``values`` maps the names of ``DEFAULTS`` to values; ``label(name)`` spells an option as
+    its framework does, for messages. Raises ValueError/TypeError naming the option for a
+    bad value, ImportError for a Redis storage without the redis client.
+    """
+
+    def __init__(
+        self,
+        values: Mapping[str, object],
+        label: Callable[[str], str],
+        reader: Reader[R],
+        logger: logging.Logger,
+    ) -> None:
+        config = {**DEFAULTS, **values}
+        self.label = label
+        self.reader = reader
+        self.enabled = bool(config["ENABLED"])
+        try:
+            self.max_wait = check_max_wait(config["MAX_WAIT"])
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{label('MAX_WAIT')}: {exc}") from None
+        self.trusted = tuple(_strings(config["TRUSTED_PROXIES"], label("TRUSTED_PROXIES")))
+        self.secret: Any = config["KEY_SECRET"]
+        self.key = self.key_function(config["KEY"], label("KEY"))
+        hook = config["REFUSAL_RESPONSE"]
+        if isinstance(hook, str):
+            hook = imported(hook, label("REFUSAL_RESPONSE"))
+        self.options: dict[str, Any] = {
+            "headers": config["HEADERS"],
+            "on_error": config["ON_ERROR"],
+            "on_key_error": config["ON_KEY_ERROR"],
+            "refusal_response": hook,
+            "logger": logger,
+        }
+        default = config["DEFAULT"]
+        self.default = None if default is None else parse_limit(default, label("DEFAULT"))
+        self.routes = {
+            str(route): LimitSpec.entry(entry, f"{label('ROUTES')}[{route!r}]", reader)
+            for route, entry in _mapping(config["ROUTES"], label("ROUTES")).items()
+        }
+        self.costs: dict[str, Cost] = {}
+        for route, cost in _mapping(config["COSTS"], label("COSTS")).items():
+            what = f"{label('COSTS')}[{route!r}]"
+            if self.default is None:
+                raise ValueError(f"{what}: costs apply to {label('DEFAULT')}, which is not set")
+            self.costs[str(route)] = check_cost(cost, {"default": self.default}, what)
+        self.exempt = set(_strings(config["EXEMPT"], label("EXEMPT")))
+        for name, allowed in (
+            ("ON_ERROR", ("deny", "allow")),
+            ("ON_KEY_ERROR", ("shared", "allow")),
+        ):
+            if config[name] not in allowed:
+                raise ValueError(
+                    f"{label(name)} must be {' or '.join(map(repr, allowed))}, got {config[name]!r}"
+                )
+        if hook is not None and not callable(hook):
+            raise TypeError(
+                f"{label('REFUSAL_RESPONSE')} must be a function (request, refusal), not {hook!r}"
+            )
+        try:
+            check_header_mode(config["HEADERS"])
+        except ValueError as exc:
+            raise ValueError(f"{label('HEADERS')}: {exc}") from None
+        self.storage = Storage(_string(config["STORAGE"], label("STORAGE")))
+        self._shared: dict[str, tuple[Limit, SyncKeyedLimiter]] = {}
+        self._lock = threading.Lock()
+        self.default_rules: tuple[Rule[R], ...] = ()
+        if self.default is not None:
+            self.default_rules = (self.rule("default", self.default, None, 1),)
+
+    def key_function(self, spec: object, what: str = "key") -> Callable[[R], str | None]:
+        """Return the key function of a spec, with this configuration's proxies and secret."""
+        return key_function(spec, self.reader, trusted=self.trusted, secret=self.secret, what=what)
+
+    def gate(self, limit: Limit, name: str = "default", **options: Any) -> Gate:
+        """Return a Gate for one limit with this configuration's options (and ``options``)."""
+        return Gate({name: limit}, key=options.pop("key", self.key), **options, **self.options)
+
+    def rule(self, name: str, limit: Limit, key: object, cost: object) -> Rule[R]:
+        """Return a rule; rules of one name share one limiter, and must give it one rate.
+
+        Raises ValueError when ``name`` was given another limit before.
+        """
+        with self._lock:
+            if name in self._shared:
+                known, limiter = self._shared[name]
+                if known != limit:
+                    raise ValueError(
+                        f"the limit named {name!r} is given twice with different rates: "
+                        f"{known} and {limit}; a shared limit has one rate"
+                    )
+            else:
+                limiter = self.storage.limiter(name, limit)
+                self._shared[name] = (limit, limiter)
+        keyed = self.key if key is None else self.key_function(key)
+        costs = {"costs": cost} if callable(cost) else {"default_cost": cost}
+        return Rule(limiter, self.gate(limit, name, key=keyed, **costs))
+
+    def rules(self, base: str, specs: Sequence[LimitSpec]) -> tuple[Rule[R], ...]:
+        """Return the rules of a view or route: each spec's, named ``base`` (then base-2...)
+        unless it has a ``name``."""
+        made = []
+        for n, spec in enumerate(specs, 1):
+            name = spec.name or (base if n == 1 else f"{base[:60]}-{n}")
+            made.append(self.rule(name, spec.limit, spec.key, spec.cost))
+        return tuple(made)
+
+    def cost_rules(self, cost: Cost) -> tuple[Rule[R], ...]:
+        """Return the rules of a route that costs ``cost`` on the default limit (0: none)."""
+        if not cost or self.default is None:
+            return ()
+        if cost == 1:
+            return self.default_rules
+        return (self.rule("default", self.default, None, cost),)
+
+    def close(self) -> None:
+        """Close the storage (its limiters and Redis client)."""
+        self.storage.close()
+
+
+def _string(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {value!r}")
+    return value
+
+
+def _strings(value: object, what: str) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise TypeError(f"{what} must be a list of str, not {value!r}")
+    return [_string(item, what) for item in value]
+
+
+def _mapping(value: object, what: str) -> Mapping[object, object]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a dict of route to a value, not {value!r}")
+    return value

@@ -27,7 +27,7 @@ import inspect
 import logging
 import sys
 import threading
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 try:
@@ -41,24 +41,16 @@ except ImportError as exc:
 
 from .._gcra import Limit
 from ._rules import (
+    DEFAULTS,
+    Config,
+    LimitSpec,
+    Reader,
     Rule,
-    Storage,
     accepted_headers,
     check,
-    check_rule_name,
-    key_function,
-    parse_limit,
+    policy_name,
 )
-from ._web import (
-    Cost,
-    Gate,
-    Refusal,
-    RefusalHook,
-    Response,
-    check_cost,
-    check_max_wait,
-    json_refusal,
-)
+from ._web import Cost, Gate, Refusal, RefusalHook, Response, json_refusal
 from .wsgi import EnvironView
 
 __all__ = ["CONFIG", "RateLimiter"]
@@ -68,60 +60,13 @@ logger = logging.getLogger("ratekeeper.flask")
 F = TypeVar("F", bound=Callable[..., Any])
 KeySpec = str | Callable[[Request], "str | None"]
 
-CONFIG: dict[str, object] = {
-    "RATEKEEPER_ENABLED": True,
-    "RATEKEEPER_STORAGE": "memory://",
-    "RATEKEEPER_DEFAULT": None,
-    "RATEKEEPER_KEY": "ip",
-    "RATEKEEPER_TRUSTED_PROXIES": (),
-    "RATEKEEPER_KEY_SECRET": None,
-    "RATEKEEPER_HEADERS": False,
-    "RATEKEEPER_MAX_WAIT": 0.0,
-    "RATEKEEPER_ON_ERROR": "deny",
-    "RATEKEEPER_ON_KEY_ERROR": "shared",
-    "RATEKEEPER_ROUTES": {},
-    "RATEKEEPER_COSTS": {},
-    "RATEKEEPER_EXEMPT": ("static",),
-}
+CONFIG: dict[str, object] = {f"RATEKEEPER_{name}": value for name, value in DEFAULTS.items()}
+CONFIG["RATEKEEPER_EXEMPT"] = ("static",)
 """The ``app.config`` keys the extension reads, with their defaults (see ``RateLimiter``)."""
 
 _ATTRIBUTE = "__ratekeeper_limits__"
-_EXEMPT = object()
+_EXEMPT = "exempt"
 _HEADERS_KEY = "ratekeeper.headers"
-
-
-class _Spec:
-    """One limit a view asked for (``limited``) or the configuration gives an endpoint."""
-
-    __slots__ = ("cost", "key", "limit", "name")
-
-    def __init__(
-        self,
-        limit: Limit,
-        key: KeySpec | None,
-        cost: Cost | Callable[[Request], Cost],
-        name: str | None,
-    ) -> None:
-        self.limit = limit
-        self.key = key
-        self.cost = cost
-        self.name = name
-
-
-def _spec(rate: object, key: object, cost: object, name: object, what: str) -> _Spec:
-    """Check what ``limited`` (or a RATEKEEPER_ROUTES entry) was given; raise naming it."""
-    limit = parse_limit(rate, what)
-    if key is not None:
-        _key_function(key, (), None, f"{what}: key")  # a bad spec fails now
-    if not callable(cost):
-        cost = check_cost(cost, {"limit": limit}, f"{what}: cost")
-    if name is not None:
-        check_rule_name(name, f"{what}: name")
-    return _Spec(limit, key, cost, name)  # type: ignore[arg-type]
-
-
-def _view(request: Request) -> EnvironView:
-    return EnvironView(request.environ)
 
 
 def _user(request: Request) -> object:
@@ -137,127 +82,42 @@ def _user(request: Request) -> object:
     return getattr(user, "id", user)
 
 
-def _arg(request: Request, name: str) -> object:
-    return (request.view_args or {}).get(name)
-
-
-def _key_function(
-    spec: object, trusted: Collection[str], secret: str | bytes | None, what: str
-) -> Callable[[Request], str | None]:
-    return key_function(
-        spec, view=_view, user=_user, arg=_arg, trusted=trusted, secret=secret, what=what
-    )
+READER: Reader[Request] = Reader(
+    view=lambda request: EnvironView(request.environ),
+    user=_user,
+    arg=lambda request, name: (request.view_args or {}).get(name),
+)
 
 
 class _AppState:
-    """What the extension keeps per app: the options, the storage and the rules per endpoint."""
+    """What the extension keeps per app: the checked options and the rules per endpoint."""
 
     def __init__(self, app: Flask, limiter: RateLimiter) -> None:
-        config = {name: app.config.get(name, default) for name, default in CONFIG.items()}
-        config.update(limiter.overrides)
-        self.enabled = bool(config["RATEKEEPER_ENABLED"])
-        self.max_wait = check_max_wait(config["RATEKEEPER_MAX_WAIT"])
-        self.trusted = tuple(
-            _strings(config["RATEKEEPER_TRUSTED_PROXIES"], "RATEKEEPER_TRUSTED_PROXIES")
+        values = {name: app.config.get(name, default) for name, default in CONFIG.items()}
+        values.update(limiter.overrides)
+        if limiter.refusal_response is not None:
+            values["RATEKEEPER_REFUSAL_RESPONSE"] = limiter.refusal_response
+        self.config: Config[Request] = Config(
+            {name.removeprefix("RATEKEEPER_"): value for name, value in values.items()},
+            lambda name: f"RATEKEEPER_{name}",
+            READER,
+            logger,
         )
-        self.secret: Any = config["RATEKEEPER_KEY_SECRET"]
-        self.key = _key_function(
-            config["RATEKEEPER_KEY"], self.trusted, self.secret, "RATEKEEPER_KEY"
-        )
-        self.options: dict[str, Any] = {
-            "headers": config["RATEKEEPER_HEADERS"],
-            "on_error": config["RATEKEEPER_ON_ERROR"],
-            "on_key_error": config["RATEKEEPER_ON_KEY_ERROR"],
-            "refusal_response": limiter.refusal_response,
-            "logger": logger,
-        }
-        default = config["RATEKEEPER_DEFAULT"]
-        self.default = None if default is None else parse_limit(default, "RATEKEEPER_DEFAULT")
-        routes = config["RATEKEEPER_ROUTES"]
-        if not isinstance(routes, Mapping):
-            raise TypeError(
-                f"RATEKEEPER_ROUTES must be a mapping of endpoint to limit, not {routes!r}"
-            )
-        self.routes: dict[str, list[_Spec]] = {}
-        for endpoint, entry in routes.items():
-            what = f"RATEKEEPER_ROUTES[{endpoint!r}]"
-            if isinstance(entry, Mapping):
-                unknown = set(entry) - {"rate", "key", "cost", "name"}
-                if unknown or "rate" not in entry:
-                    raise ValueError(
-                        f"{what} takes 'rate' and optionally 'key', 'cost', 'name'; got "
-                        f"{sorted(entry)}"
-                    )
-                spec = _spec(
-                    entry["rate"], entry.get("key"), entry.get("cost", 1), entry.get("name"), what
-                )
-            else:
-                spec = _spec(entry, None, 1, None, what)
-            self.routes[str(endpoint)] = [spec]
-        costs = config["RATEKEEPER_COSTS"]
-        if not isinstance(costs, Mapping):
-            raise TypeError(
-                f"RATEKEEPER_COSTS must be a mapping of endpoint to tokens, not {costs!r}"
-            )
-        self.costs: dict[str, Cost] = {}
-        for endpoint, cost in costs.items():
-            what = f"RATEKEEPER_COSTS[{endpoint!r}]"
-            if self.default is None:
-                raise ValueError(f"{what}: costs apply to RATEKEEPER_DEFAULT, which is not set")
-            self.costs[str(endpoint)] = check_cost(cost, {"default": self.default}, what)
-        self.exempt = set(_strings(config["RATEKEEPER_EXEMPT"], "RATEKEEPER_EXEMPT"))
-        # Checked at once: a bad option fails here, not on the first request.
-        Gate({"default": self.default or Limit(1)}, key=self.key, **self.options)
-        self.storage = Storage(_string(config["RATEKEEPER_STORAGE"], "RATEKEEPER_STORAGE"))
-        self.plans: dict[str | None, tuple[Rule[Request], ...]] | None = None
-        self.default_plan: tuple[Rule[Request], ...] = ()
+        self.plans: dict[str, tuple[Rule[Request], ...]] | None = None
         self.lock = threading.Lock()
 
-    def plan(self, app: Flask) -> dict[str | None, tuple[Rule[Request], ...]]:
-        """Build every endpoint's rules (once, on the first request); raise if misconfigured."""
+    def plan(self, app: Flask) -> None:
+        """Make every endpoint's rules (once, on the first request) and wrap the limited
+        views; raise ValueError for a configuration naming an endpoint the app lacks."""
         with self.lock:
-            if self.plans is None:
-                plans = self._build(app)
-                for endpoint, rules in plans.items():
-                    if rules and endpoint is not None:
-                        view = app.view_functions[endpoint]
-                        app.view_functions[endpoint] = self._wrap(app, view, rules)
-                self.plans = plans
-            return self.plans
-
-    def _wrap(self, app: Flask, view: Any, rules: tuple[Rule[Request], ...]) -> Any:
-        """Return ``view`` checking ``rules`` first: after every before_request hook (so that
-        ``g.user`` is set), in the view's place, so a refusal is an ordinary response."""
-        if inspect.iscoroutinefunction(view):
-
-            @functools.wraps(view)
-            async def limited_async_view(*args: Any, **kwargs: Any) -> Any:
-                refused = self.apply(app, flask.request._get_current_object(), rules)  # type: ignore[attr-defined]
-                if refused is not None:
-                    return refused
-                return await view(*args, **kwargs)
-
-            return limited_async_view
-
-        @functools.wraps(view)
-        def limited_view(*args: Any, **kwargs: Any) -> Any:
-            refused = self.apply(app, flask.request._get_current_object(), rules)  # type: ignore[attr-defined]
-            if refused is not None:
-                return refused
-            return view(*args, **kwargs)
-
-        return limited_view
-
-    def apply(
-        self, app: Flask, request: Request, rules: tuple[Rule[Request], ...]
-    ) -> flask.Response | None:
-        """Check a request against its rules; return the refusal, or None to go on."""
-        refusal, granted = check(rules, request, request.method, request.path, self.max_wait)
-        if refusal is not None:
-            return _refuse(app, rules[0].gate, request, refusal)
-        if granted and granted[0][0].gate.headers_on_accept:
-            request.environ[_HEADERS_KEY] = accepted_headers(granted)
-        return None
+            if self.plans is not None:
+                return
+            plans = self._build(app)
+            for endpoint, rules in plans.items():
+                if rules:
+                    view = app.view_functions[endpoint]
+                    app.view_functions[endpoint] = self._wrap(app, view, rules)
+            self.plans = plans
 
     def _endpoints(self, app: Flask, name: str, what: str) -> list[str]:
         """Return the endpoints a configuration entry names (an endpoint, or a URL rule)."""
@@ -272,98 +132,74 @@ class _AppState:
             )
         return found
 
-    def _build(self, app: Flask) -> dict[str | None, tuple[Rule[Request], ...]]:
-        specs: dict[str, list[_Spec]] = {}
+    def _build(self, app: Flask) -> dict[str, tuple[Rule[Request], ...]]:
+        config = self.config
+        specs: dict[str, list[LimitSpec]] = {}
         exempt: set[str] = set()
-        for name in self.exempt:
+        for name in config.exempt:
             if name == "static" and name not in app.view_functions:
                 continue
             exempt.update(self._endpoints(app, name, "RATEKEEPER_EXEMPT"))
         for endpoint, view in app.view_functions.items():
             marks = getattr(view, _ATTRIBUTE, None)
-            if marks is _EXEMPT:
+            if marks == _EXEMPT:
                 exempt.add(endpoint)
             elif marks:
                 specs[endpoint] = list(marks)
-        for name, entries in self.routes.items():
+        for name, spec in config.routes.items():
             for endpoint in self._endpoints(app, name, f"RATEKEEPER_ROUTES[{name!r}]"):
-                specs.setdefault(endpoint, []).extend(entries)
+                specs.setdefault(endpoint, []).append(spec)
         costs: dict[str, Cost] = {}
-        for name, cost in self.costs.items():
+        for name, cost in config.costs.items():
             for endpoint in self._endpoints(app, name, f"RATEKEEPER_COSTS[{name!r}]"):
                 costs[endpoint] = cost
-        shared: dict[str, tuple[Limit, Any]] = {}
-        plans: dict[str | None, tuple[Rule[Request], ...]] = {}
-        default_rule: Rule[Request] | None = None
-        default = self.default
-        if default is not None:
-            default_limiter = self.storage.limiter("default", default)
-            shared["default"] = (default, default_limiter)
-            default_rule = Rule(
-                default_limiter, Gate({"default": default}, key=self.key, **self.options)
-            )
-            self.default_plan = (default_rule,)
+        plans: dict[str, tuple[Rule[Request], ...]] = {}
         for endpoint in app.view_functions:
             if endpoint in exempt:
                 plans[endpoint] = ()
             elif endpoint in specs:
-                plans[endpoint] = tuple(self._rules(endpoint, specs[endpoint], shared))
-            elif default_rule is not None and default is not None:
-                cost = costs.get(endpoint, 1)
-                if cost == 1:
-                    plans[endpoint] = (default_rule,)
-                elif not cost:
-                    plans[endpoint] = ()
-                else:
-                    gate = Gate(
-                        {"default": default}, key=self.key, default_cost=cost, **self.options
-                    )
-                    plans[endpoint] = (Rule(default_rule.limiter, gate),)
+                plans[endpoint] = config.rules(policy_name(endpoint), specs[endpoint])
+            else:
+                plans[endpoint] = config.cost_rules(costs.get(endpoint, 1))
         return plans
 
-    def _rules(
-        self, endpoint: str, specs: list[_Spec], shared: dict[str, tuple[Limit, Any]]
-    ) -> Iterable[Rule[Request]]:
-        for n, spec in enumerate(specs, 1):
-            name = spec.name or _rule_name(endpoint, n)
-            if name in shared:
-                limit, limiter = shared[name]
-                if limit != spec.limit:
-                    raise ValueError(
-                        f"the limit named {name!r} is given twice with different rates: "
-                        f"{limit} and {spec.limit}; a shared limit has one rate"
-                    )
-            else:
-                limiter = self.storage.limiter(name, spec.limit)
-                shared[name] = (spec.limit, limiter)
-            key = (
-                self.key
-                if spec.key is None
-                else _key_function(spec.key, self.trusted, self.secret, "key")
-            )
-            cost_options: dict[str, Any] = (
-                {"costs": spec.cost} if callable(spec.cost) else {"default_cost": spec.cost}
-            )
-            gate = Gate({name: spec.limit}, key=key, **cost_options, **self.options)
-            yield Rule(limiter, gate)
+    def _wrap(self, app: Flask, view: Any, rules: tuple[Rule[Request], ...]) -> Any:
+        """Return ``view`` checking ``rules`` first: after every before_request hook (so that
+        ``g.user`` is set), in the view's place, so a refusal is an ordinary response."""
+        if inspect.iscoroutinefunction(view):
+
+            @functools.wraps(view)
+            async def limited_async_view(*args: Any, **kwargs: Any) -> Any:
+                refused = self.apply(app, _current(), rules)
+                if refused is not None:
+                    return refused
+                return await view(*args, **kwargs)
+
+            return limited_async_view
+
+        @functools.wraps(view)
+        def limited_view(*args: Any, **kwargs: Any) -> Any:
+            refused = self.apply(app, _current(), rules)
+            if refused is not None:
+                return refused
+            return view(*args, **kwargs)
+
+        return limited_view
+
+    def apply(
+        self, app: Flask, request: Request, rules: tuple[Rule[Request], ...]
+    ) -> flask.Response | None:
+        """Check a request against its rules; return the refusal, or None to go on."""
+        refusal, granted = check(rules, request, request.method, request.path, self.config.max_wait)
+        if refusal is not None:
+            return _refuse(app, rules[0].gate, request, refusal)
+        if granted and granted[0][0].gate.headers_on_accept:
+            request.environ[_HEADERS_KEY] = accepted_headers(granted)
+        return None
 
 
-def _rule_name(endpoint: str, n: int) -> str:
-    """Return a policy name for an endpoint's n-th unnamed limit: the endpoint's name."""
-    name = "".join(c if c.isalnum() or c in "_.:-" else "_" for c in endpoint)[:60]
-    return name if n == 1 else f"{name}-{n}"
-
-
-def _string(value: object, what: str) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a str, not {value!r}")
-    return value
-
-
-def _strings(value: object, what: str) -> list[str]:
-    if isinstance(value, str) or not isinstance(value, Iterable):
-        raise TypeError(f"{what} must be a list of str, not {value!r}")
-    return [_string(item, what) for item in value]
+def _current() -> Request:
+    return flask.request._get_current_object()  # type: ignore[attr-defined,no-any-return]
 
 
 class RateLimiter:
@@ -436,16 +272,17 @@ class RateLimiter:
         """
         state = _AppState(app, self)
         app.extensions["ratekeeper"] = state
-        if not state.enabled:
+        if not state.config.enabled:
             return
+        default_rules = state.config.default_rules
 
         def before() -> Any:
             if state.plans is None:
                 state.plan(app)  # wraps the limited views: their limits apply there
-            request = flask.request._get_current_object()  # type: ignore[attr-defined]
-            if request.endpoint is None and state.default_plan:
+            request = _current()
+            if request.endpoint is None and default_rules:
                 # No route matched (404, 405): the default limit still counts the request.
-                return state.apply(app, request, state.default_plan)
+                return state.apply(app, request, default_rules)
             return None
 
         def after(response: flask.Response) -> flask.Response:
@@ -475,7 +312,7 @@ class RateLimiter:
         ``@app.route``. Raises ValueError/TypeError at once for a bad rate, key, cost or
         name.
         """
-        spec = _spec(rate, key, cost, name, "limited()")
+        spec = LimitSpec(rate, key=key, cost=cost, name=name, what="limited()", reader=READER)
 
         def decorate(view: F) -> F:
             marks = getattr(view, _ATTRIBUTE, None)
