@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ratekeeper.integrations import httpx as module
+from ratekeeper.integrations import _headers as module
+from ratekeeper.integrations._headers import fields, read_quotas
 from ratekeeper.integrations.httpx import (
     RateLimitTransport,
     SyncRateLimitTransport,
@@ -95,7 +96,7 @@ async def test_hostile_headers_are_ignored_or_capped_async(
 
 
 def test_ignored_values_warn_once_per_header(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="ratekeeper.httpx")
+    caplog.set_level(logging.DEBUG, logger="ratekeeper.headers")
     for _ in range(3):
         parse_ratelimit(f'"d";r=0;t={HUGE}')
         parse_retry_after("soon")
@@ -153,10 +154,12 @@ HEADERS = st.dictionaries(
 @FAST
 @given(st.sampled_from([200, 429, 503]), HEADERS)
 def test_no_response_raises_or_pauses_past_max_pause(status: int, headers: dict[str, str]) -> None:
-    raw = {name: value.encode("latin-1") for name, value in headers.items()}
-    assert bounded(module._quota_spent_for(httpx.Headers(raw)))
+    found = fields(headers.items())
+    for quota in read_quotas(found, now=0.0):
+        assert bounded(quota.remaining)
+        assert bounded(quota.reset)
     transport = sync_transport(status, {})
     governor = transport._governor
-    state = governor.host(httpx.Request("GET", "https://x/"))
-    governor.heard(state, httpx.Response(status, headers=raw), 0)
+    state = governor.host("x")
+    governor.heard(state, status, found, 0)
     assert transport.buckets()["*"].full_in() <= 60.0 + 0.011

@@ -684,12 +684,32 @@ class Gate:
 
     def check_routes(self, routes: Iterable[str]) -> None:
         """Raise ValueError when a ``costs``/``exempt`` pattern names none of ``routes``."""
+        routes = list(routes)
         unknown = self.routes.unknown(routes)
         if unknown:
             raise ValueError(
                 f"costs/exempt name routes the app does not have: {unknown}; "
                 f"its routes are {sorted(set(routes))}"
             )
+
+    def ticket(self, request: object, method: str, path: str) -> tuple[str, Cost] | Refusal | None:
+        """Return what to ask the limiter for a request: (key, cost); None: let it through.
+
+        A failing cost function is logged and gives the 503 ``Refusal`` (or None, with
+        ``on_error="allow"``); a failing key function is handled as ``key`` says. The first
+        step of every front door; the second is the limiter's call, the third ``refusal``
+        or ``accepted_headers``.
+        """
+        cost = self.fixed_cost
+        if cost is None:
+            try:
+                cost = self.cost(request, method, path)
+            except Exception as exc:
+                return self.failed("the cost function", exc, method, path)
+            if not cost:
+                return None
+        key = self.key(request, method, path)
+        return None if key is None else (key, cost)
 
     def cost(self, request: object, method: str, path: str) -> Cost:
         """Return the tokens a request takes (0: exempt); raise what the cost function raises."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 from .._keyed import Limit, Verdict
 from ._web import (
@@ -49,12 +49,14 @@ from ._web import (
 )
 
 __all__ = [
+    "EXEMPT_ATTRIBUTE",
     "UNKEYED",
     "RateLimitMiddleware",
     "Refusal",
     "Response",
     "ScopeView",
     "client_address",
+    "exempt",
     "forwarded_for",
     "header_key",
     "json_refusal",
@@ -185,8 +187,31 @@ def forwarded_for(
 # -- the middleware ------------------------------------------------------------------------------
 
 
-def app_routes(app: object) -> list[str] | None:
-    """Return the path templates of the router inside ``app`` (Starlette, FastAPI), or None.
+EXEMPT_ATTRIBUTE = "__ratekeeper_exempt__"
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+
+def exempt(endpoint: Endpoint) -> Endpoint:
+    """Mark an endpoint that ``RateLimitMiddleware`` never limits (its route is exempt).
+
+    A decorator: put it under the route decorator (``@app.get(...)``). The middleware finds
+    the marked endpoints among the app's routes when it starts (Starlette, FastAPI).
+    """
+    setattr(endpoint, EXEMPT_ATTRIBUTE, True)
+    return endpoint
+
+
+class RouteInfo(NamedTuple):
+    """A route of the app: its path template, methods (None: all) and whether it is exempt."""
+
+    path: str
+    methods: frozenset[str] | None
+    exempt: bool
+
+
+def app_routes(app: object) -> list[RouteInfo] | None:
+    """Return the routes of the router inside ``app`` (Starlette, FastAPI), or None.
 
     Follows ``.app`` through the middlewares to the first object with ``routes``; a mount
     contributes its routes under its path, or ``<path>/{path:path}`` for a mounted app.
@@ -194,26 +219,32 @@ def app_routes(app: object) -> list[str] | None:
     for _ in range(64):
         routes = getattr(app, "routes", None)
         if isinstance(routes, list):
-            return list(_templates(routes, ""))
+            return list(_routes(routes, ""))
         app = getattr(app, "app", None)
         if app is None:
             break
     return None
 
 
-def _templates(routes: list[Any], prefix: str) -> Iterator[str]:
+def _routes(routes: list[Any], prefix: str) -> Iterator[RouteInfo]:
     for route in routes:
         path = getattr(route, "path", None)
         if not isinstance(path, str):
             continue
-        if hasattr(route, "endpoint"):
-            yield prefix + path
+        endpoint = getattr(route, "endpoint", None)
+        if endpoint is not None:
+            methods = getattr(route, "methods", None)
+            yield RouteInfo(
+                prefix + path,
+                frozenset(methods) if methods else None,
+                bool(getattr(endpoint, EXEMPT_ATTRIBUTE, False)),
+            )
             continue
         inner = getattr(route, "routes", None)
         if inner:
-            yield from _templates(list(inner), prefix + path)
+            yield from _routes(list(inner), prefix + path)
         else:
-            yield prefix + path.rstrip("/") + "/{path:path}"
+            yield RouteInfo(prefix + path.rstrip("/") + "/{path:path}", None, False)
 
 
 class RateLimitMiddleware:
@@ -292,6 +323,14 @@ class RateLimitMiddleware:
         if not callable(key):
             raise TypeError(f"key must be a function of the ASGI scope, not {key!r}")
         self._max_wait = check_max_wait(max_wait)
+        if isinstance(exempt, str):
+            raise TypeError(f"exempt must be a list of route patterns, not the str {exempt!r}")
+        routes = app_routes(app)
+        exempt = list(exempt)
+        for route in routes or ():
+            if route.exempt:  # marked with @exempt
+                methods = sorted(route.methods) if route.methods else [""]
+                exempt.extend(f"{method} {route.path}".lstrip() for method in methods)
         self._gate = Gate(
             limits,
             key=key,
@@ -306,9 +345,8 @@ class RateLimitMiddleware:
             log_interval=log_interval,
             logger=logger,
         )
-        routes = app_routes(app)
         if routes is not None:
-            self._gate.check_routes(routes)
+            self._gate.check_routes(route.path for route in routes)
         self.app = app
         self.limiter = limiter
         admit_now = getattr(limiter, "admit_now", None)
@@ -322,22 +360,14 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         gate = self._gate
-        method = scope.get("method", "GET")
-        path = scope.get("path", "")
-        cost = gate.fixed_cost
-        if cost is None:
-            try:
-                cost = gate.cost(scope, method, path)
-            except Exception as exc:
-                await self._failed(scope, receive, send, "the cost function", exc)
-                return
-            if not cost:
-                await self.app(scope, receive, send)
-                return
-        key = gate.key(scope, method, path)
-        if key is None:
+        ticket = gate.ticket(scope, scope.get("method", "GET"), scope.get("path", ""))
+        if ticket is None:
             await self.app(scope, receive, send)
             return
+        if isinstance(ticket, Refusal):  # the cost function failed
+            await send_refusal(scope, receive, send, gate, ticket)
+            return
+        key, cost = ticket
         try:
             # A limiter that decides without awaiting (memory) is asked directly when the
             # request may not wait: no coroutine per request.
