@@ -29,20 +29,21 @@ def index() -> dict[str, str]:
     return {"hello": "world"}
 
 
+# Per API key (its hash: keys never reach Redis or the logs), else per client address.
 @app.get("/search/")
-@limiter.limited("5/minute", key="header:X-API-Key")  # per API key (hashed), else per address
+@limiter.route_limit("5/minute", key="header:X-API-Key")
 def search() -> dict[str, list[str]]:
     return {"results": []}
 
 
 @app.get("/items/<int:item_id>/")
-@limiter.limited("6/minute", cost=2)  # one limit for the endpoint, whatever the item
+@limiter.route_limit("6/minute", cost=2)  # one limit for the endpoint, any item
 def item(item_id: int) -> dict[str, int]:
     return {"item": item_id}
 
 
 class Report(MethodView):
-    decorators = [limiter.limited("2/minute", key="arg:tenant")]  # per tenant, whoever asks
+    decorators = [limiter.route_limit("2/minute", key="arg:tenant")]  # per tenant
 
     def get(self, tenant: str) -> dict[str, str]:
         return {"tenant": tenant}
@@ -52,13 +53,13 @@ app.add_url_rule("/tenants/<tenant>/report/", view_func=Report.as_view("report")
 
 
 @app.post("/login/")
-@limiter.limited("3/minute", name="auth")  # login and reset share one limit per client
+@limiter.shared_limit("auth", "3/minute")  # login and reset: one limit per client
 def login() -> dict[str, bool]:
     return {"ok": True}
 
 
 @app.post("/reset-password/")
-@limiter.limited("3/minute", name="auth")
+@limiter.shared_limit("auth", "3/minute")
 def reset_password() -> dict[str, bool]:
     return {"ok": True}
 

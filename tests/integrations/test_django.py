@@ -35,7 +35,7 @@ from django.urls import include, path
 from django.utils.decorators import method_decorator
 from django.views import View
 
-from ratekeeper.integrations.django import exempt, limited
+from ratekeeper.integrations.django import exempt, route_limit, shared_limit
 from ratekeeper.integrations.wsgi import Refusal
 
 from ._wsgi_server import serve_wsgi
@@ -66,19 +66,19 @@ def ok(request: HttpRequest, **kwargs: Any) -> HttpResponse:
     return HttpResponse("ok")
 
 
-@limited("1/minute", key="user")
+@route_limit("1/minute", key="user")
 def me(request: HttpRequest) -> HttpResponse:
     return HttpResponse("me")
 
 
-@limited("3/minute")
-@limited("1/minute", name="burst", key=lambda request: request.GET.get("k"))
+@route_limit("1/minute", capacity=3)
+@shared_limit("burst", "1/minute", key=lambda request: request.GET.get("k"))
 def stacked(request: HttpRequest) -> HttpResponse:
     return HttpResponse("stacked")
 
 
 class Items(View):
-    @method_decorator(limited("2/minute", key="arg:shop"))
+    @method_decorator(route_limit("2/minute", key="arg:shop"))
     def get(self, request: HttpRequest, shop: str) -> HttpResponse:
         return HttpResponse(shop)
 
@@ -164,7 +164,7 @@ def test_stacked_limits_all_apply_and_a_refusal_takes_nothing(serve: Any) -> Non
         assert codes(client, "/stacked/?k=a", "/stacked/?k=b", "/stacked/?k=c") == [429, 200, 200]
         assert codes(client, "/stacked/?k=d") == [429]  # 3 granted, the refusal took nothing
     name = f"{__name__}.stacked"
-    assert first.headers["ratelimit-policy"] == f'"{name}";q=3;w=60, "burst";q=1;w=60'
+    assert first.headers["ratelimit-policy"] == f'"{name}";q=3;w=180, "burst";q=1;w=60'
     assert first.headers["x-ratelimit-remaining"] == "0"
 
 
@@ -235,9 +235,11 @@ def test_bad_settings_fail_when_the_middleware_loads(
 
 
 def test_bad_decorator_arguments_fail_at_import() -> None:
-    with pytest.raises(ValueError, match="limited\\(\\): "):
-        limited("ten a minute")
-    with pytest.raises(ValueError, match="limited\\(\\): cost must be from 0 to the capacity 5"):
-        limited("5/minute", cost=6)
-    with pytest.raises(ValueError, match="limited\\(\\): key must be 'ip'"):
-        limited("5/minute", key="cookie")
+    with pytest.raises(ValueError, match="route_limit\\(\\): "):
+        route_limit("ten a minute")
+    with pytest.raises(
+        ValueError, match="route_limit\\(\\): cost must be from 0 to the capacity 5"
+    ):
+        route_limit("5/minute", cost=6)
+    with pytest.raises(ValueError, match="route_limit\\(\\): key must be 'ip'"):
+        route_limit("5/minute", key="cookie")

@@ -45,17 +45,17 @@ def test_keys_from_view_args_users_and_functions() -> None:
         g.user = flask.request.headers.get("x-user")
 
     @app.get("/tenants/<tenant>/report")
-    @limiter.limited("2/minute", key="arg:tenant")
+    @limiter.route_limit("2/minute", key="arg:tenant")
     def report(tenant: str) -> str:
         return tenant
 
     @app.get("/me")
-    @limiter.limited("1/minute", key="user")
+    @limiter.route_limit("1/minute", key="user")
     def me() -> str:
         return "me"
 
     @app.get("/fn")
-    @limiter.limited("1/minute", key=lambda request: request.args.get("k"))
+    @limiter.route_limit("1/minute", key=lambda request: request.args.get("k"))
     def fn() -> str:
         return "fn"
 
@@ -78,8 +78,8 @@ def test_stacked_limits_all_apply_and_a_refusal_takes_nothing() -> None:
     limiter = RateLimiter(app)
 
     @app.get("/")
-    @limiter.limited("3/minute")
-    @limiter.limited("1/minute", name="burst", key=lambda request: request.args.get("k"))
+    @limiter.route_limit("3/minute")
+    @limiter.shared_limit("burst", "1/minute", key=lambda request: request.args.get("k"))
     def index() -> str:
         return "ok"
 
@@ -186,14 +186,18 @@ def test_bad_configuration_fails_at_init_app(config: Any, error: type, message: 
 
 def test_bad_decorator_arguments_fail_at_import() -> None:
     limiter = RateLimiter()
-    with pytest.raises(ValueError, match="limited\\(\\): "):
-        limiter.limited("ten a minute")
-    with pytest.raises(ValueError, match="limited\\(\\): cost must be from 0 to the capacity 5"):
-        limiter.limited("5/minute", cost=-1)
-    with pytest.raises(ValueError, match="limited\\(\\): key must be 'ip'"):
-        limiter.limited("5/minute", key="cookie")
-    with pytest.raises(ValueError, match="limited\\(\\): name must be 1-64 letters"):
-        limiter.limited("5/minute", name="a b")
+    with pytest.raises(ValueError, match="route_limit\\(\\): "):
+        limiter.route_limit("ten a minute")
+    with pytest.raises(
+        ValueError, match="route_limit\\(\\): cost must be from 0 to the capacity 5"
+    ):
+        limiter.route_limit("5/minute", cost=-1)
+    with pytest.raises(ValueError, match="route_limit\\(\\): key must be 'ip'"):
+        limiter.route_limit("5/minute", key="cookie")
+    with pytest.raises(ValueError, match="shared_limit\\(\\): name must be 1-64 letters"):
+        limiter.shared_limit("a b", "5/minute")
+    with pytest.raises(TypeError, match="capacity goes with a rate string"):
+        limiter.route_limit(("5/minute", 5), capacity=10)
     with pytest.raises(TypeError, match="unknown option 'defaults'"):
         RateLimiter(defaults="1/s")
 
@@ -211,7 +215,7 @@ def test_unknown_endpoints_and_clashing_shared_limits_fail_on_the_first_request(
     app = make_app()
     app.testing = True
     limiter = RateLimiter(app)
-    app.add_url_rule("/a", "a", limiter.limited("1/s", name="x")(lambda: "a"))
-    app.add_url_rule("/b", "b", limiter.limited("2/s", name="x")(lambda: "b"))
+    app.add_url_rule("/a", "a", limiter.shared_limit("x", "1/s")(lambda: "a"))
+    app.add_url_rule("/b", "b", limiter.shared_limit("x", "2/s")(lambda: "b"))
     with app.test_client() as client, pytest.raises(ValueError, match="given twice with different"):
         client.get("/a")

@@ -1,7 +1,7 @@
 from django.http import HttpRequest, JsonResponse
 from django.views import View
 
-from ratekeeper.integrations.django import limited
+from ratekeeper.integrations.django import route_limit
 
 
 def index(request: HttpRequest) -> JsonResponse:
@@ -12,12 +12,13 @@ def item(request: HttpRequest, pk: int) -> JsonResponse:
     return JsonResponse({"item": pk})
 
 
-@limited("5/minute", key="header:X-API-Key")  # per API key (hashed), else per address
+# Per API key (its hash: keys never reach Redis or the logs), else per client address.
+@route_limit("5/minute", key="header:X-API-Key")
 def search(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"results": []})
 
 
-@limited("2/minute", key="arg:tenant")  # per tenant, whoever asks
+@route_limit("2/minute", key="arg:tenant")  # per tenant, whoever asks
 class Report(View):
     def get(self, request: HttpRequest, tenant: str) -> JsonResponse:
         return JsonResponse({"tenant": tenant})

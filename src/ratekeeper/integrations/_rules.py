@@ -136,20 +136,17 @@ def check(
     granted: Granted = []
     for rule in rules:
         gate = rule.gate
-        part = "the cost function"
+        ticket = gate.ticket(request, method, path)
+        if ticket is None:
+            continue  # exempt, or not keyed
+        if isinstance(ticket, Refusal):
+            give_back(granted, gate)
+            return ticket, []
+        key, cost = ticket
         try:
-            cost = gate.fixed_cost
-            if cost is None:
-                cost = gate.cost(request, method, path)
-            if not cost:
-                continue  # exempt
-            key = gate.key(request, method, path)  # never raises: the gate decides
-            if key is None:
-                continue
-            part = "the limiter"
             verdict = rule.limiter.admit(key, cost, max_wait=max_wait)
         except Exception as exc:
-            refusal = gate.failed(part, exc, method, path)
+            refusal = gate.failed("the limiter", exc, method, path)
             if refusal is None:
                 continue
             give_back(granted, gate)
@@ -315,12 +312,17 @@ class LimitSpec:
         self,
         rate: object,
         *,
+        capacity: object = None,
         key: object = None,
         cost: object = 1,
         name: object = None,
         what: str,
         reader: Reader[Any],
     ) -> None:
+        if capacity is not None:
+            if not isinstance(rate, str):
+                raise TypeError(f"{what}: capacity goes with a rate string, not {rate!r}")
+            rate = (rate, capacity)
         self.limit = parse_limit(rate, what)
         if key is not None:
             key_function(key, reader, what=f"{what}: key")  # a bad spec fails now
@@ -337,13 +339,15 @@ class LimitSpec:
         """Return the spec of a ``ROUTES`` entry: a rate, or ``{"rate", "key", "cost", "name"}``."""
         if not isinstance(entry, Mapping):
             return cls(entry, what=what, reader=reader)
-        unknown = set(entry) - {"rate", "key", "cost", "name"}
+        unknown = set(entry) - {"rate", "capacity", "key", "cost", "name"}
         if unknown or "rate" not in entry:
             raise ValueError(
-                f"{what} takes 'rate' and optionally 'key', 'cost', 'name'; got {sorted(entry)}"
+                f"{what} takes 'rate' and optionally 'capacity', 'key', 'cost', 'name'; got "
+                f"{sorted(entry)}"
             )
         return cls(
             entry["rate"],
+            capacity=entry.get("capacity"),
             key=entry.get("key"),
             cost=entry.get("cost", 1),
             name=entry.get("name"),

@@ -7,21 +7,22 @@
     RATEKEEPER = {"DEFAULT": "100/minute", "ROUTES": {"api/search/": "10/minute"}}
 
     # views.py
-    from ratekeeper.integrations.django import limited
+    from ratekeeper.integrations.django import route_limit
 
-    @limited("5/minute", key="user")
+    @route_limit("5/minute", key="user")
     def export(request): ...
 
 A limit applies per URL pattern (its route, ``"items/<int:pk>/"``, whatever the concrete
 path) or per decorated view, one bucket per key. The middleware applies ``DEFAULT`` and
-``ROUTES`` to every view that is not decorated; ``limited`` works with or without it, on
-function views and class-based views. The state lives in memory or on Redis (``"STORAGE":
-"redis://..."``) through the same limiters as everywhere in ratekeeper, and the keys, costs,
-headers and refusals are those of the other front doors. A key function that raises is
-logged on ``ratekeeper.django`` and the request is limited under one shared key (or let
-through); a backend that is down gives ``503`` with ``Retry-After: 1`` (or lets requests
-through): never a 500. Bad settings raise ``ImproperlyConfigured`` when the middleware is
-loaded (at start-up), naming the setting and what is allowed.
+``ROUTES`` to every view that is not decorated; ``route_limit`` and ``shared_limit`` work
+with or without it, on function views and class-based views. The state lives in memory or
+on Redis (``"STORAGE": "redis://..."``) through the same limiters as everywhere in
+ratekeeper, and the keys, costs, headers and refusals are those of the other front doors.
+A key function that raises is logged on ``ratekeeper.django`` and the request is limited
+under one shared key (or let through); a backend that is down gives ``503`` with
+``Retry-After: 1`` (or lets requests through): never a 500. Bad settings raise
+``ImproperlyConfigured`` when the middleware is loaded (at start-up), naming the setting
+and what is allowed.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from ._rules import (
 from ._web import Cost, Gate, Refusal, Response, json_refusal
 from .wsgi import EnvironView
 
-__all__ = ["DEFAULTS", "RateLimitMiddleware", "exempt", "limited"]
+__all__ = ["DEFAULTS", "RateLimitMiddleware", "exempt", "route_limit", "shared_limit"]
 
 logger = logging.getLogger("ratekeeper.django")
 
@@ -324,26 +325,59 @@ class RateLimitMiddleware:
 # -- the decorators ------------------------------------------------------------------------------
 
 
-def limited(
+def route_limit(
     rate: str | tuple[str, int] | Limit,
     *,
-    key: KeySpec | None = None,
+    capacity: int | None = None,
     cost: Cost | Callable[[HttpRequest], Cost] = 1,
-    name: str | None = None,
+    key: KeySpec | None = None,
 ) -> Callable[[V], V]:
-    """Return a decorator giving a view its own limit (instead of the middleware's).
+    """Return a decorator giving a view a limit of its own (instead of the middleware's).
 
-    ``rate``: ``"10/minute"`` (bursts of 10), ``("10/minute", 20)`` or a ``Limit``. ``key``:
-    as ``KEY`` in the settings (default: that one). ``cost``: tokens per request (an int, or
-    a function of the request). ``name``: the limit's name (its policy name in the headers;
-    default the view's dotted name); views given the same name share one limit. Several
-    ``limited`` on one view all apply. Decorates a function view, a class-based view (its
-    ``dispatch``), or a method through ``method_decorator``. Works without the middleware;
-    uses ``settings.RATEKEEPER`` for the storage and options. Raises ValueError/TypeError
-    at once for a bad rate, key, cost or name.
+    ``@route_limit("10/minute")``: counted per view and key; the policy name in the headers
+    is the view's dotted name. ``rate``: ``"10/minute"`` (bursts of 10; ``capacity`` for
+    another burst size), ``("10/minute", 20)`` or a ``Limit``. ``cost``: tokens per request
+    (an int, or a function of the request). ``key``: as ``KEY`` in the settings (default:
+    that one). Several limits on one view all apply, all or nothing. Decorates a function
+    view, a class-based view (its ``dispatch``), or a method through ``method_decorator``.
+    Works without the middleware; takes the storage and options from
+    ``settings.RATEKEEPER``. Raises ValueError/TypeError at once for a bad rate, capacity,
+    cost or key.
     """
-    spec = LimitSpec(rate, key=key, cost=cost, name=name, what="limited()", reader=READER)
+    return _decorator(
+        LimitSpec(rate, capacity=capacity, cost=cost, key=key, what="route_limit()", reader=READER)
+    )
 
+
+def shared_limit(
+    name: str,
+    rate: str | tuple[str, int] | Limit,
+    *,
+    capacity: int | None = None,
+    cost: Cost | Callable[[HttpRequest], Cost] = 1,
+    key: KeySpec | None = None,
+) -> Callable[[V], V]:
+    """Return a decorator giving views one limit they share, named ``name``.
+
+    ``@shared_limit("auth", "5/minute")`` on a login and a password-reset view: five
+    requests a minute per key across both (and across ``ROUTES`` entries of that name).
+    Every use of a name must give the same rate. Otherwise as ``route_limit``; raises
+    ValueError/TypeError also for a bad name.
+    """
+    return _decorator(
+        LimitSpec(
+            rate,
+            capacity=capacity,
+            cost=cost,
+            key=key,
+            name=name,
+            what="shared_limit()",
+            reader=READER,
+        )
+    )
+
+
+def _decorator(spec: LimitSpec) -> Callable[[V], V]:
     def decorate(view: V) -> V:
         if inspect.isclass(view):
             view.dispatch = _limit_view(view.dispatch, spec, view, method=True)  # type: ignore[attr-defined]

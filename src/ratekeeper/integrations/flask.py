@@ -7,12 +7,12 @@
     limiter = RateLimiter(app)
 
     @app.get("/search")
-    @limiter.limited("10/minute", key="header:X-API-Key", cost=2)
+    @limiter.route_limit("10/minute", key="header:X-API-Key", cost=2)
     def search(): ...
 
 A limit applies per Flask endpoint (its URL rule, whatever the concrete path), one bucket per
-key. ``limited`` gives an endpoint its own limit (instead of the default); give several
-endpoints the same ``name`` to share one limit; ``exempt`` takes an endpoint out. The state
+key. ``route_limit`` gives an endpoint its own limit (instead of the default);
+``shared_limit`` gives several endpoints one limit; ``exempt`` takes an endpoint out. The state
 lives in memory or on Redis (``RATEKEEPER_STORAGE = "redis://..."``), through the same
 limiters as everywhere in ratekeeper; the keys, costs, headers and refusals are those of the
 ASGI and WSGI middlewares. A key function that raises is logged on ``ratekeeper.flask`` and
@@ -198,6 +198,19 @@ class _AppState:
         return None
 
 
+def _decorator(spec: LimitSpec) -> Callable[[F], F]:
+    """Return a decorator marking a view with ``spec`` (read when the rules are made)."""
+
+    def decorate(view: F) -> F:
+        marks = getattr(view, _ATTRIBUTE, None)
+        if marks == _EXEMPT:
+            raise ValueError(f"{view.__name__} is exempt; it cannot also be limited")
+        setattr(view, _ATTRIBUTE, [spec, *(marks or ())])
+        return view
+
+    return decorate
+
+
 def _current() -> Request:
     return flask.request._get_current_object()  # type: ignore[attr-defined,no-any-return]
 
@@ -294,34 +307,57 @@ class RateLimiter:
         app.before_request(before)
         app.after_request(after)
 
-    def limited(
+    def route_limit(
         self,
         rate: str | tuple[str, int] | Limit,
         *,
-        key: KeySpec | None = None,
+        capacity: int | None = None,
         cost: Cost | Callable[[Request], Cost] = 1,
-        name: str | None = None,
+        key: KeySpec | None = None,
     ) -> Callable[[F], F]:
-        """Return a decorator giving a view its own limit, instead of the default.
+        """Return a decorator giving a view a limit of its own, instead of the default.
 
-        ``rate``: ``"10/minute"`` (bursts of 10), ``("10/minute", 20)`` or a ``Limit``.
-        ``key``: as ``RATEKEEPER_KEY`` (default: that one). ``cost``: tokens per request
-        (an int, or a function of the request). ``name``: the limit's name (its policy name
-        in the headers; default the endpoint's); endpoints given the same name share one
-        limit. Several ``limited`` on one view all apply. Works above or below
-        ``@app.route``. Raises ValueError/TypeError at once for a bad rate, key, cost or
-        name.
+        ``@limiter.route_limit("10/minute")``: counted per endpoint (its URL rule, whatever
+        the path) and key; the policy name in the headers is the endpoint's. ``rate``:
+        ``"10/minute"`` (bursts of 10; ``capacity`` for another burst size),
+        ``("10/minute", 20)`` or a ``Limit``. ``cost``: tokens per request (an int, or a
+        function of the request). ``key``: as ``RATEKEEPER_KEY`` (default: that one).
+        Several limits on one view all apply, all or nothing. Works above or below
+        ``@app.route``, and in a ``MethodView``'s ``decorators``. Raises ValueError/TypeError
+        at once for a bad rate, capacity, cost or key.
         """
-        spec = LimitSpec(rate, key=key, cost=cost, name=name, what="limited()", reader=READER)
+        return _decorator(
+            LimitSpec(
+                rate, capacity=capacity, cost=cost, key=key, what="route_limit()", reader=READER
+            )
+        )
 
-        def decorate(view: F) -> F:
-            marks = getattr(view, _ATTRIBUTE, None)
-            if marks is _EXEMPT:
-                raise ValueError(f"{view.__name__} is exempt; it cannot also be limited")
-            setattr(view, _ATTRIBUTE, [spec, *(marks or ())])
-            return view
+    def shared_limit(
+        self,
+        name: str,
+        rate: str | tuple[str, int] | Limit,
+        *,
+        capacity: int | None = None,
+        cost: Cost | Callable[[Request], Cost] = 1,
+        key: KeySpec | None = None,
+    ) -> Callable[[F], F]:
+        """Return a decorator giving views one limit they share, named ``name``.
 
-        return decorate
+        ``@limiter.shared_limit("auth", "5/minute")`` on a login and a password-reset view:
+        five requests a minute per key across both. Every use of a name must give the same
+        rate. Otherwise as ``route_limit``; raises ValueError/TypeError also for a bad name.
+        """
+        return _decorator(
+            LimitSpec(
+                rate,
+                capacity=capacity,
+                cost=cost,
+                key=key,
+                name=name,
+                what="shared_limit()",
+                reader=READER,
+            )
+        )
 
     def exempt(self, view: F) -> F:
         """Mark a view as never limited (not even by ``RATEKEEPER_DEFAULT``); return it."""

@@ -22,6 +22,7 @@ from http import HTTPStatus
 from typing import Any, Literal
 
 from .._keyed import SyncKeyedLimiter
+from ._rules import Rule, accepted_headers, check
 from ._web import (
     UNKEYED,
     Cost,
@@ -233,46 +234,22 @@ class RateLimitMiddleware:
         )
         self.app = app
         self.limiter = limiter
+        self._rules: tuple[Rule[Environ], ...] = (Rule(limiter, self._gate),)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        gate = self._gate
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "") or "/"
-        cost = gate.fixed_cost
-        if cost is None:
-            try:
-                cost = gate.cost(environ, method, path)
-            except Exception as exc:
-                return self._failed(environ, start_response, "the cost function", exc)
-            if not cost:
-                return self.app(environ, start_response)
-        key = gate.key(environ, method, path)
-        if key is None:
+        refusal, granted = check(self._rules, environ, method, path, self._max_wait)
+        if refusal is not None:
+            return send_refusal(environ, start_response, self._gate, refusal)
+        if not granted or not self._gate.headers_on_accept:
             return self.app(environ, start_response)
-        try:
-            verdict = self.limiter.admit(key, cost, max_wait=self._max_wait)
-        except Exception as exc:
-            return self._failed(environ, start_response, "the limiter", exc)
-        if not verdict.granted:
-            return send_refusal(environ, start_response, gate, gate.refusal(verdict))
-        if not gate.headers_on_accept:
-            return self.app(environ, start_response)
-        extra = gate.accepted_headers(verdict)
+        extra = accepted_headers(granted)
 
         def start_with_headers(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
             return start_response(status, [*headers, *extra], *exc)
 
         return self.app(environ, start_with_headers)
-
-    def _failed(
-        self, environ: Environ, start_response: StartResponse, what: str, exc: Exception
-    ) -> Iterable[bytes]:
-        gate = self._gate
-        method = environ.get("REQUEST_METHOD", "GET")
-        refusal = gate.failed(what, exc, method, environ.get("PATH_INFO", ""))
-        if refusal is None:
-            return self.app(environ, start_response)
-        return send_refusal(environ, start_response, gate, refusal)
 
     def __repr__(self) -> str:
         return f"<RateLimitMiddleware {self.limiter!r} max_wait={self._max_wait}>"
