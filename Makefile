@@ -25,8 +25,8 @@ demo: $(VENV)/.installed
 	$(BIN)/ratekeeper demo
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests $(wildcard benchmarks)
-	$(BIN)/ruff format --check src tests $(wildcard benchmarks)
+	$(BIN)/ruff check src tests $(wildcard benchmarks examples)
+	$(BIN)/ruff format --check src tests $(wildcard benchmarks examples)
 	$(BIN)/mypy --strict src
 
 test: lint
@@ -37,6 +37,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/bench_redis.py
 	$(BIN)/python benchmarks/bench_metrics.py
 	$(BIN)/python benchmarks/bench_web.py
+	$(BIN)/python benchmarks/bench_clients.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

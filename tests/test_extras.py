@@ -22,8 +22,13 @@ EXTRAS = {
     "prometheus": ("ratekeeper.metrics", ["prometheus_client"]),
     "flask": ("ratekeeper.integrations.flask", ["flask"]),
     "django": ("ratekeeper.integrations.django", ["django"]),
+    "requests": ("ratekeeper.integrations.requests", ["requests"]),
+    "aiohttp": ("ratekeeper.integrations.aiohttp", ["aiohttp"]),
+    "celery": ("ratekeeper.integrations.celery", ["celery"]),
 }
-EVERY_OPTIONAL_DEPENDENCY = ["redis", "httpx", "prometheus_client", "matplotlib"]
+EVERY_OPTIONAL_DEPENDENCY = [
+    *["redis", "httpx", "prometheus_client", "matplotlib", "requests", "aiohttp", "celery"]
+]
 WEB_FRAMEWORKS = ["starlette", "fastapi", "uvicorn", "anyio"]
 
 IMPORT_WITHOUT = """\
@@ -73,7 +78,7 @@ def test_every_extra_named_in_a_message_exists(extra: str) -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["ratekeeper", "ratekeeper.cli", "ratekeeper.testing", "ratekeeper.contract"],
+    ["ratekeeper", "ratekeeper.cli", "ratekeeper.testing", "ratekeeper.contract", "ratekeeper.llm"],
 )
 def test_the_core_needs_no_extra(module: str) -> None:
     assert import_without(module, EVERY_OPTIONAL_DEPENDENCY + WEB_FRAMEWORKS) is None

@@ -631,10 +631,12 @@ class CompositeLimiter(_AsyncLimiter[dict[str, float]], CompositeScheduler):
 
     ``CompositeLimiter({"requests": Limit("60/minute", weight=1), "tokens":
     Limit("90000/minute")})`` takes each limit as a ``Limit``, a rate (capacity: its count)
-    or a (rate, capacity) pair. A cost is a mapping of limit name to tokens (unnamed limits:
-    0), or an int ``n``: ``n`` from each limit without a weight, its weight from a weighted
-    one (so ``acquire(1500)`` is one request and 1,500 tokens); the default is 1. With an
-    int, ``charge`` and ``refund`` settle only the limits without a weight.
+    or a (rate, capacity) pair; ``CompositeLimiter("10/hour;100/day")`` reads several rates
+    from one string, named ``"hour"`` and ``"day"`` (see ``Limit.parse_many``). A cost is a
+    mapping of limit name to tokens (unnamed limits: 0), or an int ``n``: ``n`` from each
+    limit without a weight, its weight from a weighted one (so ``acquire(1500)`` is one
+    request and 1,500 tokens); the default is 1. With an int, ``charge`` and ``refund``
+    settle only the limits without a weight.
     ``await llm.acquire({"requests": 1, "tokens": 1500})`` waits until both fit;
     ``charge({"tokens": 700})`` and ``refund({"tokens": 300})`` settle the true cost after
     the call. Everything else is as in TokenBucket: FIFO, priorities, cancellation-safe,

@@ -2,7 +2,8 @@
 
 ``limiter("5/s", storage=os.environ["RATE_STORAGE"], key="api")`` returns a ``TokenBucket``
 for ``memory://`` and a ``RedisTokenBucket`` for ``redis://cache:6379/0?timeout=0.2``; a
-mapping of limits returns the composite form; ``sync_limiter`` returns the blocking twins.
+mapping of limits (``Limit.parse_many("10/hour;100/day")`` is one) returns the composite
+form; ``sync_limiter`` returns the blocking twins.
 The URL grammar::
 
     memory://
@@ -32,8 +33,8 @@ from urllib.parse import SplitResult, unquote_plus, urlsplit, urlunsplit
 
 from ._asyncio import CompositeLimiter, TokenBucket
 from ._errors import BackendUnavailable
-from ._gcra import LimitsLike
-from ._rate import RateLike
+from ._gcra import LimitsMapping
+from ._rate import RateLike, several
 from ._threading import SyncCompositeLimiter, SyncTokenBucket
 from .contract import AsyncBucket, AsyncComposite, SyncBucket, SyncComposite
 
@@ -210,11 +211,18 @@ def _build(
     sync: bool,
 ) -> Any:
     """Return the limiter ``storage`` names: the one engine behind limiter and sync_limiter."""
+    if isinstance(rate, str) and several(rate):
+        # The type of what is returned follows the argument's type, never a string's text.
+        name = "sync_limiter" if sync else "limiter"
+        raise ValueError(
+            f"{name}({rate!r:.60}) holds several limits; a str is one rate (e.g. '10/hour'). "
+            f"For several, pass them as limits: {name}(Limit.parse_many('10/hour;100/day'))"
+        )
     composite = isinstance(rate, Mapping)
     if composite and capacity is not None:
         raise TypeError(
             "capacity= is for a single rate; in a mapping of limits each carries its own, "
-            "as Limit(rate, capacity) or (rate, capacity)"
+            "as Limit(rate, capacity) or (rate, capacity), e.g. {'hour': Limit('10/hour', 5)}"
         )
     if key is not None and not isinstance(key, str):
         raise TypeError(f"key must be a str naming the limit, not {type(key).__name__}")
@@ -293,7 +301,7 @@ def _cluster_client(url: str, timeout: float, sync: bool) -> Any:
 
 @overload
 def limiter(
-    rate: LimitsLike,
+    rate: LimitsMapping,
     capacity: None = ...,
     *,
     storage: str = ...,
@@ -314,7 +322,7 @@ def limiter(
 
 
 def limiter(
-    rate: RateLike | LimitsLike,
+    rate: RateLike | LimitsMapping,
     capacity: int | None = None,
     *,
     storage: str = "memory://",
@@ -328,12 +336,15 @@ def limiter(
     ``RedisCompositeLimiter``) on a client it makes and owns (``aclose()`` closes it), and
     limiters given the same URL and ``key`` share one limit at the server. ``options`` are
     the limiter's keywords (``clock=``, ``on_event=`` in memory; ``timeout=``,
-    ``on_failure=``... at a server) and override the URL's.
+    ``on_failure=``... at a server) and override the URL's. Several limits in one string, as
+    the ``limits`` library writes them, are ``limiter(Limit.parse_many("10/hour;100/day"))``
+    (named ``"hour"`` and ``"day"``): the returned type follows the argument's type, so a
+    ``str`` is always one rate and a string holding several is a ValueError saying so.
 
-    Raises ValueError for a bad URL (naming the part and what is allowed) or a Redis storage
-    without ``key``, TypeError for a keyword the limiter does not take, ImportError when a
-    Redis storage is named and the redis client is not installed, and what the limiter's
-    constructor raises for a bad rate or capacity.
+    Raises ValueError for a bad URL (naming the part and what is allowed), a Redis storage
+    without ``key`` or a string of several limits, TypeError for a keyword the limiter does
+    not take, ImportError when a Redis storage is named and the redis client is not
+    installed, and what the limiter's constructor raises for a bad rate or capacity.
     """
     return cast(
         "AsyncBucket | AsyncComposite", _build(rate, capacity, storage, key, options, sync=False)
@@ -342,7 +353,7 @@ def limiter(
 
 @overload
 def sync_limiter(
-    rate: LimitsLike,
+    rate: LimitsMapping,
     capacity: None = ...,
     *,
     storage: str = ...,
@@ -363,7 +374,7 @@ def sync_limiter(
 
 
 def sync_limiter(
-    rate: RateLike | LimitsLike,
+    rate: RateLike | LimitsMapping,
     capacity: int | None = None,
     *,
     storage: str = "memory://",

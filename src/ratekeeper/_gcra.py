@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import NamedTuple
 
-from ._rate import MAX_TOKENS, NS_PER_SECOND, Rate, RateLike, _show
+from ._rate import MAX_TOKENS, NS_PER_SECOND, Rate, RateLike, _show, parse_many
 
 __all__ = [
     "CompositeDecision",
@@ -44,6 +44,7 @@ __all__ = [
     "Gcra",
     "Limit",
     "LimitsLike",
+    "LimitsMapping",
     "check_capacity",
     "named_limits",
     "check_tokens",
@@ -127,31 +128,59 @@ class Limit:
         weight = "" if self.weight is None else f" weight={self.weight}"
         return f"{self.rate} capacity={self.capacity}{weight}"
 
+    @classmethod
+    def parse_many(cls, text: str) -> dict[str, Limit]:
+        """Read several limits from one string, e.g. ``"10/hour;100/day"``, named by period.
 
-LimitsLike = Mapping[str, "Limit | RateLike | tuple[RateLike, int]"]
+        The separators are ``;``, ``,`` and ``|``, as in the ``limits`` library (and so
+        Flask-Limiter and slowapi). Each limit is named after its period (``{"hour": ...,
+        "day": ...}``; ``"10 per 2 hours"`` is ``"2_hours"``) and bursts up to its token
+        count, as a single rate does. Raises TypeError/ValueError, showing an accepted
+        example, as ``ratekeeper._rate.parse_many`` does (an empty part, two rates of one
+        period, more than 32 rates, or a rate that does not parse).
+        """
+        return {name: cls(rate) for name, rate in parse_many(text).items()}
+
+
+LimitsMapping = Mapping[str, "Limit | RateLike | tuple[RateLike, int]"]
+"""Several limits by name (see ``LimitsLike``)."""
+LimitsLike = LimitsMapping | str
 """Several limits by name, e.g. ``{"requests": Limit("60/minute", weight=1), "tokens":
 Limit("90000/minute")}``: a call must fit in all of them. A value may also be a rate, or a
-(rate, capacity) pair."""
+(rate, capacity) pair. A string holds one or more rates named by period, as
+``Limit.parse_many`` reads it: ``"10/hour;100/day"`` is ``{"hour": ..., "day": ...}``."""
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 
 
 def named_limits(limits: object) -> dict[str, Limit]:
-    """Return ``limits`` as {name: Limit}; raise TypeError/ValueError naming a bad entry."""
+    """Return ``limits`` as {name: Limit}; raise TypeError/ValueError naming a bad entry.
+
+    A string is read by ``Limit.parse_many`` (``"10/hour;100/day"``).
+    """
+    if isinstance(limits, str):
+        return Limit.parse_many(limits)
     if not isinstance(limits, Mapping) or not limits:
         raise TypeError(
             "limits must be a non-empty mapping of name to Limit (or rate, or (rate, "
-            f'capacity)), e.g. {{"requests": Limit("60/minute", weight=1)}}; got {limits!r}'
+            f'capacity)), e.g. {{"requests": Limit("60/minute", weight=1)}}, or a string '
+            f"such as '10/hour;100/day'; got {limits!r:.80}"
         )
     named = {}
     for name, given in limits.items():
         if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-            raise ValueError(f"a limit's name must be 1-64 letters, digits or '_.:-', got {name!r}")
+            raise ValueError(
+                "a limit's name must be 1-64 letters, digits or '_.:-', e.g. "
+                f"{{'requests': '60/s'}}, got {name!r:.80}"
+            )
         if isinstance(given, Limit):
             named[name] = given
         elif isinstance(given, tuple):
             if len(given) != 2:
-                raise ValueError(f"limit {name!r}: expected (rate, capacity), got {given!r}")
+                raise ValueError(
+                    f"limit {name!r}: expected (rate, capacity), e.g. ('10/s', 20), "
+                    f"got {given!r:.80}"
+                )
             named[name] = Limit(*given)
         else:
             named[name] = Limit(given)

@@ -36,7 +36,7 @@ from ._asyncio import check_timeout
 from ._clock import MONOTONIC, Clock, Timer
 from ._errors import AcquireTimeout, LimiterClosed
 from ._gcra import Limit, LimitsLike, check_tokens, named_limits
-from ._rate import RateLike
+from ._rate import RateLike, several
 from ._scheduler import WAIT_BUCKETS, Statistics
 
 if TYPE_CHECKING:
@@ -711,6 +711,13 @@ class _KeyedBase:
                 f"backend=...; got rate={rate!r}, limits={limits!r}, backend={backend!r}"
             )
         if backend is None:
+            if isinstance(rate, str) and several(rate):
+                if capacity is not None:
+                    raise TypeError(
+                        "capacity goes with one rate; several limits each carry their own, as "
+                        "limits=, e.g. {'hour': Limit('10/hour', 5), 'day': Limit('100/day', 20)}"
+                    )
+                limits, rate = rate, None
             if rate is not None:
                 limits = {"default": Limit(rate, capacity)}
             elif capacity is not None:
@@ -991,7 +998,9 @@ class KeyedLimiter(_KeyedBase):
     ``KeyedLimiter(limits={"requests": Limit("60/minute", weight=1), "tokens":
     Limit("90000/minute")})`` holds each key to several limits at once, all or nothing:
     ``acquire(key, 1500)`` takes 1 request and 1,500 tokens (``tokens`` may also map limit
-    names to amounts). ``KeyedLimiter(backend=...)`` keeps the state elsewhere (Redis).
+    names to amounts). ``KeyedLimiter("10/hour;100/day")`` (or ``limits=`` that string)
+    holds each key to both, named ``"hour"`` and ``"day"`` (see ``Limit.parse_many``).
+    ``KeyedLimiter(backend=...)`` keeps the state elsewhere (Redis).
 
     ==========================  ================================================================
     ``await acquire(key, n)``   waits until granted (FIFO within a key), or raises AcquireTimeout

@@ -4,6 +4,11 @@ The emission interval (nanoseconds per token) is kept as an exact fraction so th
 arithmetic in the core can run on integers and never drift, however long it runs. Every
 input is bounded: a rate outside the ranges below is refused at once, and a rate string is
 read in time linear in its length (a number's exponent is checked before it is expanded).
+
+Units: ms, s, minute, hour, day, week (7 days), month (30 days, as the ``limits`` library
+counts it) and year (365 days). A string of several limits (``"10/hour;100/day"``, separated
+by ``;``, ``,`` or ``|`` as ``limits`` reads them) is read by ``parse_many``, which names each
+limit after its period (``"hour"``, ``"day"``, ``"2_hours"``).
 """
 
 from __future__ import annotations
@@ -13,7 +18,16 @@ import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-__all__ = ["MAX_INTERVAL_NS", "MAX_TOKENS", "MIN_INTERVAL_NS", "Rate", "RateLike"]
+__all__ = [
+    "MAX_INTERVAL_NS",
+    "MAX_LIMITS",
+    "MAX_TOKENS",
+    "MIN_INTERVAL_NS",
+    "Rate",
+    "RateLike",
+    "parse_many",
+    "several",
+]
 
 NS_PER_SECOND = 1_000_000_000
 
@@ -30,8 +44,10 @@ script keeps only 2^51 units exact (about 26 days of whole ns for a full bucket)
 limit is refused there by ``make_spec``, naming that bound."""
 _RANGES = (
     f"a rate takes at most 2**48 ({MAX_TOKENS}) tokens per period, one token every "
-    f"1 ns (1e9 tokens/s) to 3650 days (one per 10 years)"
+    f"1 ns (1e9 tokens/s) to 3650 days (one per 10 years), e.g. '1000000/s' or '1/year'"
 )
+MAX_LIMITS = 32
+"""The most limits one string may hold (``"10/s;500/hour;5000/day"`` holds three)."""
 # The emission interval is reduced to a fraction whose denominator is at most this; any rate
 # written with a few decimal digits is represented exactly.
 _MAX_DENOMINATOR = 1_000_000
@@ -43,6 +59,11 @@ for _names, _seconds in (
     (("m", "min", "mins", "minute", "minutes"), Fraction(60)),
     (("h", "hr", "hrs", "hour", "hours"), Fraction(3600)),
     (("d", "day", "days"), Fraction(86400)),
+    (("w", "wk", "wks", "week", "weeks"), Fraction(7 * 86400)),
+    # As the limits library (and so Flask-Limiter and slowapi) counts a month.
+    (("mo", "month", "months"), Fraction(30 * 86400)),
+    # limits counts 360 days; a calendar year is what a reader of "1/year" expects.
+    (("y", "yr", "yrs", "year", "years"), Fraction(365 * 86400)),
 ):
     for _name in _names:
         _UNITS[_name] = _seconds
@@ -61,18 +82,38 @@ _MAX_MAGNITUDE = 400
 # Digits past the 40th significant one are dropped: every int in range (<= 2**48) has
 # fewer, and any other value ends up a float, which keeps 17.
 _MAX_DIGITS = 40
-_FORMS = "'5/s', '100/minute', '10 per 2 seconds', '1000/hour', '5000/day'"
+_FORMS = (
+    "'5/s', '100/minute', '10 per 2 seconds', '1000/hour', '5000/day' or '1/month' "
+    "(units: ms, s, minute, hour, day, week, month = 30 days, year = 365 days)"
+)
+# Periods by which limits are named, longest first: a period is named after the longest
+# unit it is a whole number of ("hour", "2_hours", "90_seconds").
+_PERIOD_NAMES = (
+    ("year", Fraction(365 * 86400)),
+    ("month", Fraction(30 * 86400)),
+    ("week", Fraction(7 * 86400)),
+    ("day", Fraction(86400)),
+    ("hour", Fraction(3600)),
+    ("minute", Fraction(60)),
+    ("second", Fraction(1)),
+    ("millisecond", Fraction(1, 1000)),
+)
+_SEPARATORS = ";,|"
+_SPLIT_RE = re.compile(r"[;,|]")
 
 
 def _exact(value: float | int | Fraction, what: str) -> Fraction:
     """Convert a positive finite number to a Fraction, reading floats as their decimal repr."""
     if isinstance(value, bool) or not isinstance(value, (int, float, Fraction)):
-        raise TypeError(f"{what} must be a number, not {type(value).__name__} {_show(value)}")
+        raise TypeError(
+            f"{what} must be a number, not {type(value).__name__} {_show(value)}; "
+            f"e.g. Rate(5) or Rate(100, per=60), or Rate.parse('100/minute')"
+        )
     if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{what} must be finite and > 0, got {value!r}")
+        raise ValueError(f"{what} must be finite and > 0, got {value!r}; e.g. Rate(100, per=60)")
     exact = Fraction(repr(value)) if isinstance(value, float) else Fraction(value)
     if exact <= 0:
-        raise ValueError(f"{what} must be > 0, got {_show(value)}")
+        raise ValueError(f"{what} must be > 0, got {_show(value)}; e.g. Rate(100, per=60)")
     return exact
 
 
@@ -163,24 +204,38 @@ class Rate:
 
     @classmethod
     def parse(cls, text: str) -> Rate:
-        """Read a rate such as '5/s', '100/minute', '10 per 2 seconds' or '5000/day'.
+        """Read a rate such as '5/s', '100/minute', '10 per 2 seconds' or '1 per month'.
+
+        Units: ms, s, minute, hour, day, week, month (30 days) and year (365 days), with
+        the usual abbreviations and plurals. Several rates in one string (``"10/hour;100/day"``)
+        are for composites: see ``parse_many``.
 
         Raises ValueError naming the text and the accepted forms when it does not parse, and
         naming the range when a number in it is out of range (see the class). Takes time
         linear in the text's length.
         """
         if not isinstance(text, str):
-            raise TypeError(f"a rate string is needed, not {type(text).__name__} {_show(text)}")
+            raise TypeError(
+                f"a rate string such as '5/s' is needed, not {type(text).__name__} {_show(text)}"
+            )
         match = _RATE_RE.match(text)
         unit = _UNITS.get(match["unit"].lower()) if match else None
         if match is None or unit is None:
+            if several(text):
+                raise ValueError(
+                    f"cannot read the rate {_clip(text)}: a Rate is one rate, e.g. '10/hour'; "
+                    "several limits in one string (e.g. '10/hour;100/day') make a composite: "
+                    "CompositeLimiter('10/hour;100/day') or Limit.parse_many('10/hour;100/day')"
+                )
             raise ValueError(f"cannot read the rate {_clip(text)}; write it like {_FORMS}")
         count = _literal(match["count"], text) if match["count"] else Fraction(1)
         if count <= 0:
-            raise ValueError(f"the period in rate {_clip(text)} must be > 0")
+            raise ValueError(
+                f"the period in rate {_clip(text)} must be > 0, e.g. '10 per 2 seconds'"
+            )
         tokens = _literal(match["tokens"], text)
         if tokens <= 0:
-            raise ValueError(f"the token count in rate {_clip(text)} must be > 0")
+            raise ValueError(f"the token count in rate {_clip(text)} must be > 0, e.g. '1/s'")
         return cls(_plain(tokens), _plain(count * unit))
 
     @classmethod
@@ -209,10 +264,79 @@ class Rate:
 
     def __str__(self) -> str:
         tokens = _num(self.tokens)
-        for name, seconds in (("s", 1), ("minute", 60), ("hour", 3600), ("day", 86400)):
+        for name, seconds in (
+            ("s", 1),
+            ("minute", 60),
+            ("hour", 3600),
+            ("day", 86400),
+            ("week", 7 * 86400),
+            ("month", 30 * 86400),
+            ("year", 365 * 86400),
+        ):
             if self.per == seconds:
                 return f"{tokens}/{name}"
         return f"{tokens} per {_num(self.per)}s"
+
+    @property
+    def period_name(self) -> str:
+        """Name the period: "second", "hour", "2_hours", "90_seconds" (see ``parse_many``)."""
+        per = _exact(self.per, "rate period")
+        for name, seconds in _PERIOD_NAMES:
+            count = per / seconds
+            if count.denominator == 1:
+                return name if count == 1 else f"{count}_{name}s"
+        return f"{_num(self.per)}_seconds"
+
+
+def several(text: str) -> bool:
+    """Return True if ``text`` holds a separator of several limits (``;``, ``,`` or ``|``)."""
+    return any(sep in text for sep in _SEPARATORS)
+
+
+def parse_many(text: str) -> dict[str, Rate]:
+    """Read one or more rates separated by ``;``, ``,`` or ``|``, named after their periods.
+
+    ``parse_many("10/hour;100/day")`` is ``{"hour": Rate(10, 3600), "day": Rate(100,
+    86400)}``: each rate is named by ``Rate.period_name``, the longest unit its period is a
+    whole number of (``"10 per 2 hours"``: ``"2_hours"``; ``"60 per 90 s"``: ``"90_seconds"``),
+    so ``"100/day"`` and ``"100 per 24 hours"`` name the same limit. Raises TypeError for a
+    value that is not a str, and ValueError, showing an accepted example, for an empty part,
+    more than ``MAX_LIMITS`` rates, two rates of the same period, or a rate ``Rate.parse``
+    refuses. Takes time linear in the text's length.
+    """
+    if not isinstance(text, str):
+        raise TypeError(
+            f"limits as a string such as '10/hour;100/day' are needed, not "
+            f"{type(text).__name__} {text!r:.80}"
+        )
+    if sum(text.count(sep) for sep in _SEPARATORS) >= MAX_LIMITS:
+        raise ValueError(
+            f"the limits {_clip(text)} hold more than {MAX_LIMITS} rates; write at most "
+            f"{MAX_LIMITS}, e.g. '10/s;500/hour;5000/day'"
+        )
+    rates: dict[str, Rate] = {}
+    parts = _SPLIT_RE.split(text)
+    for part in parts:
+        if not part.strip():
+            raise ValueError(
+                f"the limits {_clip(text)} have an empty part; separate rates by one ';', ',' "
+                "or '|', e.g. '10/hour;100/day'"
+            )
+        try:
+            rate = Rate.parse(part)
+        except ValueError as exc:
+            if len(parts) == 1:
+                raise
+            raise ValueError(f"in the limits {_clip(text)}: {exc}") from None
+        name = rate.period_name
+        if name in rates:
+            raise ValueError(
+                f"the limits {_clip(text)} give two rates per {name.replace('_', ' ')} "
+                f"({rates[name]} and {rate}); the smaller one alone decides: keep it, e.g. "
+                f"'{min(rates[name], rate, key=lambda r: r.tokens)}'"
+            )
+        rates[name] = rate
+    return rates
 
 
 def _plain(value: Fraction) -> float:

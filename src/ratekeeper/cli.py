@@ -36,12 +36,17 @@ from typing import Any, NoReturn, TextIO
 
 from . import __version__, _check, _simulate
 from ._demo import render, run_demo
-from ._rate import Rate
+from ._rate import Rate, several
 
 __all__ = ["main"]
 
 
 def _rate(text: str) -> Rate:
+    if several(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r:.60} holds several limits; this command runs one limit: give one rate, "
+            "e.g. '10/hour' or '5/s'"
+        )
     try:
         return Rate.of(float(text)) if _is_number(text) else Rate.parse(text)
     except (TypeError, ValueError) as exc:

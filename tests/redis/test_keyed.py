@@ -482,7 +482,7 @@ def test_bad_construction(redis_url: str) -> None:
     with pytest.raises(TypeError, match="prefix"):
         RedisKeyedBackend(redis_url, {"default": "1/s"}, prefix=3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="mapping"):
-        RedisKeyedBackend(redis_url, "1/s")  # type: ignore[arg-type]
+        RedisKeyedBackend(redis_url, 5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_key_length"):
         RedisKeyedBackend(redis_url, {"default": "1/s"}, max_key_length=0)
     with pytest.raises(ValueError, match="fallback_share"):

@@ -156,11 +156,6 @@ class _Governor(Generic[Bucket, Req]):
             raise TypeError("clock goes with rate; a limiter has its own clock")
         if not (callable(cost) or (type(cost) is int and cost >= 0)):
             raise TypeError(f"cost must be an int >= 0 or a function of the request, not {cost!r}")
-        for value, what in ((default_pause, "default_pause"), (max_pause, "max_pause")):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{what} must be a number of seconds, not {value!r}")
-            if not 0 <= value < math.inf:
-                raise ValueError(f"{what} must be finite seconds >= 0, got {value!r}")
         if type(retries) is not int or retries < 0:
             raise ValueError(f"retries must be an int >= 0, got {retries!r}")
         if type(max_hosts) is not int or max_hosts < 1:
@@ -182,8 +177,8 @@ class _Governor(Generic[Bucket, Req]):
         self.timeout = timeout
         self._aimd = aimd
         self.retries = retries
-        self._default_pause = float(default_pause)
-        self._max_pause = float(max_pause)
+        self._default_pause = check_seconds(default_pause, "default_pause")
+        self._max_pause = check_seconds(max_pause, "max_pause")
         self._max_hosts = max_hosts
         self._hosts: OrderedDict[str, _Host[Bucket]] = OrderedDict()
         self._single: _Host[Bucket] | None = None if limiter is None else _Host(limiter)
@@ -265,7 +260,7 @@ class _Governor(Generic[Bucket, Req]):
         if limited and "retry-after" in headers:
             date = headers.get("date")
             pause = parse_retry_after(headers["retry-after"][0], date[0] if date else None)
-            source = "Retry-After"
+            source = "" if pause is None else "Retry-After"
         quotas = read_quotas(headers, time.time())
         if pause is None:
             spent = [q for q in quotas if q.remaining == 0 and q.reset is not None]
@@ -370,6 +365,16 @@ class _Governor(Generic[Bucket, Req]):
         return {host: state.bucket for host, state in self._hosts.items()}
 
 
+def check_seconds(value: float, what: str) -> float:
+    """Return ``value`` as float seconds; raise TypeError/ValueError naming ``what`` unless it
+    is a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds, not {value!r}")
+    if not 0 <= value < math.inf:
+        raise ValueError(f"{what} must be finite seconds >= 0, got {value!r}")
+    return float(value)
+
+
 def _round(rate: float) -> float:
     return float(f"{rate:.4g}")
 
@@ -389,7 +394,7 @@ async def send_async(
     request: Req,
     *,
     host: str,
-    replayable: bool,
+    replayable: Callable[[Req], bool],
     send: Callable[[Req], Awaitable[Resp]],
     answer: Callable[[Resp], tuple[int, Fields]],
     discard: Callable[[Resp], Awaitable[object]],
@@ -398,7 +403,8 @@ async def send_async(
 
     Waits for the tokens, sends through ``send``, reads the response through ``answer``
     (status, header fields), and retries a rate-limited answer (``discard`` frees it) while
-    ``retries`` and ``replayable`` allow. Raises AcquireTimeout and what ``send`` raises.
+    ``retries`` allows and ``replayable(request)`` says its body can be sent again. Raises
+    AcquireTimeout and what ``send`` raises.
     """
     attempt = 0
     while True:
@@ -416,7 +422,7 @@ async def send_async(
             raise
         status, headers = answer(response)
         limited = governor.heard(state, status, headers, sent)
-        if not limited or attempt >= governor.retries or not replayable:
+        if not limited or attempt >= governor.retries or not replayable(request):
             return response
         attempt += 1
         await discard(response)
@@ -427,7 +433,7 @@ def send_sync(
     request: Req,
     *,
     host: str,
-    replayable: bool,
+    replayable: Callable[[Req], bool],
     send: Callable[[Req], Resp],
     answer: Callable[[Resp], tuple[int, Fields]],
     discard: Callable[[Resp], object],
@@ -449,7 +455,7 @@ def send_sync(
             raise
         status, headers = answer(response)
         limited = governor.heard(state, status, headers, sent)
-        if not limited or attempt >= governor.retries or not replayable:
+        if not limited or attempt >= governor.retries or not replayable(request):
             return response
         attempt += 1
         discard(response)

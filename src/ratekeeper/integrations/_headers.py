@@ -166,6 +166,14 @@ def _base(date: str | None, now: float) -> float:
     return now if base is None else base
 
 
+def _precise_base(date: str | None, now: float) -> float:
+    """Return the time to measure a precise absolute reset (an RFC 3339 time, epoch
+    seconds) from: ``now`` while the response's ``Date`` agrees with it (Date's whole
+    seconds would lose the precision), the Date when the two clocks disagree by more."""
+    base = _base(date, now)
+    return now if -0.5 <= now - base <= 1.5 else base
+
+
 def parse_duration(value: str) -> float | None:
     """Return the seconds of a Go-style duration (``6m0s``, ``1s``, ``20ms``, ``1h2m3.5s``).
 
@@ -333,16 +341,17 @@ def parse_ratelimit_policy(value: str) -> list[tuple[str, int | None, int | None
 def read_quotas(headers: Fields, now: float) -> list[Quota]:
     """Return every quota the response's headers report, from every family they use.
 
-    ``headers`` as ``fields`` makes them; ``now`` is the wall-clock POSIX time, used to
-    measure absolute resets (epoch seconds, RFC 3339 times) when the response has no usable
-    ``Date``. Never raises; see the module for what is ignored.
+    ``headers`` as ``fields`` makes them; ``now`` is the wall-clock POSIX time. Absolute
+    resets (epoch seconds, RFC 3339 times) are measured from ``now`` while the response's
+    ``Date`` agrees with it to within its whole seconds, else from the Date (the clocks
+    disagree: the server's own is the one its resets are on). Never raises; see the module
+    for what is ignored.
     """
-    base = _base(_first(headers, "date"), now)
     return [
         *_ietf(headers),
-        *_x_ratelimit(headers, base),
+        *_x_ratelimit(headers, now),
         *_openai(headers),
-        *_anthropic(headers, base),
+        *_anthropic(headers, now),
     ]
 
 
@@ -370,7 +379,7 @@ def _ietf(headers: Fields) -> list[Quota]:
     return [Quota("ratelimit", "default", "requests", limit, left, until)]
 
 
-def _x_ratelimit(headers: Fields, base: float) -> list[Quota]:
+def _x_ratelimit(headers: Fields, now: float) -> list[Quota]:
     limit = _count("X-RateLimit-Limit", _first(headers, "x-ratelimit-limit"))
     remaining = _count("X-RateLimit-Remaining", _first(headers, "x-ratelimit-remaining"))
     used = _count("X-RateLimit-Used", _first(headers, "x-ratelimit-used"))
@@ -382,7 +391,9 @@ def _x_ratelimit(headers: Fields, base: float) -> list[Quota]:
     if reset is None:
         stamp = _delta("X-RateLimit-Reset", _first(headers, "x-ratelimit-reset"))
         if stamp is not None:
-            reset = max(0.0, stamp - base) if stamp >= _EPOCH_FROM else stamp
+            if stamp >= _EPOCH_FROM:
+                stamp = max(0.0, stamp - _precise_base(_first(headers, "date"), now))
+            reset = stamp
     resource = _first(headers, "x-ratelimit-resource")
     if resource is not None and _TOKEN.fullmatch(resource.strip()) is None:
         _ignored("X-RateLimit-Resource", resource, "a malformed")
@@ -406,14 +417,18 @@ def _openai(headers: Fields) -> list[Quota]:
     return quotas
 
 
-def _anthropic(headers: Fields, base: float) -> list[Quota]:
+def _anthropic(headers: Fields, now: float) -> list[Quota]:
     quotas = []
+    base: float | None = None  # the Date is read once, and only if a reset needs it
     for kind in ("requests", "tokens", "input-tokens", "output-tokens"):
         prefix = f"anthropic-ratelimit-{kind}"
         limit = _count(f"{prefix}-limit", _first(headers, f"{prefix}-limit"))
         remaining = _count(f"{prefix}-remaining", _first(headers, f"{prefix}-remaining"))
         if limit is None and remaining is None:
             continue
-        reset = _until(f"{prefix}-reset", _first(headers, f"{prefix}-reset"), base)
+        text = _first(headers, f"{prefix}-reset")
+        if text is not None and base is None:
+            base = _precise_base(_first(headers, "date"), now)
+        reset = None if base is None else _until(f"{prefix}-reset", text, base)
         quotas.append(Quota("anthropic", kind, kind, limit, remaining, reset))
     return quotas

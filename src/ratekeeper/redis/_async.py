@@ -678,6 +678,8 @@ class RedisCompositeLimiter(CompositeParts, _AsyncLimiter):
         await limits.acquire(1200)                 # 1 request and 1200 tokens, atomically
         await limits.charge({"tokens": 300})       # the reply used 300 more than estimated
 
+    The limits may also be one string, ``RedisCompositeLimiter(client, "api-key-1",
+    "10/hour;100/day")``: limits named ``"hour"`` and ``"day"`` (see ``Limit.parse_many``).
     ``tokens`` may also be a mapping of limit name to tokens. The limits' keys are
     ``prefix + "{key}:" + name``: the ``{key}`` hash tag puts them in one Redis Cluster
     slot. A grant waits for the slowest limit; each limit is committed at the grant time.

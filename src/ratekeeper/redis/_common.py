@@ -658,7 +658,7 @@ class CompositeParts:
         self,
         client: Any,
         key: str,
-        limits: Mapping[str, Limit | RateLike],
+        limits: LimitsLike,
         *,
         prefix: str = "ratekeeper:",
         timeout: float = 0.5,

@@ -107,10 +107,17 @@ def make_spec(
     burst = capacity * cost
     label = f"{name!r} on key {key!r}" if name else f"on key {key!r}"
     if burst > MAX_BURST:
+        most = MAX_BURST // cost
+        if most >= 1:
+            fits = f"a capacity of at most {most} at this rate"
+        elif scale == 1:
+            fits = "a rate of at least one token per 26 days"
+        else:
+            fits = "a rate whose interval is a simpler fraction of a nanosecond"
         raise ValueError(
             f"limit {label}: capacity={capacity} at {rate} spans {burst} units of 1/{scale} ns, "
-            f"more than the 2^51 that Redis's Lua numbers (doubles) keep exact; use a smaller "
-            f"capacity or a rate whose interval is a simpler fraction of a nanosecond"
+            f"more than the 2^51 that Redis's Lua numbers (doubles) keep exact (a full bucket "
+            f"spans at most about 26 days); use {fits}, e.g. '1000/day' (capacity 1000)"
         )
     if weight is not None and (type(weight) is not int or not 1 <= weight <= capacity):
         raise ValueError(
