@@ -3,11 +3,17 @@
 Offline: the build runs with ``--no-isolation`` when the build backend (hatchling, in the
 test extra) is installed here, and the wheel is installed with ``--no-index --no-deps``
 (ratekeeper has no runtime dependencies), so no package index is asked for anything.
+
+The wheel is also installed, without extras, into fresh environments of the oldest and the
+newest supported Python (3.10 and 3.13) when they are on the machine. Where one is absent the
+test is skipped saying so (nothing is proven there), and fails under CI, whose machines have
+them.
 """
 
 from __future__ import annotations
 
 import email
+import glob
 import importlib.util
 import os
 import shutil
@@ -226,3 +232,91 @@ def test_bench_from_the_installed_wheel_says_benchmarks_ship_with_the_source(
     assert done.returncode == 2
     assert "they ship with the source checkout of ratekeeper" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- the supported range: the oldest and the newest Python -----------------------------------
+
+SUPPORTED_ENDS = ("3.10", "3.13")
+
+
+def find_python(version: str) -> str | None:
+    """Return a working interpreter of ``version``: a pyenv install, or ``pythonX.Y`` on PATH.
+
+    Each candidate is run, since a pyenv shim on PATH may exist without its version being
+    selected.
+    """
+    pyenv = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
+    candidates = sorted(glob.glob(f"{pyenv}/versions/{version}.*/bin/python{version}"))
+    on_path = shutil.which(f"python{version}")
+    for candidate in [*reversed(candidates), *([on_path] if on_path else [])]:
+        probe = subprocess.run(
+            [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=clean_env(),
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == version:
+            return candidate
+    return None
+
+
+@pytest.mark.parametrize("version", SUPPORTED_ENDS)
+def test_the_wheel_installs_without_extras_on_the_oldest_and_newest_python(
+    version: str, dist: Dist, tmp_path: Path
+) -> None:
+    python = find_python(version)
+    if python is None:
+        message = (
+            f"Python {version} is not on this machine (no python{version} on PATH or under "
+            f"pyenv): the wheel is NOT proven installable on {version} here"
+        )
+        if os.environ.get("CI"):  # CI is where the supported range must be proven
+            pytest.fail(message)
+        pytest.skip(message)
+    home = tmp_path / f"venv{version}"
+    # A venv without pip (fast, offline); this environment's pip installs into it.
+    made = subprocess.run(
+        [python, "-m", "venv", "--without-pip", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=clean_env(),
+    )
+    assert made.returncode == 0, made.stderr
+    bin_dir = home / ("Scripts" if os.name == "nt" else "bin")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(bin_dir / "python"),
+            "install",
+            "--quiet",
+            "--no-index",
+            "--no-deps",
+            "--disable-pip-version-check",
+            str(dist.wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=clean_env(),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    code = (
+        "import sys, ratekeeper, ratekeeper.integrations.asgi, ratekeeper.testing; "
+        "print('%d.%d' % sys.version_info[:2], ratekeeper.__version__)"
+    )
+    done = run_in(bin_dir, "python", "-c", code, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [version, VERSION]
+    done = run_in(bin_dir, "ratekeeper", "--version", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"ratekeeper {VERSION}\n"
+    done = run_in(bin_dir, "ratekeeper", "demo", "--tasks", "3", "--hold", "0", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -673,10 +673,12 @@ class CompositeLimiter(_AsyncLimiter[dict[str, float]], CompositeScheduler):
 
 
 class TokenBucketRateLimiter(TokenBucket):
-    """The seed snippet's class, done right: ``TokenBucketRateLimiter(rate=5, capacity=5)``.
+    """A ``TokenBucket`` under the name and signature of a common recipe's class.
 
-    Code written for it (``async with limiter:``, ``await limiter.acquire(tokens)``) works
-    unchanged but for the import. ``rate`` is tokens per second.
+    ``TokenBucketRateLimiter(rate=5, capacity=5)``: code written for such a class (``async
+    with limiter:``, ``await limiter.acquire(tokens)``, ``limiter.tokens``) works unchanged
+    but for the import, without that recipe's bugs (see the design notes). ``rate`` is tokens
+    per second.
     """
 
     __slots__ = ()
@@ -686,7 +688,7 @@ class TokenBucketRateLimiter(TokenBucket):
 
     @property
     def tokens(self) -> float:
-        """The tokens available now, as the seed's attribute of that name meant."""
+        """The tokens available now (``available_nowait()``), under the recipe's name."""
         return self.available_nowait()
 
 

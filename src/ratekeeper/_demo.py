@@ -1,4 +1,4 @@
-"""The seed's scenario, run on the real clock and checked against the ideal schedule.
+"""The demo: N tasks through one limiter on the real clock, checked against the ideal schedule.
 
 N tasks share a limiter of ``rate``/s with ``capacity`` burst; each holds its slot for
 ``hold`` seconds. The ideal: the first ``capacity`` start at once, then one every 1/rate s,

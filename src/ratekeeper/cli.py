@@ -94,11 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="run the seed scenario on the real clock and check it against the ideal schedule",
+        help="run tasks through a limiter on the real clock, checked against the ideal schedule",
         formatter_class=_FORMATTER,
         description=(
-            "Run N tasks through one asyncio limiter on the real clock (the seed snippet's "
-            "scenario: 20 tasks, 5/s, capacity 5, each holding its slot 0.1 s), print when "
+            "Run N tasks through one asyncio limiter on the real clock (by default 20 tasks, "
+            "5/s, capacity 5, each holding its slot 0.1 s), print when "
             "each started next to the ideal schedule, and exit 1 if any started early (a "
             "burst), out of order, or later than the tolerance."
         ),
@@ -637,7 +637,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=_FORMATTER,
         description=(
             "Run the benchmark scripts (benchmarks/bench_*.py) whose backends are installed, "
-            "and print their tables:\nthe same figures the README quotes."
+            "and print their tables:\nthe same figures the documentation quotes."
         ),
         epilog=_BENCH_EPILOG,
     )

@@ -2,7 +2,7 @@
 
 Moving to Redis must not change what a call means: the same function, given a
 ``TokenBucket`` and then a ``RedisTokenBucket`` (and the blocking and composite twins),
-makes the same decisions call by call. And mypy (with ``truthy-bool``, as the README says
+makes the same decisions call by call. And mypy (with ``truthy-bool``, as the docs say
 to enable it) rejects the mistake that used to switch limiting off silently.
 """
 

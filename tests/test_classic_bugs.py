@@ -1,6 +1,6 @@
-"""One test per bug of the seed snippet (and of the fixes proposed for it), named for it.
+"""One test per classic bug of naive token-bucket limiters (and of the usual fixes), named for it.
 
-The README's table "seed bug -> how ratekeeper prevents it -> the test" points here.
+The table in docs/design.md ("the bug -> how ratekeeper prevents it -> the test") points here.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ratekeeper.testing import ManualClock
 from .conftest import live_timers
 
 
-async def test_seed_bug_aenter_did_not_await_acquire(clock: ManualClock) -> None:
+async def test_classic_bug_aenter_did_not_await_acquire(clock: ManualClock) -> None:
     limiter = TokenBucketRateLimiter(rate=5, capacity=5, clock=clock)
     entered: list[float] = []
 
@@ -34,10 +34,10 @@ async def test_seed_bug_aenter_did_not_await_acquire(clock: ManualClock) -> None
     assert entered == pytest.approx([0, 0, 0, 0, 0, 0.2, 0.4])
 
 
-async def test_seed_bug_wall_clock_jumps_do_not_change_decisions(
+async def test_classic_bug_wall_clock_jumps_do_not_change_decisions(
     clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The seed read time.time(): an NTP step backwards froze refills, forwards burst. The
+    # A naive limiter reads time.time(): an NTP step backwards froze refills, forwards burst. The
     # default clock is monotonic; here the wall clock jumps a day both ways and nothing moves.
     limiter = TokenBucket(5, 5)
     assert await limiter.acquire(5)
@@ -48,7 +48,7 @@ async def test_seed_bug_wall_clock_jumps_do_not_change_decisions(
         assert limiter.available_nowait() < 1
 
 
-async def test_seed_bug_request_larger_than_capacity_hung_forever(clock: ManualClock) -> None:
+async def test_classic_bug_request_larger_than_capacity_hung_forever(clock: ManualClock) -> None:
     limiter = TokenBucket(5, 5, clock=clock)
     with pytest.raises(ValueError, match="tokens=6 exceeds the capacity 5"):
         await asyncio.wait_for(limiter.acquire(6), 1)
@@ -56,7 +56,7 @@ async def test_seed_bug_request_larger_than_capacity_hung_forever(clock: ManualC
         limiter.try_acquire_nowait(6)
 
 
-async def test_seed_bug_thundering_herd_woke_every_waiter(clock: ManualClock) -> None:
+async def test_classic_bug_thundering_herd_woke_every_waiter(clock: ManualClock) -> None:
     limiter = TokenBucket(5, 1, clock=clock)
     await limiter.acquire()
     wakeups = 0
@@ -76,7 +76,7 @@ async def test_seed_bug_thundering_herd_woke_every_waiter(clock: ManualClock) ->
     await asyncio.gather(*tasks)
 
 
-async def test_seed_bug_starvation_of_large_requests(clock: ManualClock) -> None:
+async def test_classic_bug_starvation_of_large_requests(clock: ManualClock) -> None:
     limiter = TokenBucket(10, 5, clock=clock)
     await limiter.acquire(5)
     order: list[str] = []
@@ -93,7 +93,7 @@ async def test_seed_bug_starvation_of_large_requests(clock: ManualClock) -> None
     assert order[0] == "large"
 
 
-async def test_seed_bug_cancelled_waiter_lost_tokens(clock: ManualClock) -> None:
+async def test_classic_bug_cancelled_waiter_lost_tokens(clock: ManualClock) -> None:
     limiter = TokenBucket(5, 1, clock=clock)
     await limiter.acquire()
     doomed = asyncio.ensure_future(limiter.acquire())
@@ -107,12 +107,12 @@ async def test_seed_bug_cancelled_waiter_lost_tokens(clock: ManualClock) -> None
 
 
 @pytest.mark.parametrize("rate", [0, -5, float("nan")])
-def test_seed_bug_zero_or_negative_rate_divided_by_zero(rate: float) -> None:
+def test_classic_bug_zero_or_negative_rate_divided_by_zero(rate: float) -> None:
     with pytest.raises(ValueError, match="must be"):
         TokenBucket(rate, 5)
 
 
-async def test_seed_bug_busy_polling_while_waiting(clock: ManualClock) -> None:
+async def test_classic_bug_busy_polling_while_waiting(clock: ManualClock) -> None:
     limiter = TokenBucket(Rate(1, per=10), 1, clock=clock)
     await limiter.acquire()
     fired = 0
@@ -133,7 +133,7 @@ async def test_seed_bug_busy_polling_while_waiting(clock: ManualClock) -> None:
     assert fired == 1  # slept once until its due time; no polling loop
 
 
-def test_seed_bug_float_drift_over_a_long_run() -> None:
+def test_classic_bug_float_drift_over_a_long_run() -> None:
     # Three tokens a second is 333,333,333.33 ns a token; a float bucket drifts, the integer
     # core is exact after a million grants.
     g = Gcra(Rate(3), 2, 0, initial=0)
@@ -143,8 +143,8 @@ def test_seed_bug_float_drift_over_a_long_run() -> None:
     assert g.tokens_at(1_000_000 * 10**9 // 3 * 3) == 2
 
 
-async def test_seed_bug_tokens_leaked_by_the_unlocked_sleep(clock: ManualClock) -> None:
-    # The seed scenario on virtual time: 20 tasks, 5/s, capacity 5, each holding 0.1 s.
+async def test_classic_bug_tokens_leaked_by_the_unlocked_sleep(clock: ManualClock) -> None:
+    # The demo's scenario on virtual time: 20 tasks, 5/s, capacity 5, each holding 0.1 s.
     limiter = TokenBucketRateLimiter(rate=5, capacity=5, clock=clock)
     starts: list[float] = []
 
