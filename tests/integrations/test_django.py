@@ -15,24 +15,13 @@ import django
 import httpx
 import pytest
 from django.conf import settings
-
-if not settings.configured:
-    settings.configure(
-        SECRET_KEY="tests",
-        ALLOWED_HOSTS=["127.0.0.1"],
-        ROOT_URLCONF=__name__,
-        INSTALLED_APPS=[],
-        DATABASES={},
-        MIDDLEWARE=[],
-    )
-    django.setup()
-
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.test import override_settings
 from django.urls import include, path
 from django.utils.decorators import method_decorator
+from django.utils.functional import empty
 from django.views import View
 
 from ratekeeper.integrations.django import exempt, route_limit, shared_limit
@@ -104,6 +93,25 @@ urlpatterns = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def django_settings() -> Iterator[None]:
+    """Configure Django for this module, and leave it unconfigured again after it.
+
+    (A documentation block configures Django for itself, as a script would; settings can be
+    configured once per process, so whichever runs first configures and this module only
+    overrides what it needs.)
+    """
+    if settings.configured:
+        yield
+        return
+    settings.configure(SECRET_KEY="tests", INSTALLED_APPS=[], DATABASES={})
+    django.setup()
+    try:
+        yield
+    finally:
+        settings._wrapped = empty
+
+
 @pytest.fixture
 def serve() -> Iterator[Any]:
     """Serve this URLconf with the given RATEKEEPER settings and middleware."""
@@ -111,7 +119,12 @@ def serve() -> Iterator[Any]:
 
     def start(ratekeeper: dict[str, Any], middleware: bool = True) -> Any:
         chain = [f"{__name__}.sign_in", *([MIDDLEWARE] if middleware else [])]
-        override = override_settings(RATEKEEPER=ratekeeper, MIDDLEWARE=chain)
+        override = override_settings(
+            RATEKEEPER=ratekeeper,
+            MIDDLEWARE=chain,
+            ROOT_URLCONF=__name__,
+            ALLOWED_HOSTS=["127.0.0.1"],
+        )
         override.enable()
         overrides.append(override)
         return serve_wsgi(WSGIHandler())
