@@ -8,6 +8,7 @@ at a Redis or Valkey server, shared by every worker process; the default is in m
 from __future__ import annotations
 
 import os
+from typing import ClassVar
 
 from flask import Flask
 from flask.views import MethodView
@@ -43,7 +44,7 @@ def item(item_id: int) -> dict[str, int]:
 
 
 class Report(MethodView):
-    decorators = [limiter.route_limit("2/minute", key="arg:tenant")]  # per tenant
+    decorators: ClassVar = [limiter.route_limit("2/minute", key="arg:tenant")]  # per tenant
 
     def get(self, tenant: str) -> dict[str, str]:
         return {"tenant": tenant}
