@@ -36,15 +36,18 @@ test: lint
 docs: $(VENV)/.installed-test
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
+# Each script prints its tables; targets.py then sums up the headline targets of the run.
 bench: $(VENV)/.installed-bench
-	$(BIN)/python benchmarks/bench_core.py
-	$(BIN)/python benchmarks/bench_redis.py
+	mkdir -p .bench
+	$(BIN)/python benchmarks/bench_core.py --json .bench/core.json
+	$(BIN)/python benchmarks/bench_redis.py --json .bench/redis.json
 	$(BIN)/python benchmarks/bench_metrics.py
-	$(BIN)/python benchmarks/bench_web.py
+	$(BIN)/python benchmarks/bench_web.py --json .bench/web.json
 	$(BIN)/python benchmarks/bench_clients.py
+	$(BIN)/python benchmarks/targets.py .bench/core.json .bench/redis.json .bench/web.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis site
+	rm -rf $(VENV) .bench .pytest_cache .mypy_cache .ruff_cache .hypothesis site
 
 .PHONY: dist
 # The release artefacts in dist/, built offline (the test extra installs the backend), checked.

@@ -20,6 +20,7 @@ __all__ = [
     "Check",
     "WorkerFailed",
     "finite",
+    "write_checks",
     "jain",
     "machine",
     "median",
@@ -150,6 +151,7 @@ class Check:
     shown: str
     target: str
     ok: bool
+    headline: bool = False  # one of the targets `make bench` sums up (benchmarks/targets.py)
 
     @property
     def verdict(self) -> str:
@@ -180,6 +182,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: str =
 
     rule = "  " + "  ".join("-" * w for w in widths)
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+
+
+def write_checks(path: str, script: str, checks: Sequence[Check], **extra: object) -> None:
+    """Write ``checks`` (and ``extra`` figures) as JSON to ``path`` for benchmarks/targets.py."""
+    payload = {"script": script, "checks": [c.as_dict() for c in checks], **extra}
+    with open(path, "w") as f:
+        json.dump(finite(payload), f, indent=2, default=str)
 
 
 # -- worker processes ------------------------------------------------------------------------

@@ -106,7 +106,7 @@ FULL = Profile(
     unc_calls=40_000,
     unc_repeats=30,
     sat_tasks=(1_000, 10_000),
-    sat_repeats=3,
+    sat_repeats=5,
     sat_warmup=1.0,
     sat_window=3.0,
     sat_trace_window=1.0,
@@ -637,9 +637,17 @@ class Bench:
         return run_worker(__file__, {"kind": kind, "args": args}, timeout)
 
     def check(
-        self, section: str, name: str, value: float, shown: str, *, target: str, ok: bool
+        self,
+        section: str,
+        name: str,
+        value: float,
+        shown: str,
+        *,
+        target: str,
+        ok: bool,
+        headline: bool = False,
     ) -> Check:
-        item = Check(section, name, value, shown, target, ok)
+        item = Check(section, name, value, shown, target, ok, headline)
         self.checks.append(item)
         return item
 
@@ -675,7 +683,7 @@ class Bench:
             "sem_with": "Semaphore    async with sem:",
             "sem_pair": "Semaphore    await sem.acquire(); sem.release()",
             "al_acquire": "aiolimiter   await limiter.acquire()",
-            "noop": "(reference)  await noop()  [empty coroutine]",
+            "noop": "(floor)      await noop()  [a coroutine that does not suspend]",
         }
         rows = []
         for key, label in labels.items():
@@ -690,7 +698,17 @@ class Bench:
             )
         print()
         print(table(("candidate", "median ns", "p25-p75 ns", "acquire()/this"), rows))
+        floor = ratio("noop")
         checks = [
+            self.check(
+                "uncontended",
+                "acquire() / floor (await of a coroutine that does not suspend)",
+                floor,
+                f"{floor:.2f}x",
+                target="<= 1.30x",
+                ok=floor <= 1.3,
+                headline=True,
+            ),
             self.check(
                 "uncontended",
                 "acquire() / Semaphore `async with`",
@@ -797,8 +815,9 @@ class Bench:
         def med(impl: str, n: int, key: str) -> float:
             return median([r[key] for r in runs[impl, n]])
 
-        def cpu_ratio(n: int) -> float:  # ratekeeper / aiolimiter, paired per repeat
-            pairs = zip(runs["ratekeeper", n], runs["aiolimiter", n], strict=True)
+        def cpu_ratio(n: int, other: str = "aiolimiter", impl: str = "ratekeeper") -> float:
+            """``impl``'s CPU per grant / ``other``'s, paired per repeat (same round)."""
+            pairs = zip(runs[impl, n], runs[other, n], strict=True)
             return median([a["cpu_us_per_grant"] / b["cpu_us_per_grant"] for a, b in pairs])
 
         rows = []
@@ -812,6 +831,7 @@ class Bench:
                         f"{med(impl, n, 'achieved_per_s'):,.0f}",
                         f"{med(impl, n, 'achieved_ratio') * 100:.2f}%",
                         f"{med(impl, n, 'cpu_us_per_grant'):.2f}",
+                        "" if impl == "floor" else f"{cpu_ratio(n, 'floor', impl):.2f}x",
                         f"{med(impl, n, 'cpu_share') * 100:.0f}%",
                         f"{med(impl, n, 'jain'):.3f}",
                         f"{med(impl, n, 'min_per_task'):.0f}-{med(impl, n, 'max_per_task'):.0f}",
@@ -829,6 +849,7 @@ class Bench:
                     "grants/s",
                     "achieved",
                     "CPU us/grant",
+                    "/ floor",
                     "CPU",
                     "fairness",
                     "grants/task",
@@ -845,7 +866,19 @@ class Bench:
             cpu = med("ratekeeper", n, "cpu_us_per_grant")
             fair = med("ratekeeper", n, "jain")
             ratio = cpu_ratio(n)
+            floor = cpu_ratio(n, "floor")
+            # The issue's case (10,000 tasks) is the headline; 1,000 tasks is context.
+            headline = n == max(p.sat_tasks)
             checks += [
+                self.check(
+                    "saturated",
+                    f"{n:,} tasks: CPU per grant / floor's (FIFO of futures, one timer)",
+                    floor,
+                    f"{floor:.2f}x",
+                    target="<= 1.30x",
+                    ok=floor <= 1.3,
+                    headline=headline,
+                ),
                 self.check(
                     "saturated",
                     f"{n:,} tasks: achieved / configured",
@@ -853,6 +886,7 @@ class Bench:
                     f"{achieved * 100:.2f}%",
                     target=">= 99.5%",
                     ok=achieved >= 0.995,
+                    headline=headline,
                 ),
                 self.check(
                     "saturated",
@@ -875,8 +909,9 @@ class Bench:
                     f"{n:,} tasks: fairness (Jain)",
                     fair,
                     f"{fair:.3f}",
-                    target=">= 0.99",
-                    ok=fair >= 0.99,
+                    target=">= 0.995",
+                    ok=fair >= 0.995,
+                    headline=headline,
                 ),
             ]
         self.print_checks(checks)
@@ -956,14 +991,16 @@ class Bench:
                 f"{achieved * 100:.2f}%",
                 target=">= 99%",
                 ok=achieved >= 0.99,
+                headline=True,
             ),
             self.check(
                 "precision",
                 "envelope excess (worst run)",
                 excess,
                 f"{excess:.2f} tokens",
-                target="<= 1 token",
-                ok=excess <= 1.0 + 1e-9,
+                target="< 1 token",
+                ok=excess < 1.0,
+                headline=True,
             ),
             self.check(
                 "precision",

@@ -35,6 +35,10 @@ from ._scheduler import (
     Waiter,
 )
 
+_running_loop = asyncio.get_running_loop
+# Waiter objects a TokenBucket keeps for reuse (see acquire): enough for one release's grants.
+_SPARE_WAITERS = 64
+
 __all__ = ["CompositeLimiter", "Reservation", "TokenBucket", "TokenBucketRateLimiter"]
 
 P = ParamSpec("P")
@@ -517,6 +521,7 @@ class TokenBucket(_AsyncLimiter[float], Scheduler):
         "_gate",
         "_loop",
         "_now_ns",
+        "_spare",
         "_timer",
         "_timer_when",
     )
@@ -543,6 +548,7 @@ class TokenBucket(_AsyncLimiter[float], Scheduler):
         # The fast path grants when ``tat - now <= _gate``: the burst while nobody waits, the
         # limiter is open and no event listener is set; -1 otherwise (the full path runs).
         self._gate = self._burst
+        self._spare: list[_AsyncWaiter] = []
         self._init_adapter(clock, name, on_event)
 
     async def acquire(
@@ -558,32 +564,63 @@ class TokenBucket(_AsyncLimiter[float], Scheduler):
             # Fast path: one token, nobody waiting. Same arithmetic as Gcra.try_take, inlined
             # because a method call would double the cost (checked by a differential test).
             now_ns = self._now_ns()
-            now = now_ns * self._scale
-            tat = self._tat
-            if tat < now:
-                tat = now
-            tat += self._cost
-            if tat - now <= self._gate:
-                self._tat = tat
-                self._granted += 1
-                return True
+            gate = self._gate
+            if gate >= 0:  # nobody waiting, open, no listener
+                now = now_ns * self._scale
+                tat = self._tat
+                if tat < now:
+                    tat = now
+                tat += self._cost
+                if tat - now <= gate:
+                    self._tat = tat
+                    self._granted += 1
+                    return True
             # The defaults need no validation, and the clock was just read.
             if self._closed:
                 raise LimiterClosed(f"{self!r} is closed")
-            waiter = self._decide(now_ns, 1, 0, None, None)[1]
+            levels = self._levels
+            loop = _running_loop()
+            if levels and levels[0] == 0 and loop is self._loop:
+                # Behind a waiter of its own class, in the loop they wait in: it queues at
+                # the tail without a plan (nothing would use one). Queue.enqueue, written
+                # out, on a waiter object reused from an earlier call: under saturation this
+                # is every call.
+                spare = self._spare
+                if spare:
+                    waiter = spare.pop()
+                    waiter.future = loop.create_future()
+                    waiter.state = QUEUED
+                else:
+                    waiter = _AsyncWaiter(1, 0, loop.create_future())
+                waiter.enqueued_ns = now_ns
+                entry = self._queues[0]
+                entry[0].append(waiter)
+                entry[1] += 1
+                entry[2] += 1
+                self._waiting += 1
+                try:
+                    await waiter.future
+                except asyncio.CancelledError:
+                    self._withdraw(waiter)
+                    raise
+                # Granted, out of the queue, and seen by nobody else now: reusable.
+                if len(spare) < _SPARE_WAITERS:
+                    spare.append(waiter)
+                return True
+            queued = self._decide(now_ns, 1, 0, None, None)[1]
         else:
-            waiter = self._admit(tokens, timeout, priority)[1]
-        if waiter is not None:
+            queued = self._admit(tokens, timeout, priority)[1]
+        if queued is not None:
             # _wait, inlined: one coroutine frame per waiter instead of two, which is most
             # of what a waiting task costs in memory and much of its CPU.
             try:
-                await waiter.future
+                await queued.future
             except asyncio.CancelledError:
-                self._withdraw(waiter)
+                self._withdraw(queued)
                 raise
             finally:
-                if waiter.deadline is not None:
-                    waiter.deadline.cancel()
+                if queued.deadline is not None:
+                    queued.deadline.cancel()
         return True
 
     async def try_acquire(self, tokens: int = 1, *, priority: int = 0) -> bool:

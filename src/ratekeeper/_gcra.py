@@ -447,17 +447,14 @@ class CompositeGcra:
     the composite is never early on any limit).
     """
 
-    __slots__ = ("_cost", "_names", "_parts", "_scale", "_weights")
+    __slots__ = ("_names", "_parts", "_scale", "_weights")
 
     def __init__(self, limits: LimitsLike, now_ns: int) -> None:
         named = named_limits(limits)
         self._names = tuple(named)
         self._parts = tuple(Gcra(lim.rate, lim.capacity, now_ns) for lim in named.values())
         self._weights = tuple(lim.weight for lim in named.values())
-        # The queue above works in whole ns; the slack it may credit a late timer is one
-        # token of the fastest limit.
-        self._scale = 1
-        self._cost = min(-(-p._cost // p._scale) for p in self._parts)
+        self._scale = 1  # the queue above works in whole ns
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -607,7 +604,6 @@ class CompositeGcra:
             raise ValueError(f"unknown limit {name!r}; the limits are {list(self._names)}")
         part = self._parts[self._names.index(name)]
         part.reconfigure(now_ns, rate, capacity)
-        self._cost = min(-(-p._cost // p._scale) for p in self._parts)
 
     def describe(self, now_ns: int) -> str:
         """Return 'name=RATE/C tokens=T, ...' for repr()."""

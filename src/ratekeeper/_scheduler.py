@@ -12,9 +12,12 @@ smaller ones behind it that would fit now, and sustained load in a higher class 
 lower classes for as long as it lasts.
 
 Timing. Only the head waiter has a due time; the adapter arms one timer for it. When the timer
-fires, the head is granted at its theoretical due time, not at the (slightly late) moment the
-timer fired, so a saturated limiter runs at its exact rate; the late-firing slack credited is
-capped at one token's interval, so the envelope is never exceeded by more than one token.
+fires, every waiter due by then is granted at that moment: a timer that fires late is not
+credited with the time it lost, so the grants, at the instants they are made, keep the exact
+envelope (at most capacity + rate x T in any window of length T; never more than capacity at
+one instant). A late timer costs rate only when the bucket is full by then (lateness beyond
+capacity / rate): a saturated limiter whose capacity covers its timers' lateness (1 ms on
+Linux's asyncio loop) runs at its exact rate.
 """
 
 from __future__ import annotations
@@ -139,7 +142,6 @@ QUEUE_SLOTS = (
     "_total_wait_ns",
     "_wait_counts",
     "_waiting",
-    "_waiting_tokens",
 )
 
 
@@ -237,7 +239,6 @@ class Queue:
         # Provided by the arithmetic class beside this one (Gcra or CompositeGcra), which
         # comes after Queue in the method order: real definitions here would shadow it.
         _scale: int
-        _cost: int
 
         def wait_ns(self, now_ns: int, tokens: Any, ahead: Any = ...) -> int: ...
         def _commit_units(self, at: int, tokens: Any) -> Any: ...
@@ -298,7 +299,6 @@ class Queue:
         self._queues: dict[int, list[Any]] = {}
         self._levels: list[int] = []  # priorities with live waiters, highest first
         self._waiting = 0
-        self._waiting_tokens = self._zero()
         self._rejected = 0
         self._timed_out = 0
         self._cancelled = 0
@@ -385,7 +385,6 @@ class Queue:
         entry[1] += 1
         entry[2] += waiter.tokens
         self._waiting += 1
-        self._waiting_tokens += waiter.tokens
         return bool(self._levels[0] == priority and entry[1] == 1)
 
     def charge_now(self, now_ns: int, tokens: Any) -> Any:
@@ -424,15 +423,15 @@ class Queue:
     def release_due(self, now_ns: int) -> list[Waiter]:
         """Grant every waiter, in order, whose tokens are due by ``now_ns``; return them.
 
-        Each is granted at its theoretical due time (at most one token's interval before now),
-        so late timers do not slow a saturated limiter down.
+        Each is granted at ``now_ns``, however late that is: no credit for a late timer, so
+        the grants never pass the envelope at the instant they are made. (Only the rounding
+        of a due time up to whole ns is not lateness: such a waiter is granted at its exact
+        due time, so nothing drifts.)
         """
         granted: list[Waiter] = []
         now = now_ns * self._scale
-        # The slack credited for a late timer is at most one token's interval, and never
-        # earlier than the grant before it: a waiter held back by the one ahead (on another
-        # limit of a composite) was not late, and crediting it would open a burst there.
-        floor = now - self._cost
+        # Never earlier than the nanosecond before now, nor than the grant ahead.
+        floor = now - self._scale + 1
         counts = self._wait_counts
         while (waiter := self.head()) is not None:
             if waiter.abandoned():
@@ -470,7 +469,6 @@ class Queue:
         entry[1] -= 1
         entry[2] -= waiter.tokens
         self._waiting -= 1
-        self._waiting_tokens -= waiter.tokens
         if entry[1] == 0:
             del self._queues[waiter.priority]
             self._levels.remove(waiter.priority)
@@ -532,6 +530,13 @@ class Queue:
 
     # -- reporting -----------------------------------------------------------------------
 
+    def _queued_cost(self) -> Any:
+        """Return the cost of every queued waiter (kept per class, summed when asked)."""
+        cost = self._zero()
+        for entry in self._queues.values():
+            cost = cost + entry[2]
+        return cost
+
     def snapshot(self) -> Statistics:
         """Return the statistics as a frozen value."""
         granted, granted_tokens = self._grant_totals()
@@ -549,7 +554,7 @@ class Queue:
             timed_out=self._timed_out,
             cancelled=self._cancelled,
             waiting=self._waiting,
-            waiting_tokens=self._size(self._waiting_tokens) if self._waiting else 0,
+            waiting_tokens=self._size(self._queued_cost()) if self._waiting else 0,
             refunded_tokens=self._refunded,
             total_wait=self._total_wait_ns / 1e9,
             max_wait=self._max_wait_ns / 1e9,
@@ -571,6 +576,103 @@ class Scheduler(Queue, Gcra):
 
     def _head_due_units(self, tokens: int) -> int:
         return self._tat + tokens * self._cost - self._burst
+
+    def release_due(self, now_ns: int) -> list[Waiter]:
+        """Grant every waiter, in order, whose tokens are due by ``now_ns``; return them.
+
+        ``Queue.release_due`` with one bucket's arithmetic written out and its counters kept
+        in locals, written back once a level (before a removal looks at them; with a
+        listener, the generic loop runs). Under saturation this loop runs once per grant.
+        The same decisions and statistics as the generic loop: tests/test_scheduler_fast.py
+        holds the two together.
+        """
+        if self._listener is not None:
+            return Queue.release_due(self, now_ns)  # an event per grant: the generic loop
+        granted: list[Waiter] = []
+        levels = self._levels
+        if not levels:
+            return granted
+        append = granted.append
+        queues = self._queues
+        now = now_ns * self._scale
+        cost = self._cost
+        burst = self._burst
+        shift = self._shift
+        floor = now - self._scale + 1  # as in Queue.release_due: no credit for lateness
+        tat = self._tat
+        total = self._granted
+        waited_sum = 0
+        longest = self._max_wait_ns
+        counts = self._wait_counts
+        # The histogram counts runs: waits in FIFO order fall, so most share a bucket.
+        bucket, low, high, run = 0, 0, -1, 0
+        while levels:
+            level = levels[0]
+            entry = queues[level]
+            queue: deque[Waiter] = entry[0]
+            live = entry[1]
+            n = 0
+            taken = 0
+            due = now
+            while n < live:
+                waiter = queue[0]
+                if waiter.state != QUEUED:
+                    queue.popleft()  # removed earlier, dropped lazily
+                    continue
+                if waiter.abandoned():
+                    break  # settled below, outside the fast loop
+                tokens = waiter.tokens
+                take = tokens * cost
+                due = tat + take - burst
+                if due > now:
+                    break
+                queue.popleft()
+                waiter.state = GRANTED
+                n += 1
+                taken += tokens
+                if due > floor:
+                    floor = due
+                if tat < floor:
+                    tat = floor
+                tat += take
+                total += tokens
+                waiter.mark = total + shift
+                waited = now_ns - waiter.enqueued_ns
+                if low < waited <= high:
+                    run += 1
+                else:
+                    if run:
+                        counts[bucket] += run
+                    if waited < 0:
+                        waited = 0  # granted at its due time, a hair before the clock got there
+                    bucket = bisect_left(_WAIT_BUCKETS_NS, waited)
+                    low = _WAIT_BUCKETS_NS[bucket - 1] if bucket else -1
+                    high = _WAIT_BUCKETS_NS[bucket] if bucket < len(_WAIT_BUCKETS_NS) else waited
+                    run = 1
+                waited_sum += waited
+                if waited > longest:
+                    longest = waited
+                append(waiter)
+            # Write back what this level gave, before anything else may look.
+            entry[1] = live - n
+            entry[2] -= taken
+            self._waiting -= n
+            self._excess += taken - n
+            if n == live:
+                del queues[levels.pop(0)]
+                continue
+            if due > now:
+                break
+            if queue and queue[0].state == QUEUED and queue[0].abandoned():
+                self.remove(queue[0])
+                self._cancelled += 1
+        if run:
+            counts[bucket] += run
+        self._tat = tat
+        self._granted = total
+        self._total_wait_ns += waited_sum
+        self._max_wait_ns = longest
+        return granted
 
     def change_limit(self, now_ns: int, rate: Rate, capacity: int | None) -> None:
         """Reconfigure at ``now_ns`` (capacity None: unchanged); raise ValueError, changing
