@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_web.py            # everything (about two minutes)
     .venv/bin/python benchmarks/bench_web.py --quick    # fewer requests and keys
+    .venv/bin/python benchmarks/bench_web.py --only wsgi  # Flask and Django (_wsgi_bench.py)
 
 1. Middleware overhead. The same minimal Starlette endpoint is served by uvicorn (h11, all
    variants in one server process, each on its own port): bare; behind
@@ -518,7 +519,7 @@ def main() -> None:
     parser.add_argument(
         "--serve", nargs=3, metavar=("VARIANT", "PORT", "LIMIT"), help=argparse.SUPPRESS
     )
-    parser.add_argument("--only", choices=("middleware", "keyed"), help="run one part")
+    parser.add_argument("--only", choices=("middleware", "keyed", "wsgi"), help="run one part")
     parser.add_argument("--json", metavar="FILE", help="also write the targets as JSON")
     args = parser.parse_args()
     if args.serve:
@@ -526,13 +527,17 @@ def main() -> None:
         serve(variants.split(","), [int(p) for p in ports.split(",")], limit)
         return
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
-    if args.only != "keyed":
+    checks: list[Check] = []
+    if args.only in (None, "wsgi"):
+        from _wsgi_bench import bench_wsgi
+
+        checks += bench_wsgi(args.quick)
+    if args.only in (None, "middleware"):
         if args.quick:
             bench_middleware(requests=1000, rounds=4, connections=4)
         else:
             bench_middleware(requests=2000, rounds=30, connections=4)
-    checks: list[Check] = []
-    if args.only != "middleware":
+    if args.only in (None, "keyed"):
         checks += bench_keyed(100_000 if args.quick else 1_000_000)
     if args.json:
         write_checks(args.json, "bench_web.py", checks)
