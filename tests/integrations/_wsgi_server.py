@@ -25,16 +25,23 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 def serve_wsgi(app: Any, threads: int = 4) -> Iterator[str]:
     """Run ``app`` under waitress on 127.0.0.1 (a port the OS picks); yield its base URL."""
     server: Any = create_server(app, host="127.0.0.1", port=0, threads=threads)
-    thread = threading.Thread(target=server.run, daemon=True)
+    stop = threading.Event()
+
+    def run() -> None:
+        # waitress's own loop, a step at a time, so that it stops when asked and every
+        # socket is closed here, in its thread (closing them from another races select).
+        while not stop.is_set():
+            wasyncore.loop(timeout=0.05, map=server._map, count=1)
+        wasyncore.close_all(server._map)
+        server.task_dispatcher.shutdown()
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.effective_port}"
     finally:
-        # Close the sockets in the server's own loop (closing them from here races its
-        # select); with nothing left to watch, the loop ends.
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+        stop.set()
         thread.join(10)
-        server.task_dispatcher.shutdown()
 
 
 @contextlib.contextmanager
