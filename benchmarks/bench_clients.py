@@ -18,8 +18,10 @@ sends one request at a time, over one kept-alive connection:
 Rounds are interleaved (every variant once per round, the order rotated each round); the
 figures are medians over rounds of the mean time per request, and the added cost is the
 median of the per-round differences with the bare client on the same path (paired, so load
-that moves during the run cancels out). And, for reference, the httpx transports on a mock
-transport (no network at all): the pure cost of the adapter.
+that moves during the run cancels out). Two clocks: the client process's CPU time per
+request (what the adapter costs; preemption by other work on the machine does not count)
+and the wall time (what a caller waits; noisy on a shared machine). And, for reference, the
+httpx transports on a mock transport (no network at all): the pure cost of the adapter.
 """
 
 from __future__ import annotations
@@ -80,27 +82,36 @@ def start_server() -> tuple[subprocess.Popen[str], str]:
     return process, f"http://127.0.0.1:{port}"
 
 
-Runner = Callable[[str, int], Awaitable[float]]  # (url, n) -> seconds per request
+Runner = Callable[[str, int], Awaitable[tuple[float, float]]]  # (url, n) -> (wall, cpu) s
+
+
+def clocks() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def per_request(start: tuple[float, float], n: int) -> tuple[float, float]:
+    wall, cpu = clocks()
+    return (wall - start[0]) / n, (cpu - start[1]) / n
 
 
 def sync_runner(send: Callable[[str], object]) -> Runner:
-    async def run(url: str, n: int) -> float:
+    async def run(url: str, n: int) -> tuple[float, float]:
         send(url)  # warm: the connection is open before the clock starts
-        start = time.perf_counter()
+        start = clocks()
         for _ in range(n):
             send(url)
-        return (time.perf_counter() - start) / n
+        return per_request(start, n)
 
     return run
 
 
 def async_runner(send: Callable[[str], Awaitable[object]]) -> Runner:
-    async def run(url: str, n: int) -> float:
+    async def run(url: str, n: int) -> tuple[float, float]:
         await send(url)
-        start = time.perf_counter()
+        start = clocks()
         for _ in range(n):
             await send(url)
-        return (time.perf_counter() - start) / n
+        return per_request(start, n)
 
     return run
 
@@ -158,7 +169,9 @@ async def clients(closers: list[Callable[[], Awaitable[object]]]) -> dict[str, d
     return found
 
 
-async def measure(base: str, rounds: int, n: int) -> dict[str, dict[str, list[float]]]:
+async def measure(
+    base: str, rounds: int, n: int
+) -> dict[str, dict[str, list[tuple[float, float]]]]:
     closers: list[Callable[[], Awaitable[object]]] = []
     runners = await clients(closers)
     variants = [
@@ -167,19 +180,19 @@ async def measure(base: str, rounds: int, n: int) -> dict[str, dict[str, list[fl
         for kind in ("bare", "limited")
         for path in ("/", "/h")
     ]
-    samples: dict[str, dict[str, list[float]]] = {name: {} for name in runners}
+    samples: dict[str, dict[str, list[tuple[float, float]]]] = {name: {} for name in runners}
     for r in range(rounds):
         turn = variants[r % len(variants) :] + variants[: r % len(variants)]
         for name, kind, path in turn:
-            seconds = await runners[name][kind](base + path, n)
-            samples[name].setdefault(f"{kind} {path}", []).append(seconds)
+            figures = await runners[name][kind](base + path, n)
+            samples[name].setdefault(f"{kind} {path}", []).append(figures)
     for close in closers:
         await close()
     return samples
 
 
 def mock_overhead(n: int, rounds: int) -> dict[str, float]:
-    """Return the median µs per request of the httpx sync transport on a mock, bare and
+    """Return the median CPU µs per request of the httpx sync transport on a mock, bare and
     limited (no network: the adapter's own cost)."""
     handler = httpx.MockTransport(lambda request: httpx.Response(200, content=b"ok"))
     headers = [tuple(line.split(": ")) for line in QUOTA.strip().split("\r\n")]
@@ -196,10 +209,10 @@ def mock_overhead(n: int, rounds: int) -> dict[str, float]:
         for name in names[r % 4 :] + names[: r % 4]:
             client = clients[name]
             client.get("http://x/")
-            start = time.perf_counter()
+            start = time.process_time()
             for _ in range(n):
                 client.get("http://x/")
-            results[name].append((time.perf_counter() - start) / n * 1e6)
+            results[name].append((time.process_time() - start) / n * 1e6)
     return {name: statistics.median(values) for name, values in results.items()}
 
 
@@ -220,23 +233,21 @@ def main() -> None:
     rows = []
     for name, found in samples.items():
         for path, label in (("/", "limited"), ("/h", "limited+headers")):
-            bare = [s * 1e6 for s in found[f"bare {path}"]]
-            limited = [s * 1e6 for s in found[f"limited {path}"]]
-            added = statistics.median(b - a for a, b in zip(bare, limited, strict=True))
-            rows.append(
-                [
-                    name,
-                    label,
-                    f"{statistics.median(bare):.1f}",
-                    f"{statistics.median(limited):.1f}",
-                    f"{added:+.1f}",
-                    f"{statistics.median(limited) / statistics.median(bare):.3f}x",
-                ]
-            )
-    print("Per request, µs (medians over rounds; added: median of paired differences)")
-    print(table(["client", "variant", "bare", "with adapter", "added", "ratio"], rows))
+            bare, limited = found[f"bare {path}"], found[f"limited {path}"]
+            row = [name, label]
+            for i in (1, 0):  # CPU, then wall
+                a = [s[i] * 1e6 for s in bare]
+                b = [s[i] * 1e6 for s in limited]
+                added = statistics.median(y - x for x, y in zip(a, b, strict=True))
+                row += [f"{statistics.median(a):.1f}", f"{statistics.median(b):.1f}"]
+                row += [f"{added:+.1f}"]
+            rows.append(row)
+    print("Per request, µs: the client process's CPU time, then wall time (medians over rounds;")
+    print("added: median of the paired per-round differences)")
+    headers = ["client", "variant", "cpu bare", "cpu adapter", "cpu added"]
+    print(table([*headers, "wall bare", "wall adapter", "wall added"], rows))
     mock = mock_overhead(n * 5, rounds)
-    print("\nhttpx sync transport on a mock transport (no network), µs per request")
+    print("\nhttpx sync transport on a mock transport (no network), CPU µs per request")
     print(
         table(
             ["response", "bare", "with adapter", "added"],

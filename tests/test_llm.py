@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import httpx
 import pytest
 
 from ratekeeper import AcquireTimeout, CompositeLimiter, Limit
-from ratekeeper.llm import LLMLimiter, estimate_tokens
+from ratekeeper.llm import LLMLimiter, SyncLLMLimiter, estimate_tokens
 from ratekeeper.testing import ManualClock
 
 
@@ -25,6 +26,7 @@ def llm(clock: ManualClock, rpm: int = 60, tpm: int = 6000) -> LLMLimiter:
         ([{"role": "user", "content": "abcd" * 5}], 0, 5 + 4),
         ([{"role": "user", "content": [{"type": "text", "text": "abcdefgh"}]}], 10, 2 + 4 + 10),
         ([], 7, 7),
+        ([{"role": "user", "content": [{"type": "image"}, "not a part"]}], 0, 4),
     ],
 )
 def test_estimate(prompt: object, max_tokens: int, expected: int) -> None:
@@ -180,3 +182,58 @@ async def test_a_shared_composite() -> None:
 def test_bad_arguments(args: tuple[int, ...], kwargs: dict[str, object], error: type) -> None:
     with pytest.raises(error):
         LLMLimiter(*args, **kwargs)  # type: ignore[arg-type]
+
+
+# -- the blocking twin -------------------------------------------------------------------------
+
+
+def test_the_sync_twin_settles_and_observes_the_same() -> None:
+    clock = ManualClock(auto_advance=True)
+    limiter = SyncLLMLimiter(requests_per_minute=600, tokens_per_minute=60_000, clock=clock)
+    with limiter.call(1000) as call:
+        call.used(400)
+    assert limiter.limiter.available() == {"requests": 599, "tokens": 59_600}
+    headers = {
+        "x-ratelimit-limit-requests": "10",
+        "x-ratelimit-remaining-requests": "3",
+        "x-ratelimit-reset-requests": "700ms",
+    }
+    limiter.on_response(httpx.Response(200, headers=headers))
+    assert limiter.limiter.available()["requests"] == 3
+    assert limiter.limiter.limits["requests"].rate.per_second == 10  # 7 in 0.7 s: 10/s
+    limiter.observe(429, {"Retry-After": "2"})
+    start = clock.time()
+    limiter.acquire(1)
+    assert clock.time() - start >= 2.0
+    assert limiter.limited == 1
+
+
+def test_the_sync_twin_with_threads_and_an_httpx_client() -> None:
+    served: list[int] = []
+
+    def provider(request: httpx.Request) -> httpx.Response:
+        served.append(1)
+        left = max(0, 4 - len(served))
+        headers = {
+            "x-ratelimit-limit-requests": "4",
+            "x-ratelimit-remaining-requests": str(left),
+            "x-ratelimit-reset-requests": "50ms",
+        }
+        return httpx.Response(200, headers=headers)
+
+    limiter = SyncLLMLimiter(requests_per_minute=6000, tokens_per_minute=600_000)
+    hooks = {"response": [limiter.on_response]}
+    with httpx.Client(transport=httpx.MockTransport(provider), event_hooks=hooks) as client:
+
+        def one() -> None:
+            with limiter.call(10) as call:
+                client.get("https://api/")
+                call.used(5)
+
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+    assert len(served) == 8
+    assert limiter.limiter.statistics().granted == 8

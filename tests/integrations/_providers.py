@@ -99,9 +99,13 @@ def quota_headers(
 
 
 class Provider:
-    """An ASGI app: ``limit`` requests per ``window`` seconds (fixed, wall-clock aligned),
-    answered with ``family``'s headers; a request past the limit gets a 429 with them and
-    ``Retry-After``. Counts what it accepted and refused."""
+    """An ASGI app enforcing ``limit`` requests per ``window`` seconds the way ``family``'s
+    provider does, answered with its headers; a request past the limit gets a 429 with them
+    and ``Retry-After``. Counts what it accepted and refused.
+
+    GitHub and the IETF draft count fixed windows (aligned to the wall clock); OpenAI and
+    Anthropic refill steadily (a token bucket of ``limit`` refilled over ``window``) and
+    announce when they will be whole again."""
 
     def __init__(self, family: str, limit: int, window: float = 1.0) -> None:
         if family not in FAMILIES:
@@ -110,6 +114,7 @@ class Provider:
         self._lock = threading.Lock()
         self._index = -1
         self._count = 0
+        self._bucket = SyncTokenBucket(limit / window, limit)
         self.accepted = 0
         self.refused = 0
 
@@ -117,19 +122,27 @@ class Provider:
         """Count one request now; return its status and headers."""
         with self._lock:
             now = time.time()
-            index = math.floor(now / self.window)
-            if index != self._index:
-                self._index, self._count = index, 0
-            reset_at = (index + 1) * self.window
-            if self._count >= self.limit:
+            if self.family in ("openai", "anthropic"):
+                granted = self._bucket.try_acquire()
+                left = math.floor(self._bucket.available())
+                reset_at = now + self._bucket.full_in()
+                retry = (1 - self._bucket.available()) * self.window / self.limit
+            else:
+                index = math.floor(now / self.window)
+                if index != self._index:
+                    self._index, self._count = index, 0
+                reset_at = retry = (index + 1) * self.window
+                retry -= now
+                granted = self._count < self.limit
+                self._count += granted
+                left = self.limit - self._count
+            headers = quota_headers(self.family, self.limit, max(0, left), reset_at, now)
+            if not granted:
                 self.refused += 1
-                headers = quota_headers(self.family, self.limit, 0, reset_at, now)
-                headers["retry-after"] = str(math.ceil(reset_at - now))
+                headers["retry-after"] = str(max(1, math.ceil(retry)))
                 return 429, headers
-            self._count += 1
             self.accepted += 1
-            left = self.limit - self._count
-            return 200, quota_headers(self.family, self.limit, left, reset_at, now)
+            return 200, headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert scope["type"] == "http"

@@ -67,7 +67,9 @@ async def test_costs_and_provider_headers(app: tuple[Scripted, str]) -> None:
     # GET waits for the reset.
     answered = time.monotonic()
     await statuses(middleware, ("HEAD", url, None), ("GET", url, None), ("GET", url, None))
-    assert time.monotonic() - answered >= 0.39
+    # (0.4 s from the second answer, less the closing of the first session; not waiting at
+    # all would take a few milliseconds)
+    assert time.monotonic() - answered >= 0.3
     assert middleware.limited == 0
 
 

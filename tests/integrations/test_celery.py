@@ -67,9 +67,11 @@ def test_one_rate_shared_by_every_worker_process(
         # Capacity 1: one grant, then one every 1/RATE s. The slope of the grant times
         # (least squares) is the achieved rate, robust to one late wake-up at either end.
         rate = 1 / statistics.linear_regression(range(RUNS), times).slope
-        # No window of the run went faster than the shared rate allows.
+        # No second of the run held more than the shared rate allows (RATE + 1 runs span a
+        # whole second at the server; the times are taken in the workers, after waking, so
+        # allow for a late wake-up on a loaded machine; three times the rate would be 0.33 s).
         for first, last in zip(times, times[RATE:], strict=False):
-            assert last - first >= 1.0 - 0.06, (mode, first, last)
+            assert last - first >= 1.0 - 0.25, (mode, first, last)
         if mode == "wait":
             assert rate == pytest.approx(RATE, rel=0.01), rate
         else:

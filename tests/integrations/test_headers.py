@@ -3,6 +3,7 @@ them (on the manual clock, through the httpx sync transport)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -353,7 +354,7 @@ def test_requests_in_flight_are_counted_against_what_is_left() -> None:
     assert all(s is not None for s in sent)
     answer = {"x-ratelimit-remaining": ["4"], "x-ratelimit-reset": ["10"]}
     governor.heard(state, 200, answer, 0)  # the first answer: 4 left, 2 still in flight
-    assert state.ledgers["x-ratelimit:default"][0] == 2
+    assert state.ledgers["x-ratelimit:default"].left == 2
     assert governor.admit(state, 1) is not None
     assert governor.admit(state, 1) is not None  # the last one: the bucket pauses
     assert t.buckets()["*"].full_in() >= 10.0
@@ -378,7 +379,9 @@ def test_a_quota_never_holds_the_client_past_max_pause() -> None:
     with httpx.Client(transport=t) as client:
         client.get("https://api/")
     assert t.buckets()["*"].full_in() <= 5.0 + 0.1 + 0.011
-    assert t._governor.host("api").ledgers["x-ratelimit:default"][1] <= 5 * 10**9
+    until = t._governor.host("api").ledgers["x-ratelimit:default"].until
+    assert until is not None
+    assert until <= 5 * 10**9
 
 
 def test_more_left_than_the_rate_allows_changes_nothing() -> None:
@@ -394,3 +397,43 @@ def test_more_left_than_the_rate_allows_changes_nothing() -> None:
         for _ in range(11):
             client.get("https://api/")
     assert clock.time() == pytest.approx(1.0)  # never more than the configured rate
+
+
+def test_a_refilling_quota_holds_the_client_to_its_refill_rate() -> None:
+    """OpenAI's quotas refill steadily: 0 of 60 left, whole again in 6 s, is one a tenth of
+    a second, not nothing for 6 s."""
+    clock = ManualClock(auto_advance=True)
+    sent: list[float] = []
+
+    def provider(request: httpx.Request) -> httpx.Response:
+        sent.append(clock.time())
+        headers = {
+            "x-ratelimit-limit-requests": "60",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "6s",
+        }
+        return httpx.Response(200, headers=headers)
+
+    with httpx.Client(transport=transport(provider, clock)) as client:
+        for _ in range(6):
+            client.get("https://api/")
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert gaps == [pytest.approx(0.1, abs=0.011)] * 5
+
+
+def test_an_answer_to_an_older_request_does_not_undo_a_newer_one() -> None:
+    clock = ManualClock()
+    t = transport(lambda r: httpx.Response(200), clock)
+    governor = t._governor
+    state = governor.host("api")
+    older = governor.admit(state, 1)
+    clock.advance(0.001)
+    newer = governor.admit(state, 1)
+    assert older is not None
+    assert newer is not None
+    quota = {"x-ratelimit-limit-requests": ["100"], "x-ratelimit-reset-requests": ["60s"]}
+    governor.heard(state, 200, {**quota, "x-ratelimit-remaining-requests": ["3"]}, newer)
+    # 3 left, less the older request still in flight
+    assert state.ledgers["openai:requests"].left == 2
+    governor.heard(state, 200, {**quota, "x-ratelimit-remaining-requests": ["9"]}, older)
+    assert state.ledgers["openai:requests"].left == 2

@@ -55,12 +55,14 @@ async def test_limits_on_a_three_master_cluster(cluster_nodes: list[Server], key
 def test_sync_limits_on_a_three_master_cluster(cluster_nodes: list[Server], key: str) -> None:
     client = redis.RedisCluster(host="127.0.0.1", port=cluster_nodes[1].port, socket_timeout=2)
     try:
+        # Rates slow enough that no token comes back between the calls, however loaded the
+        # machine (at 100/s one did, after 10 ms).
         limits = SyncRedisCompositeLimiter(
-            client, key, {"requests": Limit("10/s", 1, weight=1), "tokens": "100/s"}
+            client, key, {"requests": Limit("1/minute", 1, weight=1), "tokens": "100/minute"}
         )
         assert limits.try_acquire(50)
         assert not limits.try_acquire(10)
-        bucket = SyncRedisTokenBucket(client, key + "-b", "100/s", 2)
+        bucket = SyncRedisTokenBucket(client, key + "-b", "2/minute", 2)
         assert [bucket.try_acquire() for _ in range(3)] == [True, True, False]
     finally:
         client.close()

@@ -221,8 +221,10 @@ async def test_a_composite_is_all_or_nothing(async_client: Any, key: str) -> Non
     before = await limits.available()
     assert not await limits.try_acquire(200)  # tokens would run out: nothing taken
     after = await limits.available()
-    assert after["requests"] == pytest.approx(before["requests"], abs=0.01)
-    assert after["tokens"] == pytest.approx(before["tokens"], abs=0.1)
+    # Nothing taken: only the refill in between, however long a loaded machine took (a
+    # taken request or 200 tokens would show as a drop of 1 or 200).
+    assert after["requests"] >= before["requests"] - 0.01
+    assert after["tokens"] >= before["tokens"] - 0.1
     assert await limits.try_acquire(50)
     assert not await limits.try_acquire(1)  # 3 requests used
     await limits.charge({"tokens": 100})  # the last call cost more than estimated

@@ -30,12 +30,15 @@ from ratekeeper.redis._script import (
     RESERVE,
     SCRIPT,
     STATE,
+    TAKE_SCRIPT,
     Request,
     Spec,
     encode,
     make_spec,
+    single_take_wire,
     single_wire,
     split,
+    take_wire,
 )
 
 T0 = 1_700_000_000_000_000  # us: a realistic server time, so the sizes are realistic too
@@ -63,8 +66,21 @@ class Script:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self.script = client.register_script(SCRIPT)
+        self.short = client.register_script(TAKE_SCRIPT)
+        self.short_answered = 0
 
-    def call(self, requests: list[Request], now_us: int | None) -> list[list[int]]:
+    def call(
+        self, requests: list[Request], now_us: int | None, *, short: bool = False
+    ) -> list[list[int]]:
+        """Decide ``requests`` in one call; with ``short``, as the limiters do: the short
+        script first when it is its case, the full one when it answers ""."""
+        wire = take_wire(requests[0]) if short and len(requests) == 1 else None
+        if wire is not None:
+            keys, args = wire
+            reply = self.short(keys, ["" if now_us is None else str(now_us), *args[1:]])
+            if reply:
+                self.short_answered += 1
+                return split(reply, requests)
         keys, args = encode(requests, now_us)
         return split(self.script(keys, args), requests)
 
@@ -232,7 +248,13 @@ def traces(draw: st.DrawFn) -> tuple[Rate, int, list[tuple[Any, ...]]]:
 
 
 def _run_trace(
-    script: Script, rate: Rate, capacity: int, steps: list[tuple[Any, ...]], batched: bool
+    script: Script,
+    rate: Rate,
+    capacity: int,
+    steps: list[tuple[Any, ...]],
+    batched: bool,
+    *,
+    short: bool = False,
 ) -> None:
     key = f"diff-{uuid.uuid4().hex}"
     spec = make_spec(key, "", rate, capacity)
@@ -269,7 +291,7 @@ def _run_trace(
                     back = gcra.refund_at(now_ns, tokens, None if pick is None else pick[0])
                     expected.append(("refund", True, 0, back))
                 expected[-1] += (gcra.tokens_at(now_ns),)
-            replies = script.call(requests, at)
+            replies = script.call(requests, at, short=short)
             for (op, granted, wait_ns, value, _tokens_left), reply in zip(
                 expected, replies, strict=False
             ):
@@ -303,6 +325,48 @@ def test_random_traces_decide_as_gcra_when_batched(
     script: Script, trace: tuple[Rate, int, list[tuple[Any, ...]]]
 ) -> None:
     _run_trace(script, *trace, batched=True)
+
+
+@SETTINGS
+@given(trace=traces())
+def test_random_traces_decide_as_gcra_with_the_short_script(
+    script: Script, trace: tuple[Rate, int, list[tuple[Any, ...]]]
+) -> None:
+    # Every take (a reserve with max_wait 0) goes to gcra_take.lua, the rest to gcra.lua,
+    # on the same key: the two read and write one state, and both decide as Gcra.
+    _run_trace(script, *trace, batched=False, short=True)
+
+
+def test_the_short_script_writes_what_the_full_one_writes(
+    script: Script, sync_client: redis.Redis, key: str
+) -> None:
+    for rate, capacity in ((Rate(5), 3), (Rate(3, per=7), 2), (Rate(1e6), 8)):
+        specs = [make_spec(f"{key}-{rate}-{n}", "", rate, capacity) for n in ("full", "short")]
+        for step in range(6):  # from a missing key through grants, refusals and refill
+            now = T0 + step * 150_000
+            full = script.call([reserve(specs[0], 1, 0)], now)
+            short = script.call([reserve(specs[1], 1, 0)], now, short=True)
+            assert short == full
+            assert sync_client.get(specs[0].key) == sync_client.get(specs[1].key)
+    assert script.short_answered == 18
+
+
+def test_the_short_script_leaves_other_keys_to_the_full_one(
+    script: Script, sync_client: redis.Redis, key: str
+) -> None:
+    sync_client.hset(key + "-hash", "x", "1")
+    sync_client.set(key + "-str", "someone else's value")
+    sync_client.set(key + "-own", f"{T0} {T0} 0 0 0 200000000 1 5")  # holds its own limit
+    for suffix in ("-hash", "-str", "-own"):
+        spec = make_spec(key + suffix, "", "5/s", 5)
+        keys, args = single_take_wire(spec, 1)
+        assert script.short(keys, [str(T0), *args[1:]]) == b""
+    assert sync_client.get(key + "-str") == b"someone else's value"
+    assert sync_client.get(key + "-own") == f"{T0} {T0} 0 0 0 200000000 1 5".encode()
+    # The full script then decides: a refusal for the others, the key's own limit for it.
+    assert script.call([reserve(make_spec(key + "-str", "", "5/s", 5), 1, 0)], T0, short=True)[0][
+        :2
+    ] == [3, 1]
 
 
 # -- hypothesis: composites against LocalLimits ---------------------------------------------

@@ -13,11 +13,13 @@ The rules (the adapters' docstrings point here):
   pause once, not once each.
 - Provider quota headers (see ``_headers``: IETF ``RateLimit``, ``X-RateLimit-*``, OpenAI's
   and Anthropic's) are read on every response. A quota with nothing remaining pauses the limit
-  until its reset. A quota counted in requests with some remaining becomes a local ledger
-  until its reset: each request sent takes one, after subtracting the requests still in
-  flight when the answer came (the server may not have counted them yet); a request that
-  finds the ledger empty waits, queued in the bucket, until the reset. So the client sends
-  no more than the server says is left, and never more than its own configured rate. A
+  until its reset. A quota counted in requests becomes a local ledger: what the server says
+  is left, less the requests still in flight when the answer came (the server may not have
+  counted them yet); each request sent takes one, and a request that finds it empty waits,
+  queued in the bucket, until there is one again. A window (``RateLimit``, ``X-RateLimit-*``)
+  gives nothing back before its reset; OpenAI's and Anthropic's quotas refill steadily and
+  are whole at their reset, so their ledger refills at the rate that implies. So the client
+  sends no more than the server says it may, and never more than its own configured rate. A
   host's quotas hold back all of that host's requests (an API with separate quotas per
   endpoint family, such as GitHub's search, is best given a client of its own).
 - A ``429`` without a usable ``Retry-After`` or quota pauses for ``default_pause`` seconds; a
@@ -44,7 +46,7 @@ from .._asyncio import TokenBucket
 from .._clock import MONOTONIC, Clock
 from .._rate import Rate, RateLike
 from .._threading import SyncTokenBucket
-from ._headers import Fields, parse_retry_after, read_quotas
+from ._headers import Fields, Quota, parse_retry_after, read_quotas
 
 __all__ = ["Aimd", "ClientOptions"]
 
@@ -103,6 +105,47 @@ class ClientOptions(TypedDict, total=False):
     clock: Clock
 
 
+class _Ledger:
+    """What one server quota lets this client send, counted in requests: ``left`` at
+    ``at`` (ns), growing by ``refill`` per ns up to ``limit`` (a quota that refills
+    steadily), or not at all until ``until`` (a window), after which it says nothing."""
+
+    __slots__ = ("at", "left", "limit", "refill", "sent", "until")
+
+    def __init__(
+        self,
+        left: float,
+        at: int,
+        *,
+        sent: int,
+        refill: float = 0.0,
+        limit: int | None = None,
+        until: int | None = None,
+    ) -> None:
+        self.left = left
+        self.at = at
+        self.refill = refill
+        self.limit = limit
+        self.until = until
+        self.sent = sent  # when the request the answer was for was sent
+
+    def left_at(self, now: int) -> float:
+        left = self.left + (now - self.at) * self.refill
+        return left if self.limit is None else min(left, self.limit)
+
+    def said_nothing(self, now: int) -> bool:
+        """True once the ledger no longer constrains: a window reset, a quota whole again."""
+        if self.until is not None:
+            return now >= self.until
+        return self.limit is not None and self.left_at(now) >= self.limit
+
+    def next_at(self, now: int) -> int:
+        """Return when one more request is allowed (ns)."""
+        if self.until is not None:
+            return self.until
+        return now + math.ceil((1 - self.left_at(now)) / self.refill)
+
+
 class _Host(Generic[Bucket]):
     """One bucket, its adaptive state, and what the server said of its quotas."""
 
@@ -112,7 +155,7 @@ class _Host(Generic[Bucket]):
     applied: float
     decreased_at: int
     in_flight: int
-    ledgers: dict[str, list[int]]
+    ledgers: dict[str, _Ledger]
 
     def __init__(self, bucket: Bucket) -> None:
         self.bucket = bucket
@@ -120,7 +163,7 @@ class _Host(Generic[Bucket]):
         self.applied = self.rate  # the rate last given to set_rate
         self.decreased_at = -(1 << 62)  # ns
         self.in_flight = 0  # requests sent and not yet answered
-        self.ledgers = {}  # quota -> [requests left, until_ns]
+        self.ledgers = {}  # quota name -> what it lets through
 
 
 # The window within which two resets reported for one quota are the same reset (ns): Date and
@@ -230,21 +273,25 @@ class _Governor(Generic[Bucket, Req]):
         now = self._clock.now_ns()
         ledgers = state.ledgers
         held_until = 0
-        for name, (left, until) in list(ledgers.items()):
-            if until <= now:
-                del ledgers[name]  # reset: the next answer says what the new window holds
-            elif left < 1:
-                held_until = max(held_until, until)
+        for name, ledger in list(ledgers.items()):
+            if ledger.said_nothing(now):
+                del ledgers[name]  # the next answer says what there is now
+            elif ledger.left_at(now) < 1:
+                held_until = max(held_until, ledger.next_at(now))
         if held_until and tokens:
-            self.pause(state, (held_until - now) / 1e9, "quota spent")
+            self._hold(state, now, held_until)
             return None
         for ledger in ledgers.values():
-            ledger[0] -= 1
-            if ledger[0] < 1:
-                # That was the last one: whoever queues next waits for the reset.
-                self.pause(state, (ledger[1] - now) / 1e9, "quota spent")
+            ledger.left = ledger.left_at(now) - 1
+            ledger.at = now
+            if ledger.left < 1:
+                # That was the last one: whoever queues next waits for the next.
+                self._hold(state, now, ledger.next_at(now))
         state.in_flight += 1
         return now
+
+    def _hold(self, state: _Host[Bucket], now: int, until: int) -> None:
+        self.pause(state, min((until - now) / 1e9, self._max_pause), "quota spent")
 
     def lost(self, state: _Host[Bucket]) -> None:
         """Note that a request sent through ``admit`` got no response (it raised)."""
@@ -263,7 +310,14 @@ class _Governor(Generic[Bucket, Req]):
             source = "" if pause is None else "Retry-After"
         quotas = read_quotas(headers, time.time())
         if pause is None:
-            spent = [q for q in quotas if q.remaining == 0 and q.reset is not None]
+            # (A refilling quota of requests is left to its ledger: one comes back soon.)
+            spent = [
+                q
+                for q in quotas
+                if q.remaining == 0
+                and q.reset is not None
+                and not (q.per_request and q.refill_rate is not None)
+            ]
             if spent:
                 longest = max(spent, key=lambda q: q.reset or 0.0)
                 pause = longest.reset
@@ -283,24 +337,40 @@ class _Governor(Generic[Bucket, Req]):
             self.pause(state, min(pause, self._max_pause), f"{status} {source}")
         now = self._clock.now_ns()
         for quota in quotas if source != "Retry-After" else ():  # an explicit wait wins
-            if quota.per_request and quota.remaining is not None and quota.reset:
-                until = now + round(min(quota.reset, self._max_pause) * 1e9)
-                self._note(state, f"{quota.family}:{quota.resource}", quota.remaining, until)
+            if quota.per_request and quota.remaining is not None:
+                self._note(state, quota, now, sent_ns)
         if signal:
             self.limited += 1
         return signal
 
-    def _note(self, state: _Host[Bucket], name: str, remaining: int, until: int) -> None:
-        """Set one quota's ledger from an answer: what is left, less what is still in flight."""
-        left = remaining - state.in_flight
-        ledger = state.ledgers.get(name)
-        if ledger is not None and abs(until - ledger[1]) < _SAME_RESET_NS:
-            # The same window: answers can arrive out of order, the smaller count is the newer.
-            left = min(left, ledger[0])
-            until = max(until, ledger[1])
-        state.ledgers[name] = [left, until]
+    def _note(self, state: _Host[Bucket], quota: Quota, now: int, sent: int) -> None:
+        """Set a quota's ledger from an answer: what is left, less what is still in flight
+        (the server may not have counted those yet)."""
+        assert quota.remaining is not None
+        name = f"{quota.family}:{quota.resource}"
+        left: float = quota.remaining - state.in_flight
+        old = state.ledgers.get(name)
+        refill = quota.refill_rate
+        if refill is not None:
+            if old is not None and old.until is None and sent < old.sent:
+                return  # an answer to an older request: the ledger knows better
+            ledger = _Ledger(left, now, sent=sent, refill=refill / 1e9, limit=quota.limit)
+        elif quota.reset:
+            until = now + round(min(quota.reset, self._max_pause) * 1e9)
+            if (
+                old is not None
+                and old.until is not None
+                and abs(until - old.until) < _SAME_RESET_NS
+            ):
+                # The same window: answers can arrive out of order, the smaller count is the newer.
+                left = min(left, old.left_at(now))
+                until = max(until, old.until)
+            ledger = _Ledger(left, now, sent=sent, until=until)
+        else:
+            return  # a window with no reset, or a refilling quota already whole: no news
+        state.ledgers[name] = ledger
         if left < 1:
-            self.pause(state, (until - self._clock.now_ns()) / 1e9, f"{name} spent")
+            self._hold(state, now, ledger.next_at(now))
 
     def pause(self, state: _Host[Bucket], seconds: float, why: str = "") -> None:
         """Hold the bucket's next token back for ``seconds`` by charging it into debt.

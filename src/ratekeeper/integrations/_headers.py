@@ -69,6 +69,9 @@ _RFC3339 = re.compile(
 # An X-RateLimit-Reset at or past this is epoch seconds (2001-09-09), below it delta seconds.
 _EPOCH_FROM = 1e9
 _warned: set[str] = set()  # the headers already warned about (see _ignored)
+# The families whose quotas refill steadily and are whole again at the reset they announce
+# (OpenAI's and Anthropic's documented behaviour); the others are windows.
+REFILLED = frozenset({"openai", "anthropic"})
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,18 @@ class Quota:
     def per_request(self) -> bool:
         """True when each request takes one of this quota."""
         return self.unit == "requests"
+
+    @property
+    def refill_rate(self) -> float | None:
+        """Return the provider's refill rate (units per second) when the quota refills
+        steadily and is whole again at its reset (OpenAI's and Anthropic's, as they
+        document), with limit, remaining and reset all known; else None (a window, which
+        gives nothing back before its reset, or not enough said)."""
+        if self.family not in REFILLED or self.limit is None or self.remaining is None:
+            return None
+        if not self.reset or self.remaining >= self.limit:
+            return None
+        return (self.limit - self.remaining) / self.reset
 
 
 def fields(items: Iterable[tuple[str, str]]) -> dict[str, list[str]]:

@@ -12,8 +12,10 @@ sync ``httpx.Client``). The server is listened to:
   ``"policy";r=0;t=5``, with ``RateLimit-Policy``; also the older ``RateLimit-Remaining``
   with ``RateLimit-Reset``), GitHub-style ``X-RateLimit-Limit/-Remaining/-Reset``, OpenAI's
   ``x-ratelimit-*-requests``/``-tokens`` and Anthropic's ``anthropic-ratelimit-*``. A quota
-  with nothing remaining pauses the limit until its reset; a quota of requests with some
-  remaining holds the client to that many until its reset (never more than its own rate).
+  of requests holds the client to what is left, less what is in flight; when none is left it
+  waits for the reset of a window (GitHub, IETF), or for the next one a steadily refilled
+  quota (OpenAI, Anthropic) gives back. A spent quota of tokens pauses until its reset.
+  Never more than the client's own rate.
 - A ``429`` without a usable ``Retry-After`` or quota (missing, malformed, negative) pauses
   for ``default_pause`` seconds (1.0): the documented safe default. A ``503`` without them is
   not taken as a rate signal (servers answer 503 for many reasons).

@@ -61,9 +61,12 @@ from ._script import (
     REFUSED,
     RESERVE,
     SCRIPT,
+    TAKE_SCRIPT,
     Request,
     encode,
+    single_take_wire,
     single_wire,
+    take_wire,
 )
 
 __all__ = ["RedisCompositeLimiter", "RedisReservation", "RedisTokenBucket"]
@@ -89,6 +92,7 @@ class _Dispatcher:
         # register_script keeps the sha and reloads the script on NOSCRIPT (restart, SCRIPT
         # FLUSH); calls go straight to EVALSHA and fall back to it on NOSCRIPT.
         self.script = client.register_script(SCRIPT)
+        self.take_script = client.register_script(TAKE_SCRIPT)  # its common case, short
         self.evalsha = client.evalsha
         self.cluster = isinstance(client, RedisCluster)
         self.where = describe_client(client)
@@ -106,6 +110,11 @@ class _Dispatcher:
     async def call(self, request: Request) -> list[int]:
         """Return the script's reply to ``request``; raise ServerFailure if the call failed."""
         if not self.in_flight and not self.pending:
+            wire = take_wire(request)
+            if wire is not None:  # the short script's case: it answers, or leaves it to ours
+                values = await self.execute(*wire, request.owner, self.take_script)
+                if values:
+                    return take_replies(values, wire[0], [request])[0]
             keys, args = request.wire or encode([request])
             return take_replies(await self.execute(keys, args, request.owner), keys, [request])[0]
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
@@ -218,12 +227,17 @@ class _Dispatcher:
             owner._round_trips += 1
         return replies
 
-    async def execute(self, keys: list[str], args: list[Any], owner: Any = None) -> list[int]:
-        """Run the script once, within the timeout; return the integers of its reply.
+    async def execute(
+        self, keys: list[str], args: list[Any], owner: Any = None, script: Any = None
+    ) -> list[int]:
+        """Run the script (or ``script``: the short one) once, within the timeout; return
+        the integers of its reply.
 
         With ``owner``, this is one request sent at once, alone: it is counted as in flight
         and for its owner. Raises ServerFailure if the call fails.
         """
+        if script is None:
+            script = self.script
         if self.down_until and time.monotonic() < self.down_until:
             raise ServerFailure(
                 f"{self.where} failed a moment ago; the next try is in "
@@ -240,9 +254,9 @@ class _Dispatcher:
             self.in_flight += 1
         try:
             try:
-                reply: bytes | str = await self.evalsha(self.script.sha, len(keys), *keys, *args)
+                reply: bytes | str = await self.evalsha(script.sha, len(keys), *keys, *args)
             except NoScriptError:
-                reply = await self.script(keys, args)
+                reply = await script(keys, args)
         except asyncio.CancelledError:
             if task not in self.overdue:
                 raise
@@ -496,6 +510,7 @@ class RedisTokenBucket(BucketParts, _AsyncLimiter):
         spec = self._specs[0]
         self._one = ((spec, 1, NO_MARK, 0),)
         self._wire_try = single_wire(spec, RESERVE, 1, 0)
+        self._wire_take = single_take_wire(spec, 1)
         self._wire_wait = single_wire(spec, RESERVE, 1, -1)
 
     def _request_one(self, max_wait: int) -> Request:
@@ -566,8 +581,12 @@ class RedisTokenBucket(BucketParts, _AsyncLimiter):
                 if self._closed:
                     raise LimiterClosed(f"{self!r} is closed")
                 if not dispatcher.in_flight and not dispatcher.pending:
-                    # Fast path: alone on the connection, the request prebuilt.
-                    reply = await dispatcher.execute(*self._wire_try, self)
+                    # Fast path: alone on the connection, the request prebuilt, the short
+                    # script first (it leaves a key that is not a plain bucket to ours).
+                    take = dispatcher.take_script
+                    reply = await dispatcher.execute(*self._wire_take, self, take)
+                    if not reply:
+                        reply = await dispatcher.execute(*self._wire_try, self)
                     if len(reply) > 6:  # the key holds a limit of its own
                         reply = take_replies(reply, [self.key], [self._request_one(0)])[0]
                     else:

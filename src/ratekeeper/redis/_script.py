@@ -31,6 +31,7 @@ __all__ = [
     "SCRIPT",
     "SET_LIMIT",
     "STATE",
+    "TAKE_SCRIPT",
     "Request",
     "Spec",
     "cut",
@@ -38,12 +39,16 @@ __all__ = [
     "make_spec",
     "parse",
     "rate_of",
+    "single_take_wire",
     "single_wire",
     "split",
+    "take_wire",
 ]
 
 SCRIPT: str = resources.files(__package__).joinpath("gcra.lua").read_text("utf-8")
 """The Lua source; its opening comment is the KEYS/ARGV/return contract."""
+TAKE_SCRIPT: str = resources.files(__package__).joinpath("gcra_take.lua").read_text("utf-8")
+"""The common case of SCRIPT, short: one key, one limit, take now or refuse (``take_wire``)."""
 
 MAX_AHEAD = 2**52
 """The script never lets a bucket run further ahead of now than this many units."""
@@ -233,6 +238,24 @@ def single_wire(spec: Spec, op: bytes, tokens: int, max_wait: int) -> tuple[list
     """Return ``encode([Request(op, ((spec, tokens, ...),), max_wait)])``, built directly."""
     head = f"R 1 {max_wait}" if op == RESERVE else f"{op.decode()} 1"
     return [spec.key], ["", spec.conf, f"{head} 1 {tokens}"]
+
+
+def take_wire(request: Request) -> tuple[list[str], list[Any]] | None:
+    """Return (KEYS, ARGV) for TAKE_SCRIPT if ``request`` is its case, else None.
+
+    Its case: a reserve on one key with a maximum wait of 0 (take now or refuse; nothing is
+    booked). TAKE_SCRIPT answers it as SCRIPT answers ``encode([request])``, or with an
+    empty reply, changing nothing, when the key is not a plain bucket: then ask SCRIPT.
+    """
+    if request.op != RESERVE or request.max_wait != 0 or len(request.items) != 1:
+        return None
+    spec, tokens, _, _ = request.items[0]
+    return single_take_wire(spec, tokens)
+
+
+def single_take_wire(spec: Spec, tokens: int) -> tuple[list[str], list[Any]]:
+    """Return (KEYS, ARGV) for TAKE_SCRIPT taking ``tokens`` on ``spec``'s key."""
+    return [spec.key], ["", str(spec.cost), str(spec.scale), str(spec.capacity), str(tokens)]
 
 
 def parse(reply: bytes | str) -> list[int]:

@@ -42,7 +42,7 @@ from ._common import (
     describe_client,
     take_replies,
 )
-from ._script import DONE, SCRIPT, Request, encode, parse
+from ._script import DONE, SCRIPT, TAKE_SCRIPT, Request, encode, parse, take_wire
 
 MAX_BATCH = 256
 
@@ -100,6 +100,7 @@ class _SyncDispatcher:
     def __init__(self, client: Any, retry_interval: float) -> None:
         # register_script keeps the sha and reloads the script on NOSCRIPT (restart, flush).
         self.script = client.register_script(SCRIPT)
+        self.take_script = client.register_script(TAKE_SCRIPT)  # its common case, short
         self.cluster = isinstance(client, redis.RedisCluster)
         self.where = describe_client(client)
         self.retry_interval = retry_interval
@@ -224,8 +225,14 @@ class _SyncDispatcher:
         replies: dict[int, list[int]] = {}
         try:
             for group in groups:
-                keys, args = encode(group)
-                values = parse(self.script(keys, args))
+                wire = take_wire(group[0]) if len(group) == 1 else None
+                # The short script's case: it answers, or leaves it to ours (an empty reply).
+                values = [] if wire is None else parse(self.take_script(*wire))
+                if wire is not None and values:
+                    keys = wire[0]
+                else:
+                    keys, args = encode(group)
+                    values = parse(self.script(keys, args))
                 replies.update(zip(map(id, group), take_replies(values, keys, group), strict=True))
         except Exception as exc:
             failure = classify(exc, self.where)
