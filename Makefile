@@ -32,6 +32,12 @@ lint: $(VENV)/.installed-test
 test: lint
 	$(BIN)/python -m pytest -q
 
+.PHONY: soak
+# The fault suite's long form: every fault x policy x front end, bounds asserted (minutes).
+# The table of its figures: python -m tests.faults.table
+soak: $(VENV)/.installed-test
+	RATEKEEPER_SOAK=1 $(BIN)/python -m pytest -q -s tests/faults
+
 # The documentation site in site/, built in strict mode (a broken link or reference fails).
 docs: $(VENV)/.installed-test
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site

@@ -1,11 +1,16 @@
-"""Benchmark the web integrations: middleware overhead under uvicorn, and the keyed limiter.
+"""Benchmark the web front doors: added server CPU per request, against bare and the peer.
 
-    .venv/bin/python benchmarks/bench_web.py            # everything (about two minutes)
+    .venv/bin/python benchmarks/bench_web.py            # everything (a few minutes)
     .venv/bin/python benchmarks/bench_web.py --quick    # fewer requests and keys
+    .venv/bin/python benchmarks/bench_web.py --only routes
     .venv/bin/python benchmarks/bench_web.py --only wsgi  # Flask and Django (_wsgi_bench.py)
 
-1. Middleware overhead. The same minimal Starlette endpoint is served by uvicorn (h11, all
-   variants in one server process, each on its own port): bare; behind
+One function per front door (``bench_middleware``, ``bench_routes``, ...), each serving its
+variants (bare, ours, the peer's) from one server process and driving them in interleaved
+rounds; ``SECTIONS`` lists them.
+
+1. ASGI middleware (``middleware``). The same minimal Starlette endpoint is served by
+   uvicorn (h11, all variants in one server process, each on its own port): bare; behind
    ``RateLimitMiddleware`` (one bucket per client address); the same with ``RateLimit``
    headers on every response; and behind slowapi's pure ASGI middleware with the same
    limit (1,000,000/minute per client, so every request is accepted: the accepted path is
@@ -19,9 +24,15 @@
      paired with bare round by round, with its quartiles: the end-to-end cost, but noisy
      when other work shares the cores.
    And, for reference, the same apps called in-process with no server at all.
-2. Keyed limiter. 1,000,000 distinct keys touched once each (sync and asyncio), bytes per
-   live key (tracemalloc), memory after the keys go idle, and an attacker sending endless
-   new keys against ``max_keys``.
+2. Route limits in FastAPI (``routes``): one endpoint, bare; with a dependency that does
+   nothing (the floor of any ``Depends``); with ``@route_limit``; with
+   ``Depends(limiter.depends(...))``; with slowapi's ``@limiter.limit``. The request path
+   (inside the server, the median time from a request entering the app to the endpoint's
+   body, minus bare's), the server CPU per request over bare, paired by round (medians,
+   quartiles), and in-process timings.
+3. Keyed limiter (``keyed``). 1,000,000 distinct keys touched once each (sync and asyncio),
+   bytes per live key (tracemalloc), memory after the keys go idle, and an attacker sending
+   endless new keys against ``max_keys``.
 """
 
 from __future__ import annotations
@@ -39,7 +50,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from _common import Check, write_checks
 
@@ -51,7 +62,10 @@ LIMIT = "1000000/minute"
 
 
 class Stopwatch:
-    """The time each request spends from entering the app to reaching the router, summed.
+    """The CPU time each request spends from entering the app to reaching the router.
+
+    CPU time of the server's thread (``thread_time``), so that the preemptions of a loaded
+    machine do not count; nothing on this path suspends, so it is this request's own.
 
     ``Outer`` wraps the whole app and notes the entry time in the scope; ``Inner`` sits
     just inside the middleware under test and adds the time elapsed. With no middleware in
@@ -60,24 +74,25 @@ class Stopwatch:
     """
 
     def __init__(self) -> None:
-        self.samples: list[int] = []  # ns per request: medians shrug off preemptions
+        self.samples: list[int] = []  # ns per request
 
     def outer(self, app: Any) -> Any:
         async def timed(scope: Any, receive: Any, send: Any) -> None:
-            scope["bench.t0"] = time.perf_counter_ns()
+            scope["bench.t0"] = time.thread_time_ns()
             await app(scope, receive, send)
 
         return timed
 
     def inner(self, app: Any) -> Any:
         async def timed(scope: Any, receive: Any, send: Any) -> None:
-            self.samples.append(time.perf_counter_ns() - scope["bench.t0"])
+            self.samples.append(time.thread_time_ns() - scope["bench.t0"])
             await app(scope, receive, send)
 
         return timed
 
 
-def build_app(variant: str, limit: str = LIMIT, watch: Stopwatch | None = None) -> Any:
+def build_middleware_app(variant: str, limit: str = LIMIT, watch: Stopwatch | None = None) -> Any:
+    """The ``middleware`` section's app: a Starlette endpoint behind the variant's middleware."""
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
@@ -113,7 +128,78 @@ def build_app(variant: str, limit: str = LIMIT, watch: Stopwatch | None = None) 
     return app if watch is None else watch.outer(app)
 
 
-def serve(variants: list[str], ports: list[int], limit: str) -> None:
+ROUTE_VARIANTS = ("bare", "noop-depends", "route_limit", "depends", "slowapi-limit")
+"""``noop-depends``: a FastAPI dependency that does nothing, the floor of any ``Depends``."""
+
+
+def build_routes_app(variant: str, limit: str = LIMIT, watch: Stopwatch | None = None) -> Any:
+    """The ``routes`` section's app: one FastAPI endpoint, limited by the variant's route form.
+
+    Every variant's endpoint takes the request (slowapi's decorator needs it) and returns
+    the same response; the limits count per client address, with no headers on accepted
+    responses (both libraries' default).
+    """
+    from fastapi import Depends, FastAPI, Request
+    from fastapi.responses import PlainTextResponse
+
+    app = FastAPI(openapi_url=None)
+
+    async def hello(request: Request) -> PlainTextResponse:
+        if watch is not None:  # the request path: from entering the app to the endpoint
+            watch.samples.append(time.thread_time_ns() - request.scope["bench.t0"])
+        return PlainTextResponse("hello")
+
+    hello.__annotations__["request"] = Request  # a class, not the string: FastAPI injects it
+
+    async def noop(request: Request) -> None:
+        return None
+
+    noop.__annotations__["request"] = Request
+    if variant == "bare":
+        app.get("/")(hello)
+    elif variant == "noop-depends":
+        app.get("/", dependencies=[Depends(noop)])(hello)
+    elif variant in ("route_limit", "depends"):
+        from ratekeeper.integrations.starlette import (
+            RateLimitExceeded,
+            RouteLimiter,
+            rate_limit_exceeded_handler,
+        )
+
+        limiter = RouteLimiter()
+        app.add_exception_handler(RateLimitExceeded, rate_limit_exceeded_handler)
+        if variant == "route_limit":
+            app.get("/")(limiter.route_limit(limit)(hello))
+        else:
+            app.get("/", dependencies=[Depends(limiter.depends(limit))])(hello)
+    elif variant == "slowapi-limit":
+        from slowapi import Limiter, _rate_limit_exceeded_handler
+        from slowapi.errors import RateLimitExceeded as SlowAPIExceeded
+        from slowapi.util import get_remote_address
+
+        slow = Limiter(key_func=get_remote_address)
+        app.state.limiter = slow
+        app.add_exception_handler(SlowAPIExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
+        app.get("/")(slow.limit(limit)(hello))
+    else:
+        raise SystemExit(f"unknown variant {variant!r}")
+    return app if watch is None else watch.outer(app)
+
+
+class Section(NamedTuple):
+    """A front door's benchmark: its variants (bare first, the peer last) and their app."""
+
+    variants: tuple[str, ...]
+    build: Callable[[str, str, Stopwatch | None], Any]
+
+
+SECTIONS: dict[str, Section] = {
+    "middleware": Section(VARIANTS, build_middleware_app),
+    "routes": Section(ROUTE_VARIANTS, build_routes_app),
+}
+
+
+def serve(section: str, variants: list[str], ports: list[int], limit: str) -> None:
     """Serve each variant on its port, all in this one process and event loop.
 
     One process for all, so that what differs between the variants is the middleware and
@@ -131,7 +217,10 @@ def serve(variants: list[str], ports: list[int], limit: str) -> None:
         for _ in sys.stdin:
             usage = resource.getrusage(resource.RUSAGE_SELF)
             times = {v: len(w.samples) for v, w in watches.items()}
-            print(json.dumps([usage.ru_utime, usage.ru_utime + usage.ru_stime, times]), flush=True)
+            print(
+                json.dumps([usage.ru_utime, usage.ru_utime + usage.ru_stime, times]),
+                flush=True,
+            )
             if sys.stdin.readline().strip() == "samples":  # the parent wants them all
                 print(json.dumps({v: w.samples for v, w in watches.items()}), flush=True)
 
@@ -139,7 +228,7 @@ def serve(variants: list[str], ports: list[int], limit: str) -> None:
     servers = [
         uvicorn.Server(
             uvicorn.Config(
-                build_app(variant, limit, watches[variant]),
+                SECTIONS[section].build(variant, limit, watches[variant]),
                 host="127.0.0.1",
                 port=port,
                 log_level="warning",
@@ -161,7 +250,7 @@ def serve(variants: list[str], ports: list[int], limit: str) -> None:
 class Servers:
     """The variants, each on its own port, served by one process."""
 
-    def __init__(self, variants: tuple[str, ...], limit: str = LIMIT) -> None:
+    def __init__(self, section: str, variants: tuple[str, ...], limit: str = LIMIT) -> None:
         self.ports: dict[str, int] = {}
         for variant in variants:
             with socket.socket() as sock:
@@ -172,6 +261,7 @@ class Servers:
                 sys.executable,
                 __file__,
                 "--serve",
+                section,
                 ",".join(variants),
                 ",".join(str(port) for port in self.ports.values()),
                 limit,
@@ -244,15 +334,15 @@ async def drive(port: int, requests: int, connections: int) -> list[int]:
     return statuses
 
 
-def check_the_limit_applies(variant: str) -> None:
+def check_the_limit_applies(section: str, variant: str) -> None:
     """Make sure each limiting variant really limits (with 3/minute): no free lunch."""
-    servers = Servers((variant,), "3/minute")
+    servers = Servers(section, (variant,), "3/minute")
     try:
         statuses = asyncio.run(drive(servers.ports[variant], 5, 1))
     finally:
         servers.stop()
     if statuses != [200, 200, 200, 429, 429]:
-        raise SystemExit(f"{variant} does not limit as configured: {statuses}")
+        raise SystemExit(f"{section} {variant} does not limit as configured: {statuses}")
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -260,22 +350,30 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
-def bench_middleware(requests: int, rounds: int, connections: int) -> None:
-    print(
-        f"\n## Middleware overhead under uvicorn (h11) + Starlette: {requests} requests x "
-        f"{rounds} rounds per server, {connections} keep-alive connections, limit {LIMIT} "
-        "per client\n"
-    )
-    for variant in VARIANTS[1:]:
-        check_the_limit_applies(variant)
-    servers = Servers(VARIANTS)
-    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    total: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
+class Measured(NamedTuple):
+    """Per variant, one figure per round: user CPU, user+system CPU (us/request), requests/s;
+    and every stopwatch sample (ns)."""
+
+    cpu: dict[str, list[float]]
+    total: dict[str, list[float]]
+    wall: dict[str, list[float]]
+    inside: dict[str, list[float]]
+
+
+def measure(section: str, requests: int, rounds: int, connections: int) -> Measured:
+    """Serve a section's variants from one process; drive them in interleaved, rotated rounds."""
+    variants = SECTIONS[section].variants
+    for variant in variants[1:]:
+        if not variant.startswith("noop"):
+            check_the_limit_applies(section, variant)
+    servers = Servers(section, variants)
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
+    total: dict[str, list[float]] = {v: [] for v in variants}
+    wall: dict[str, list[float]] = {v: [] for v in variants}
     try:
         for port in servers.ports.values():  # warm up
             asyncio.run(drive(port, 500, connections))
-        order = list(VARIANTS)
+        order = list(variants)
         for _ in range(rounds):
             order = order[1:] + order[:1]  # each variant takes each place in turn
             for variant in order:
@@ -292,6 +390,37 @@ def bench_middleware(requests: int, rounds: int, connections: int) -> None:
         inside = {v: [float(x) for x in xs] for v, xs in servers.readings(True)[2].items()}
     finally:
         servers.stop()
+    return Measured(cpu, total, wall, inside)
+
+
+def paired_over_bare(measured: Measured, variant: str) -> tuple[float, float, float]:
+    """Return the quartiles of a variant's user CPU per request minus bare's, round by round."""
+    diffs = [a - b for a, b in zip(measured.cpu[variant], measured.cpu["bare"], strict=True)]
+    return quartiles(diffs)
+
+
+def quarter_of_peer(section: str, name: str, ours: float, peer: float, headline: bool) -> Check:
+    """The target of every front door: its added cost at most a quarter of the peer's."""
+    ratio = ours / peer
+    return Check(
+        section,
+        name,
+        ratio,
+        f"{ours:+.1f} us vs {peer:+.1f} us: {ratio:.2f} of the peer's",
+        "<= 0.25",
+        ratio <= 0.25,
+        headline=headline,
+    )
+
+
+def bench_middleware(requests: int, rounds: int, connections: int) -> list[Check]:
+    print(
+        f"\n## Middleware overhead under uvicorn (h11) + Starlette: {requests} requests x "
+        f"{rounds} rounds per server, {connections} keep-alive connections, limit {LIMIT} "
+        "per client\n"
+    )
+    measured = measure("middleware", requests, rounds, connections)
+    cpu, total, wall, inside = measured
     base = statistics.median(cpu["bare"])
     base_inside = statistics.median(inside["bare"])
     print(
@@ -313,8 +442,7 @@ def bench_middleware(requests: int, rounds: int, connections: int) -> None:
             f"| {path:.1f} | {extra} |"
         )
     for variant in VARIANTS[1:]:
-        diffs = [a - b for a, b in zip(cpu[variant], cpu["bare"], strict=True)]
-        q1, q2, q3 = quartiles(diffs)
+        q1, q2, q3 = paired_over_bare(measured, variant)
         print(
             f"\n{variant}: user CPU over bare, paired by round: median {q2:+.1f} us "
             f"({q2 / base * 100:+.1f}%), quartiles [{q1:+.1f}, {q3:+.1f}] (machine noise)",
@@ -324,16 +452,97 @@ def bench_middleware(requests: int, rounds: int, connections: int) -> None:
         f"\n\nratekeeper's request path adds {added['ratekeeper']:.1f} us: "
         f"{added['ratekeeper'] / base * 100:.1f}% of the bare endpoint's {base:.0f} us of CPU "
         f"per request; slowapi's adds {added['slowapi']:.1f} us "
-        f"({added['slowapi'] / base * 100:.1f}%). (Percentages are of bare's user CPU per "
-        "request; +headers also formats and sends two headers on the way out, which the "
+        f"({added['slowapi'] / base * 100:.1f}%), a ratio of "
+        f"{added['ratekeeper'] / added['slowapi']:.2f}. (Percentages are of bare's user CPU "
+        "per request; +headers also formats and sends two headers on the way out, which the "
         "request path does not include: see its CPU column.)"
     )
-    bench_in_process()
+    bench_in_process("middleware")
+    return [
+        quarter_of_peer(
+            "web",
+            "RateLimitMiddleware's request path vs slowapi's middleware",
+            added["ratekeeper"],
+            added["slowapi"],
+            headline=True,
+        )
+    ]
 
 
-def bench_in_process(calls: int = 20_000) -> None:
-    """Time the same apps called directly as ASGI (no server, no sockets): precise."""
-    print(f"\n## The same apps called in-process, no server ({calls:,} calls, best of 5)\n")
+def bench_routes(requests: int, rounds: int, connections: int) -> list[Check]:
+    print(
+        f"\n## Route limits under uvicorn (h11) + FastAPI: {requests} requests x {rounds} "
+        f"rounds per server, {connections} keep-alive connections, limit {LIMIT} per client\n"
+    )
+    measured = measure("routes", requests, rounds, connections)
+    base = statistics.median(measured.cpu["bare"])
+    base_path = statistics.median(measured.inside["bare"]) / 1000
+    print(
+        "| FastAPI endpoint | user CPU us/request | CPU added over bare, paired by round: "
+        "median [quartiles] | request path, app entry to endpoint: median us | added |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: |")
+    added: dict[str, float] = {}  # request path, us
+    cpu_added: dict[str, float] = {}
+    for variant in ROUTE_VARIANTS:
+        path = statistics.median(measured.inside[variant]) / 1000
+        if variant == "bare":
+            extra = path_extra = "-"
+        else:
+            q1, cpu_added[variant], q3 = paired_over_bare(measured, variant)
+            extra = f"{cpu_added[variant]:+.1f} us [{q1:+.1f}, {q3:+.1f}]"
+            added[variant] = path - base_path
+            path_extra = f"{added[variant]:+.1f} us"
+        print(
+            f"| {variant} | {statistics.median(measured.cpu[variant]):.1f} | {extra} "
+            f"| {path:.1f} | {path_extra} |"
+        )
+    peer = added["slowapi-limit"]
+    floor = added["noop-depends"]
+    for ours in ("route_limit", "depends"):
+        print(
+            f"\n{ours}: its request path adds {added[ours]:.1f} us ({added[ours] / base * 100:.1f}%"
+            f" of bare's {base:.0f} us of CPU per request), slowapi's @limiter.limit "
+            f"{peer:.1f} us: a ratio of {added[ours] / peer:.2f} (server CPU, paired: "
+            f"{cpu_added[ours]:+.1f} us vs {cpu_added['slowapi-limit']:+.1f} us, "
+            f"{cpu_added[ours] / cpu_added['slowapi-limit']:.2f})",
+            end="",
+        )
+    print(
+        f"\n(any FastAPI dependency, even one doing nothing, adds {floor:.1f} us: depends "
+        f"beyond that floor adds {added['depends'] - floor:.1f} us, "
+        f"{(added['depends'] - floor) / peer:.2f} of slowapi's)"
+    )
+    bench_in_process("routes")
+    return [
+        quarter_of_peer(
+            "web",
+            "FastAPI @route_limit's request path vs slowapi's @limiter.limit",
+            added["route_limit"],
+            peer,
+            headline=True,
+        ),
+        quarter_of_peer(
+            "web",
+            "FastAPI Depends(limiter.depends)'s request path vs slowapi's @limiter.limit",
+            added["depends"],
+            peer,
+            headline=False,
+        ),
+    ]
+
+
+def bench_in_process(section: str, calls: int = 1000, rounds: int = 25) -> None:
+    """Time the same apps called directly as ASGI (no server, no sockets), in one loop.
+
+    CPU time of this process (``process_time``: other processes' preemptions do not count)
+    per block of ``calls`` requests, the variants interleaved and rotated round by round;
+    the added cost is the median over rounds of each variant minus bare in that round.
+    """
+    print(
+        f"\n## The same apps called in-process, no server ({rounds} interleaved rounds of "
+        f"{calls:,} calls, process CPU time)\n"
+    )
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -355,21 +564,50 @@ def bench_in_process(calls: int = 20_000) -> None:
     async def send(message: dict[str, Any]) -> None:
         return None
 
-    async def run(app: Any) -> float:
-        best = float("inf")
-        for _ in range(5):
-            start = time.perf_counter()
+    variants = SECTIONS[section].variants
+    per_call: dict[str, list[float]] = {v: [] for v in variants}
+
+    async def run_all() -> None:
+        apps = {v: SECTIONS[section].build(v, LIMIT, None) for v in variants}
+        for app in apps.values():  # warm up
             for _ in range(calls):
                 await app(dict(scope), receive, send)
-            best = min(best, time.perf_counter() - start)
-        return best / calls * 1e6
+        order = list(variants)
+        for _ in range(rounds):
+            order = order[1:] + order[:1]
+            for variant in order:
+                app = apps[variant]
+                start = time.process_time_ns()
+                for _ in range(calls):
+                    await app(dict(scope), receive, send)
+                per_call[variant].append((time.process_time_ns() - start) / calls / 1000)
 
-    times = {variant: asyncio.run(run(build_app(variant))) for variant in VARIANTS}
-    print("| app | us/request | added over bare |")
+    asyncio.run(run_all())
+    bare = per_call["bare"]
+    added: dict[str, float] = {}
+    print("| app | CPU us/request (median) | added over bare, paired: median [quartiles] |")
     print("| --- | ---: | ---: |")
-    for variant, mine in times.items():
-        extra = "-" if variant == "bare" else f"{mine - times['bare']:+.1f} us"
-        print(f"| {variant} | {mine:.1f} | {extra} |")
+    for variant in variants:
+        extra = "-"
+        if variant != "bare":
+            diffs = [a - b for a, b in zip(per_call[variant], bare, strict=True)]
+            q1, added[variant], q3 = quartiles(diffs)
+            extra = f"{added[variant]:+.1f} us [{q1:+.1f}, {q3:+.1f}]"
+        print(f"| {variant} | {statistics.median(per_call[variant]):.1f} | {extra} |")
+    peer = variants[-1]
+    for variant in variants[1:-1]:
+        print(
+            f"\nin process, {variant} adds {added[variant] / added[peer]:.2f} of what {peer} adds",
+            end="",
+        )
+    if "noop-depends" in added:
+        beyond = added["depends"] - added["noop-depends"]
+        print(
+            f"\nin process, depends beyond FastAPI's no-op dependency adds {beyond:.1f} us, "
+            f"{beyond / added[peer]:.2f} of what {peer} adds",
+            end="",
+        )
+    print()
 
 
 # -- the keyed limiter -------------------------------------------------------------------------
@@ -517,26 +755,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests and keys")
     parser.add_argument(
-        "--serve", nargs=3, metavar=("VARIANT", "PORT", "LIMIT"), help=argparse.SUPPRESS
+        "--serve",
+        nargs=4,
+        metavar=("SECTION", "VARIANTS", "PORTS", "LIMIT"),
+        help=argparse.SUPPRESS,
     )
-    parser.add_argument("--only", choices=("middleware", "keyed", "wsgi"), help="run one part")
+    parser.add_argument("--only", choices=(*SECTIONS, "keyed", "wsgi"), help="run one part")
     parser.add_argument("--json", metavar="FILE", help="also write the targets as JSON")
     args = parser.parse_args()
     if args.serve:
-        variants, ports, limit = args.serve
-        serve(variants.split(","), [int(p) for p in ports.split(",")], limit)
+        section, variants, ports, limit = args.serve
+        serve(section, variants.split(","), [int(p) for p in ports.split(",")], limit)
         return
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    load = (
+        {"requests": 1000, "rounds": 4, "connections": 4}
+        if args.quick
+        else {"requests": 2000, "rounds": 30, "connections": 4}
+    )
     checks: list[Check] = []
     if args.only in (None, "wsgi"):
         from _wsgi_bench import bench_wsgi
 
         checks += bench_wsgi(args.quick)
-    if args.only in (None, "middleware"):
-        if args.quick:
-            bench_middleware(requests=1000, rounds=4, connections=4)
-        else:
-            bench_middleware(requests=2000, rounds=30, connections=4)
+    for name, bench in (("middleware", bench_middleware), ("routes", bench_routes)):
+        if args.only in (None, name):
+            checks += bench(**load)
     if args.only in (None, "keyed"):
         checks += bench_keyed(100_000 if args.quick else 1_000_000)
     if args.json:

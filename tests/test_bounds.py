@@ -15,8 +15,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ratekeeper import AcquireTimeout, Rate, SyncTokenBucket, TokenBucket
-from ratekeeper._gcra import Gcra, check_capacity, check_tokens, seconds_to_ns
+from ratekeeper import (
+    AcquireTimeout,
+    CompositeLimiter,
+    Limit,
+    Rate,
+    SyncCompositeLimiter,
+    SyncKeyedLimiter,
+    SyncTokenBucket,
+    TokenBucket,
+)
+from ratekeeper._gcra import Gcra, check_amount, check_capacity, check_tokens, seconds_to_ns
 from ratekeeper._rate import MAX_INTERVAL_NS, MAX_TOKENS, MIN_INTERVAL_NS
 from ratekeeper.testing import ManualClock
 
@@ -160,6 +169,62 @@ async def test_the_largest_debt_at_the_slowest_rate_stays_finite_async() -> None
     with pytest.raises(AcquireTimeout):
         await asyncio.wait_for(limiter.acquire(timeout=1), 5)
     assert limiter.statistics() is not None
+
+
+TWO_LIMITS = {"requests": Limit("10/s", 10, weight=1), "tokens": Limit("100/s", 100)}
+
+
+@pytest.mark.parametrize("tokens", [10**400, MAX_TOKENS + 1])
+def test_composite_settles_no_mapped_amount_beyond_the_maximum(tokens: int) -> None:
+    limiter = SyncCompositeLimiter(TWO_LIMITS, clock=ManualClock())
+    for settle in (limiter.charge, limiter.refund):
+        with pytest.raises(ValueError, match=r"cost of 'tokens' .* at most 2\*\*48"):
+            settle({"tokens": tokens})
+    assert limiter.available() == {"requests": 10, "tokens": 100}
+    assert limiter.acquire({"tokens": 1}, timeout=1)
+    assert "tokens=" in repr(limiter)
+
+
+async def test_async_composite_settles_no_mapped_amount_beyond_the_maximum() -> None:
+    limiter = CompositeLimiter(TWO_LIMITS, clock=ManualClock())
+    with pytest.raises(ValueError, match=r"at most 2\*\*48"):
+        await limiter.charge({"tokens": 10**400})
+    assert await limiter.available() == {"requests": 10, "tokens": 100}
+
+
+def test_keyed_settles_no_mapped_amount_beyond_the_maximum() -> None:
+    limiter = SyncKeyedLimiter(limits=TWO_LIMITS, clock=ManualClock())
+    with pytest.raises(ValueError, match=r"tokens for limit 'tokens' .* at most 2\*\*48"):
+        limiter.charge("k", {"tokens": 10**400})
+    assert limiter.acquire("k", {"tokens": 1}, timeout=1)
+
+
+@FAST
+@given(st.integers(min_value=-(10**500), max_value=10**500), st.booleans())
+def test_check_amount_is_total(amount: int, capped: bool) -> None:
+    capacity = 1000 if capped else None
+    if 0 <= amount <= (1000 if capped else MAX_TOKENS):
+        assert check_amount(amount, "cost", capacity) == amount
+    else:
+        with pytest.raises(ValueError, match="cost must be") as raised:
+            check_amount(amount, "cost", capacity)
+        assert len(str(raised.value)) < 200
+
+
+@pytest.mark.parametrize("option", ["timeout", "retry_interval"])
+@pytest.mark.parametrize("seconds", [1e12, 1e300, math.inf, math.nan, -1.0])
+def test_redis_server_timings_beyond_a_day_are_refused_at_once(option: str, seconds: float) -> None:
+    pytest.importorskip("redis")
+    from ratekeeper.redis import RedisTokenBucket, SyncRedisKeyedBackend, SyncRedisTokenBucket
+
+    url = "redis://127.0.0.1:1/0"  # never reached: the refusal comes first
+    for make in (
+        lambda: SyncRedisTokenBucket(url, "k", "1/s", **{option: seconds}),
+        lambda: RedisTokenBucket(url, "k", "1/s", **{option: seconds}),
+        lambda: SyncRedisKeyedBackend(url, {"default": Limit("1/s")}, **{option: seconds}),
+    ):
+        with pytest.raises(ValueError, match=rf"{option} must be .* at most 86400"):
+            make()
 
 
 @pytest.mark.parametrize("capacity", [0, MAX_TOKENS + 1, 10**400])

@@ -20,6 +20,7 @@ EXTRAS = {
     "redis": ("ratekeeper.redis", ["redis"]),
     "httpx": ("ratekeeper.integrations.httpx", ["httpx"]),
     "prometheus": ("ratekeeper.metrics", ["prometheus_client"]),
+    "starlette": ("ratekeeper.integrations.starlette", ["starlette"]),
     "flask": ("ratekeeper.integrations.flask", ["flask"]),
     "django": ("ratekeeper.integrations.django", ["django"]),
     "requests": ("ratekeeper.integrations.requests", ["requests"]),
@@ -84,10 +85,11 @@ def test_the_core_needs_no_extra(module: str) -> None:
     assert import_without(module, EVERY_OPTIONAL_DEPENDENCY + WEB_FRAMEWORKS) is None
 
 
-def test_the_asgi_middleware_needs_no_extra() -> None:
-    # Pure ASGI: no framework, no httpx.
+@pytest.mark.parametrize("module", ["ratekeeper.integrations.asgi", "ratekeeper.integrations._web"])
+def test_the_asgi_middleware_and_the_web_core_need_no_extra(module: str) -> None:
+    # Pure ASGI, and the front doors' shared core: no framework, no httpx.
     blocked = EVERY_OPTIONAL_DEPENDENCY + WEB_FRAMEWORKS
-    assert import_without("ratekeeper.integrations.asgi", blocked) is None
+    assert import_without(module, blocked) is None
 
 
 def test_the_wsgi_middleware_needs_no_extra() -> None:

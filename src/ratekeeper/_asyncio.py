@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from ._clock import MONOTONIC, Clock, Timer
 from ._errors import AcquireTimeout, LimiterClosed
+from ._fork import track
 from ._gcra import LimitsLike, seconds_to_ns
 from ._rate import Rate, RateLike
 from ._scheduler import (
@@ -123,9 +124,21 @@ class _AsyncLimiter(Queue, Generic[A]):
         self._loop = None
         self._timer = None
         self._timer_when = 0
+        track(self)
         self._name = name
         if on_event is not None:
             self.on_event = on_event
+        track(self)
+
+    def _fork_locks(self) -> tuple[()]:
+        return ()
+
+    def _after_fork(self) -> None:
+        """In a forked child: the waiters and the timer belong to the parent's event loop;
+        the limiter is free to serve the child's."""
+        self.forget_waiters()
+        self._timer = None
+        self._loop = None
 
     async def try_acquire(self, tokens: Any = 1, *, priority: int = 0) -> bool:
         """Take ``tokens`` if they can be granted now without overtaking a waiter.

@@ -80,6 +80,29 @@ def check_tokens(tokens: object, what: str = "tokens", limit: int | None = None)
     return tokens
 
 
+def check_amount(amount: object, what: str, capacity: int | None = None) -> int:
+    """Return ``amount`` if it is an int from 0 to ``MAX_TOKENS`` (and <= capacity).
+
+    One limit's share of a cost given per limit (a mapping), where 0 means "not this
+    limit". Raises TypeError for a value that is not an int, ValueError naming the value
+    and the range for one outside it.
+    """
+    if type(amount) is not int:
+        raise TypeError(f"{what} must be an int >= 0, not {type(amount).__name__} {_show(amount)}")
+    if capacity is not None and amount > capacity:
+        raise ValueError(
+            f"{what} must be from 0 to its capacity {capacity}, got {_show(amount)}: it could "
+            "never be granted"
+        )
+    if not 0 <= amount <= MAX_TOKENS:
+        top = "2**48" if capacity is None else f"its capacity {capacity}"
+        raise ValueError(
+            f"{what} must be an int >= 0 (from 0 to {top}; at most 2**48 = {MAX_TOKENS}), "
+            f"got {_show(amount)}"
+        )
+    return amount
+
+
 def check_capacity(capacity: object) -> int:
     """Return ``capacity`` if it is an int from 1 to ``MAX_TOKENS`` (2**48).
 
@@ -491,15 +514,7 @@ class CompositeGcra:
                 cost if weight is None else 0 if settling else weight for weight in self._weights
             )
         for name, value, part in zip(self._names, values, self._parts, strict=True):
-            if type(value) is not int:
-                raise TypeError(f"cost of {name!r} must be an int >= 0, not {value!r}")
-            if value < 0:
-                raise ValueError(f"cost of {name!r} must be an int >= 0, got {value}")
-            if capped and value > part._capacity:
-                raise ValueError(
-                    f"cost of {name!r} must be from 0 to its capacity {part._capacity}, "
-                    f"got {value}: it could never be granted"
-                )
+            check_amount(value, f"cost of {name!r}", part._capacity if capped else None)
         if not any(values):
             raise ValueError(f"a cost must take at least one token somewhere, got {cost!r}")
         return Cost(values)

@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 from ._asyncio import check_timeout
 from ._clock import MONOTONIC, Clock, Timer
 from ._errors import AcquireTimeout, LimiterClosed
-from ._gcra import Limit, LimitsLike, check_tokens, named_limits
+from ._fork import track
+from ._gcra import Limit, LimitsLike, check_amount, check_tokens, named_limits
 from ._rate import RateLike, several
 from ._scheduler import WAIT_BUCKETS, Statistics
 
@@ -253,6 +254,7 @@ class MemoryKeyedStore:
     """
 
     __slots__ = (
+        "__weakref__",
         "_booked",
         "_booked_purge",
         "_clock",
@@ -296,6 +298,7 @@ class MemoryKeyedStore:
         self._clock = MONOTONIC if clock is None else clock
         self._now_ns = self._clock.now_ns
         self._lock = threading.Lock()
+        track(self)
         # key -> tat (one limit) or tuple of tats (several), least recently granted first.
         self._tats: OrderedDict[str, Any] = OrderedDict()
         # key -> the latest slot (ns) booked ahead by a reservation that had to wait: only
@@ -321,6 +324,13 @@ class MemoryKeyedStore:
     def clock(self) -> Clock:
         """The clock decisions are made on."""
         return self._clock
+
+    def _fork_locks(self) -> tuple[threading.Lock, ...]:
+        return (self._lock,)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a new lock; the keys' state is the parent's at the fork."""
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         """Return the number of live keys (buckets not yet known to be full)."""
@@ -638,6 +648,12 @@ class MemoryKeyedStore:
             self._sweep_at = min(soonest, now_ns + self._slack) if self._tats else _NEVER
             return dropped
 
+    def discard(self, key: str) -> None:
+        """Forget ``key`` (its buckets start full again); nothing if it is not live."""
+        with self._lock:
+            self._tats.pop(key, None)
+            self._booked.pop(key, None)
+
     def clear(self) -> None:
         """Forget every key (every bucket starts full again)."""
         with self._lock:
@@ -672,6 +688,7 @@ class _KeyedBase:
     """What the asyncio and thread keyed limiters share: set-up, arguments, counters."""
 
     __slots__ = (
+        "__weakref__",
         "_backend",
         "_cancelled",
         "_clock",
@@ -794,11 +811,9 @@ class _KeyedBase:
             costs = []
             for name, limit in limits.items():
                 amount = tokens.get(name, 0)
-                if type(amount) is not int:
-                    raise TypeError(f"tokens for limit {name!r} must be an int, not {amount!r}")
-                if amount < 0 or (capped and amount > limit.capacity):
-                    cap = f" to its capacity {limit.capacity}" if capped else ""
-                    raise ValueError(f"tokens for limit {name!r} must be from 0{cap}, got {amount}")
+                check_amount(
+                    amount, f"tokens for limit {name!r}", limit.capacity if capped else None
+                )
                 costs.append(amount)
             if not any(costs):
                 raise ValueError(f"tokens must name at least one limit with >= 1, got {tokens!r}")
@@ -1041,6 +1056,15 @@ class KeyedLimiter(_KeyedBase):
             name=name,
         )
         self._sleepers = _Sleepers(self._clock)
+        track(self)
+
+    def _fork_locks(self) -> tuple[()]:
+        return ()
+
+    def _after_fork(self) -> None:
+        """In a forked child: the sleepers and their timer belong to the parent's loop."""
+        self._sleepers = _Sleepers(self._clock)
+        self._waiting = 0
 
     async def admit(
         self, key: str, tokens: Tokens = 1, *, max_wait: float | None = _NO_WAIT
@@ -1250,6 +1274,16 @@ class SyncKeyedLimiter(_KeyedBase):
             )
         self._stats_lock = threading.Lock()
         self._sleeping: set[threading.Lock] = set()
+        track(self)
+
+    def _fork_locks(self) -> tuple[threading.Lock, ...]:
+        return (self._stats_lock,)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a new lock; the sleepers were other threads."""
+        self._stats_lock = threading.Lock()
+        self._sleeping = set()
+        self._waiting = 0
 
     def admit(self, key: str, tokens: Tokens = 1, *, max_wait: float | None = 0.0) -> Verdict:
         """Take ``tokens`` for ``key`` if they can go within ``max_wait`` seconds; block for them.

@@ -519,6 +519,21 @@ class Queue:
             waiter.state = REMOVED
         return out
 
+    def forget_waiters(self) -> None:
+        """Drop every queued waiter uncounted, and rebuild the queue empty.
+
+        For a child of ``fork()``: the waiters' threads (or event loop) stayed in the parent.
+        The queue is rebuilt rather than unlinked waiter by waiter, so that nothing depends
+        on the copy having been taken between two updates.
+        """
+        for entry in self._queues.values():
+            for waiter in entry[0]:
+                if waiter.state == QUEUED:
+                    waiter.state = REMOVED
+        self._queues = {}
+        self._levels = []
+        self._waiting = 0
+
     def give_back(self, now_ns: int, tokens: Any, mark: Any) -> Any:
         """Refund and count it; return the tokens that went back (per limit, on a composite)."""
         returned = self.refund_at(now_ns, tokens, mark)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from ._asyncio import check_priority, check_timeout
 from ._clock import MONOTONIC, Clock
 from ._errors import AcquireTimeout, LimiterClosed
+from ._fork import track
 from ._gcra import LimitsLike
 from ._rate import Rate, RateLike
 from ._scheduler import (
@@ -79,6 +80,16 @@ class _SyncLimiter(Queue, Generic[A]):
         self._name = name
         if on_event is not None:
             self.on_event = on_event
+        track(self)
+
+    def _fork_locks(self) -> tuple[threading.Lock, ...]:
+        return (self._lock,)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a new lock; the queued waiters were other threads' (a
+        reservation still queued is withdrawn: its ``wait()`` raises LimiterClosed)."""
+        self._lock = threading.Lock()
+        self.forget_waiters()
 
     # -- acquiring -----------------------------------------------------------------------
 

@@ -74,6 +74,7 @@ except ImportError as exc:
         name="prometheus_client",
     ) from exc
 
+from ._fork import track
 from ._scheduler import Statistics
 
 __all__ = ["LimiterCollector", "register"]
@@ -123,9 +124,16 @@ class LimiterCollector(Collector):
             )
         self._prefix = namespace + "_"
         self._lock = threading.Lock()
+        track(self)
         self._limiters: dict[str, Callable[[], Observable | None]] = {}
         for limiter in limiters:
             self.add(limiter)
+
+    def _fork_locks(self) -> tuple[threading.Lock, ...]:
+        return (self._lock,)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     # -- the set of limiters ---------------------------------------------------------------
 

@@ -586,8 +586,8 @@ async def test_the_default_key_sees_the_loopback_client() -> None:
     assert seen == ["127.0.0.1"]
 
 
-async def test_the_readme_example() -> None:
-    """docs/web.md's middleware example, as written (but for the import path)."""
+async def test_keys_costs_exemptions_and_waiting_together() -> None:
+    """The options of the middleware together, on one app."""
     app = starlette_app(
         limiter=KeyedLimiter("10/s", 20),
         key=header_key("X-API-Key"),

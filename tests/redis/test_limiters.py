@@ -75,7 +75,9 @@ async def test_reserve_gives_the_delay_and_cancel_gives_the_tokens_back(
     assert second.cancelled
     await asyncio.sleep(0.01)  # the refund goes out with the next batch
     third = await bucket.reserve()
-    assert third.delay == pytest.approx(0.1, abs=0.02)  # the cancelled slot came back
+    # The cancelled slot came back: the third waits for it (0.1 s after the first, less the
+    # time the calls took on a loaded host), not for the next one (0.2 s after the first).
+    assert 0 < third.delay <= 0.1
     with pytest.raises(AcquireTimeout):
         await bucket.reserve(timeout=0.05)
 

@@ -70,18 +70,24 @@ class Script:
         self.short_answered = 0
 
     def call(
-        self, requests: list[Request], now_us: int | None, *, short: bool = False
+        self,
+        requests: list[Request],
+        now_us: int | None,
+        floors: dict[str, int] | None = None,
+        *,
+        short: bool = False,
     ) -> list[list[int]]:
         """Decide ``requests`` in one call; with ``short``, as the limiters do: the short
-        script first when it is its case, the full one when it answers ""."""
-        wire = take_wire(requests[0]) if short and len(requests) == 1 else None
+        script first when it is its case (and no floors go with it), the full one when it
+        answers ""."""
+        wire = take_wire(requests[0]) if short and len(requests) == 1 and not floors else None
         if wire is not None:
             keys, args = wire
             reply = self.short(keys, ["" if now_us is None else str(now_us), *args[1:]])
             if reply:
                 self.short_answered += 1
                 return split(reply, requests)
-        keys, args = encode(requests, now_us)
+        keys, args = encode(requests, now_us, floors)
         return split(self.script(keys, args), requests)
 
 
@@ -254,12 +260,16 @@ def _run_trace(
     steps: list[tuple[Any, ...]],
     batched: bool,
     *,
+    floors: bool = False,
     short: bool = False,
 ) -> None:
+    """Hold the script to Gcra over ``steps``; with ``floors``, each call also carries the
+    latest slot booked so far, as the limiters send it (a no-op while the key lives)."""
     key = f"diff-{uuid.uuid4().hex}"
     spec = make_spec(key, "", rate, capacity)
     gcra: Gcra | None = None
     marks: list[tuple[int, tuple[int, int]]] = []  # (Gcra mark, script mark) of grants
+    floor: dict[str, int] = {}
     now = T0
     # Steps at the same instant go in one call when batched: the script must decide a batch
     # exactly as the same requests one call each.
@@ -291,7 +301,7 @@ def _run_trace(
                     back = gcra.refund_at(now_ns, tokens, None if pick is None else pick[0])
                     expected.append(("refund", True, 0, back))
                 expected[-1] += (gcra.tokens_at(now_ns),)
-            replies = script.call(requests, at, short=short)
+            replies = script.call(requests, at, floor if floors else None, short=short)
             for (op, granted, wait_ns, value, _tokens_left), reply in zip(
                 expected, replies, strict=False
             ):
@@ -302,6 +312,8 @@ def _run_trace(
                     got = (status == 1, wait, count if status == 1 else value)
                     if status == 1:
                         marks.append((value, (epoch, count)))
+                        if op == "reserve" and wait:
+                            floor[key] = max(floor.get(key, 0), at * 1000 + wait)
                 assert status in (0, 1)
                 assert got == (granted, wait_ns, value), (op, reply)
         assert gcra is not None
@@ -325,6 +337,39 @@ def test_random_traces_decide_as_gcra_when_batched(
     script: Script, trace: tuple[Rate, int, list[tuple[Any, ...]]]
 ) -> None:
     _run_trace(script, *trace, batched=True)
+
+
+@SETTINGS
+@given(trace=traces())
+def test_random_traces_decide_as_gcra_with_the_booked_floors_sent(
+    script: Script, trace: tuple[Rate, int, list[tuple[Any, ...]]]
+) -> None:
+    _run_trace(script, *trace, batched=True, floors=True)
+
+
+@pytest.mark.parametrize("rate", [Rate(5), Rate(12.345), Rate(3, per=7)])
+def test_a_vanished_key_starts_no_earlier_than_the_callers_booked_slot(
+    script: Script, sync_client: redis.Redis, key: str, rate: Rate
+) -> None:
+    """After state loss, a caller's request carries its latest booked slot: the new bucket
+    starts there (as Gcra with its tat at the slot), not full on top of its sleepers."""
+    spec = make_spec(key, "", rate, 3)
+    replies = script.call([reserve(spec, 1, None) for _ in range(6)], T0)
+    slot = T0 * 1000 + replies[-1][1]  # the last sleeper's slot
+    assert replies[-1][1] > 0
+    for later_us in (0, 1_000, replies[-1][1] // 2000):
+        sync_client.delete(key)  # FLUSHALL, eviction, a restart without persistence...
+        now_ns = (T0 + later_us) * 1000
+        model = Gcra(rate, 3, now_ns)
+        model._tat = max(model._tat, slot * model._scale)  # the bucket as the floor says
+        expected = [model.reserve_at(now_ns, 1, None).wait_ns for _ in range(4)]
+        got = script.call([reserve(spec, 1, None) for _ in range(4)], T0 + later_us, {key: slot})
+        assert [r[1] for r in got] == expected
+        if later_us == 0:  # nobody is granted on top of the sleepers, as before the loss
+            assert expected[0] > 0
+    sync_client.delete(key)
+    [fresh] = script.call([reserve(spec, 1, None)], T0)  # no floor: a full bucket, as before
+    assert fresh[1] == 0
 
 
 @SETTINGS

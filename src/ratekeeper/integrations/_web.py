@@ -28,7 +28,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -435,9 +435,15 @@ def ratelimit_header(limits: Mapping[str, Limit], verdict: Verdict) -> str:
     ``r``: whole tokens left (>= 0). ``t``: seconds until the bucket is full again, rounded
     up; on a refusal, at most the ``Retry-After`` seconds.
     """
-    return ", ".join(
-        f'"{name}";r={r};t={t}' for name, (r, t) in zip(limits, _state(verdict), strict=True)
-    )
+    # On every accepted response when headers are on: one pass, no intermediate lists.
+    cap = None if verdict.granted else retry_after(verdict)
+    items = []
+    for name, tokens, full_in in zip(limits, verdict.available, verdict.full_in_ns, strict=True):
+        reset = -(-full_in // 1_000_000_000)
+        if cap is not None and reset > cap:
+            reset = cap
+        items.append(f'"{name}";r={int(tokens) if tokens > 0 else 0};t={reset}')
+    return ", ".join(items)
 
 
 _QUOTED_RE = re.compile(r'"((?:[^"\\]|\\.)*)"')
@@ -453,12 +459,13 @@ class RateLimitHeaders:
     tokens left. A refusal always carries ``Retry-After``. Names are lower case.
     """
 
-    __slots__ = ("_limits", "_mode", "_policy")
+    __slots__ = ("_limits", "_mode", "_policy", "_policy_latin1")
 
     def __init__(self, limits: Mapping[str, Limit], mode: HeaderMode | None) -> None:
         self._limits = dict(limits)
         self._mode = mode
         self._policy = policy_header(self._limits)
+        self._policy_latin1 = (b"ratelimit-policy", self._policy.encode("latin-1"))
 
     @property
     def mode(self) -> HeaderMode | None:
@@ -485,11 +492,18 @@ class RateLimitHeaders:
             headers.append(("x-ratelimit-reset", str(math.ceil(now) + reset)))
         return headers
 
+    def accepted_latin1(self, verdict: Verdict, now: float) -> list[tuple[bytes, bytes]]:
+        """Return ``accepted``'s headers encoded for ASGI (the policy encoded once)."""
+        if self._mode == "ietf":  # the common case, on every response: keep it short
+            state = ratelimit_header(self._limits, verdict).encode("latin-1")
+            return [self._policy_latin1, (b"ratelimit", state)]
+        return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in self.accepted(verdict, now)]
+
     def refusal(self, verdict: Verdict, now: float) -> list[tuple[str, str]]:
         """Return the headers for a refusal: ``Retry-After`` and the set's headers."""
         return [("retry-after", str(retry_after(verdict))), *self.accepted(verdict, now)]
 
-    def unique(self, existing: Iterable[tuple[str, str]]) -> RateLimitHeaders:
+    def unique(self, existing: Sequence[tuple[str, str]]) -> RateLimitHeaders:
         """Return headers whose policy names differ from those already in ``existing``.
 
         When middlewares (or a middleware and a route limit) are stacked, each sends its own
@@ -497,6 +511,8 @@ class RateLimitHeaders:
         tell the policies apart and match each ``RateLimit`` item to its policy.
         """
         taken: set[str] = set()
+        if not existing:
+            return self
         for name, value in existing:
             if name.lower() == "ratelimit-policy":
                 taken.update(_QUOTED_RE.findall(value))

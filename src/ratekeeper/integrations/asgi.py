@@ -414,15 +414,19 @@ def sending_headers(send: Send, gate: Gate, verdict: Verdict) -> Send:
 
     async def send_with_headers(message: Message) -> None:
         if message["type"] == "http.response.start":
-            present = [
-                (n.decode("latin-1"), v.decode("latin-1"))
-                for n, v in message.get("headers", ())
-                if n.startswith((b"ratelimit", b"x-ratelimit"))
-            ]
-            names = {n for n, _ in present}
-            mine = gate.headers.unique(present).accepted(verdict, time.time())
-            extra = _encoded((n, v) for n, v in mine if n.startswith("ratelimit") or n not in names)
-            message["headers"] = [*message.get("headers", ()), *extra]
+            raw = message.get("headers") or []
+            present = [(n, v) for n, v in raw if b"ratelimit" in n]
+            if present:  # another limiter's (stacked): keep its names and X-RateLimit-*
+                decoded = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in present]
+                names = {n for n, _ in decoded}
+                mine = _encoded(
+                    (n, v)
+                    for n, v in gate.headers.unique(decoded).accepted(verdict, time.time())
+                    if n.startswith("ratelimit") or n not in names
+                )
+            else:
+                mine = gate.headers.accepted_latin1(verdict, time.time())
+            message["headers"] = [*raw, *mine]
         await send(message)
 
     return send_with_headers

@@ -27,13 +27,18 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import re
 import time
 import typing
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
-from starlette.concurrency import run_in_threadpool
+try:
+    from starlette.concurrency import run_in_threadpool
+except ImportError as exc:
+    raise ModuleNotFoundError(
+        "ratekeeper.integrations.starlette needs starlette: pip install 'ratekeeper[starlette]'",
+        name="starlette",
+    ) from exc
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response as StarletteResponse
@@ -173,42 +178,60 @@ def _starlette_response(response: Any, refusal: Refusal) -> StarletteResponse:
 # -- route limits -------------------------------------------------------------------------------
 
 
-def _rate_name(text: str) -> str:
-    """Return a policy name for a rate: ``"5/minute"`` -> ``"5_per_minute"``."""
-    return re.sub(r"[^A-Za-z0-9.]+", "_", text.replace("/", " per ")).strip("_")[:64] or "limit"
-
-
 def _limits(rate: object, capacity: int | None) -> dict[str, Limit]:
-    """Return the named limits of a route limit's ``rate``; raise TypeError/ValueError."""
+    """Return the named limits of a route limit's ``rate``; raise TypeError/ValueError.
+
+    A string holds one or more rates named by period (``"5/minute"`` is ``{"minute": ...}``,
+    ``"10/second;1000/day"`` two limits), as ``Limit.parse_many`` reads it.
+    """
+    if isinstance(rate, Limit):
+        if capacity is not None:
+            raise TypeError("capacity goes with a rate string; a Limit carries its own")
+        return {rate.rate.period_name: rate}
+    if isinstance(rate, str):
+        limits = Limit.parse_many(rate)
+        if capacity is None:
+            return limits
+        if len(limits) > 1:
+            raise TypeError(f"capacity goes with one rate, not {rate!r}")
+        ((name, limit),) = limits.items()
+        return {name: Limit(limit.rate, capacity)}
     if isinstance(rate, Mapping):
         if capacity is not None:
             raise TypeError("capacity goes with one rate; with several, give each Limit's own")
         return named_limits(rate)
-    if isinstance(rate, Limit):
-        if capacity is not None:
-            raise TypeError("capacity goes with a rate string; a Limit carries its own")
-        return {_rate_name(str(rate.rate)): rate}
-    if isinstance(rate, str):
-        parts = [part.strip() for part in rate.split(";") if part.strip()]
-        if len(parts) > 1:
-            if capacity is not None:
-                raise TypeError(f"capacity goes with one rate, not {rate!r}")
-            return {_rate_name(part): Limit(part) for part in parts}
-        return {_rate_name(rate.strip()): Limit(rate, capacity)}
     raise TypeError(
         "a route limit's rate is a string ('5/minute', '10/second;1000/day'), a Limit, or "
         f"a mapping of name to Limit, not {rate!r}"
     )
 
 
+_route_ids: dict[int, tuple[object, str]] = {}
+
+
 def _route_id(scope: Mapping[str, Any]) -> str:
-    """Return the route a request matched: ``"GET,HEAD /items/{item_id}"`` (its path if none)."""
+    """Return the route a request matched: ``"GET,HEAD /items/{item_id}"`` (its path if none).
+
+    Computed once per route object (kept alive in the cache, so that its id stays its own).
+    """
     route = scope.get("route")
+    cached = _route_ids.get(id(route))
+    if cached is not None and cached[0] is route:
+        return cached[1]
     path = getattr(route, "path", None)
     if not isinstance(path, str):
         return f"{scope.get('method', 'GET')} {scope.get('path', '')}"
     methods = getattr(route, "methods", None)
-    return f"{','.join(sorted(methods)) if methods else '*'} {path}"
+    found = f"{','.join(sorted(methods)) if methods else '*'} {path}"
+    _route_ids[id(route)] = (route, found)
+    return found
+
+
+class Refused(NamedTuple):
+    """A refusal and the Starlette response that answers it."""
+
+    refusal: Refusal
+    response: StarletteResponse
 
 
 class RouteLimit:
@@ -231,10 +254,13 @@ class RouteLimit:
         self.shared = shared
         self._max_wait = max_wait
         self._gate = gate
+        # A limiter that decides without awaiting (memory) is asked directly when requests
+        # may not wait: no coroutine per request.
+        self._admit_now = limiter.admit_now if not max_wait else None
         self.depends = self._dependency()
 
-    async def check(self, request: HTTPConnection) -> tuple[Verdict | None, Any]:
-        """Decide on a request: (the granted verdict or None, the refusal's response or None).
+    async def check(self, request: HTTPConnection) -> tuple[Verdict | None, Refused | None]:
+        """Decide on a request: (the granted verdict or None, the refusal or None).
 
         Never raises for a failing key function, cost function or limiter: those are logged
         and answered as configured (``on_key_error``, ``on_error``).
@@ -247,26 +273,23 @@ class RouteLimit:
         if ticket is None:
             return None, None
         if isinstance(ticket, Refusal):
-            return None, _starlette_response(gate.respond(request, ticket), ticket)
+            return None, self._refused(request, ticket)
         key, cost = ticket
         if not self.shared:
             key = bounded_key(f"{key}|{_route_id(scope)}", _MAX_BUCKET_KEY)
         try:
-            verdict = await self.limiter.admit(key, cost, max_wait=self._max_wait)
+            verdict = self._admit_now(key, cost) if self._admit_now is not None else None
+            if verdict is None:
+                verdict = await self.limiter.admit(key, cost, max_wait=self._max_wait)
         except Exception as exc:
-            return None, self._failed(request, "the limiter", exc, method, path)
+            refusal = gate.failed("the limiter", exc, method, path)
+            return None, None if refusal is None else self._refused(request, refusal)
         if not verdict.granted:
-            refusal = gate.refusal(verdict)
-            return None, _starlette_response(gate.respond(request, refusal), refusal)
+            return None, self._refused(request, gate.refusal(verdict))
         return verdict, None
 
-    def _failed(
-        self, request: HTTPConnection, what: str, exc: Exception, method: str, path: str
-    ) -> StarletteResponse | None:
-        refusal = self._gate.failed(what, exc, method, path)
-        if refusal is None:
-            return None
-        return _starlette_response(self._gate.respond(request, refusal), refusal)
+    def _refused(self, request: HTTPConnection, refusal: Refusal) -> Refused:
+        return Refused(refusal, _starlette_response(self._gate.respond(request, refusal), refusal))
 
     def add_headers(self, response: StarletteResponse, verdict: Verdict | None) -> None:
         """Add an accepted request's rate-limit headers to ``response`` (when enabled).
@@ -316,7 +339,7 @@ class RouteLimit:
                 raise TypeError(f"{endpoint.__qualname__} was called without its request")
             verdict, refused = await self.check(request)
             if refused is not None:
-                return refused
+                return refused.response
             if is_async:
                 result = await endpoint(*args, **kwargs)
             else:
@@ -332,7 +355,8 @@ class RouteLimit:
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation)
             for name, annotation, present in (
                 (_REQUEST, Request, passes_request),
-                (_RESPONSE, StarletteResponse, passes_response),
+                # the response only to add headers to it: FastAPI makes one per parameter
+                (_RESPONSE, StarletteResponse, passes_response or not self._gate.headers_on_accept),
             )
             if not present
         ]
@@ -344,27 +368,25 @@ class RouteLimit:
         return limited  # type: ignore[return-value]
 
     def _dependency(self) -> Callable[..., Awaitable[None]]:
-        async def rate_limit(request: Request, response: StarletteResponse) -> None:
+        async def rate_limit(request: Request, response: StarletteResponse | None = None) -> None:
             verdict, refused = await self.check(request)
             if refused is not None:
-                refusal = Refusal(
-                    refused.status_code,
-                    int(refused.headers.get("retry-after", "1")),
-                    tuple(refused.headers.items()),
-                    "Too Many Requests" if refused.status_code == 429 else "Service Unavailable",
-                )
-                raise RateLimitExceeded(refusal, refused)
-            self.add_headers(response, verdict)
+                raise RateLimitExceeded(*refused)
+            if response is not None:
+                self.add_headers(response, verdict)
 
-        # Real classes, not strings, for FastAPI to read.
-        rate_limit.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            [
-                inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, annotation=Request),
+        # Real classes, not strings, for FastAPI to read; the response only when headers
+        # go on accepted responses (FastAPI resolves each parameter on every request).
+        parameters = [
+            inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, annotation=Request)
+        ]
+        if self._gate.headers_on_accept:
+            parameters.append(
                 inspect.Parameter(
                     "response", inspect.Parameter.KEYWORD_ONLY, annotation=StarletteResponse
-                ),
-            ]
-        )
+                )
+            )
+        rate_limit.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
         return rate_limit
 
     def __repr__(self) -> str:
@@ -518,7 +540,8 @@ class RouteLimiter:
 
         ``rate``: ``"5/minute"`` (bursts of 5), with ``capacity`` for another burst size;
         several at once, all or nothing: ``"10/second;1000/day"`` or ``{"burst":
-        Limit("10/s"), "day": Limit("1000/day")}`` (their names are the policy names).
+        Limit("10/s"), "day": Limit("1000/day")}``. The names are the policy names of the
+        headers; a string's rates are named by period (``"minute"``, ``"day"``).
         ``cost``: the tokens each request takes (an int, a mapping of limit name to tokens,
         or a function of the request). ``key``, ``max_wait``: this route's own. Raises
         TypeError/ValueError for a bad rate, capacity or cost.
@@ -575,7 +598,14 @@ class RouteLimiter:
     exempt = staticmethod(exempt)
 
     async def aclose(self) -> None:
-        """Close the Redis client this limiter opened from a URL (none otherwise)."""
+        """Close every limit it made (later requests are answered as ``on_error`` says), send
+        what their Redis backends still queue, and close the client it opened from a URL."""
+        for route in self.routes:
+            route.limiter.close()
+            backend = route.limiter.backend
+            aclose = getattr(backend, "aclose", None)
+            if aclose is not None:
+                await aclose()
         if self._owns_client and self._client is not None:
             await self._client.aclose()
 

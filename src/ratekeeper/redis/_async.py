@@ -37,6 +37,7 @@ from redis.exceptions import NoScriptError
 
 from .._asyncio import check_timeout
 from .._errors import AcquireTimeout, BackendUnavailable, LimiterClosed
+from .._fork import track
 from .._rate import RateLike
 from .._scheduler import TakeBlock
 from ._common import (
@@ -52,6 +53,7 @@ from ._common import (
     classify,
     describe_client,
     take_replies,
+    wire,
 )
 from ._script import (
     BEYOND,
@@ -63,7 +65,6 @@ from ._script import (
     SCRIPT,
     TAKE_SCRIPT,
     Request,
-    encode,
     single_take_wire,
     single_wire,
     take_wire,
@@ -106,16 +107,41 @@ class _Dispatcher:
         self.calls: dict[asyncio.Task[Any], float] = {}  # in flight: task -> start (monotonic)
         self.overdue: set[asyncio.Task[Any]] = set()
         self.watchdog: asyncio.TimerHandle | None = None
+        track(self)
+
+    def _fork_locks(self) -> tuple[()]:
+        return ()
+
+    def _after_fork(self) -> None:
+        """In a forked child: nothing in flight or queued (the parent's event loop's), and
+        none of the parent's connections: they are its sockets, and replies read on them
+        in two processes would be mixed up. The child opens its own."""
+        self.pending = []
+        self.in_flight = 0
+        self.scheduled = False
+        self.tasks = set()
+        self.calls = {}
+        self.overdue = set()
+        self.watchdog = None
+        self.down_until = 0.0
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is not None:
+            pool.reset()  # drops the inherited connections without closing the parent's
+            if isinstance(getattr(pool, "_lock", None), asyncio.Lock):
+                pool._lock = asyncio.Lock()  # it may be bound to the parent's loop
 
     async def call(self, request: Request) -> list[int]:
         """Return the script's reply to ``request``; raise ServerFailure if the call failed."""
         if not self.in_flight and not self.pending:
-            wire = take_wire(request)
-            if wire is not None:  # the short script's case: it answers, or leaves it to ours
-                values = await self.execute(*wire, request.owner, self.take_script)
+            owner = request.owner
+            # The short script's case (it answers, or leaves it to ours), unless slots
+            # booked ahead must go with the request (only ours starts a lost key at them).
+            take = None if owner is not None and owner._floors else take_wire(request)
+            if take is not None:
+                values = await self.execute(*take, owner, self.take_script)
                 if values:
-                    return take_replies(values, wire[0], [request])[0]
-            keys, args = request.wire or encode([request])
+                    return take_replies(values, take[0], [request])[0]
+            keys, args = request.wire or wire([request])
             return take_replies(await self.execute(keys, args, request.owner), keys, [request])[0]
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         request.future = future
@@ -131,7 +157,7 @@ class _Dispatcher:
         ServerFailure if the decision's call failed. Cancelled: as ``call``.
         """
         if not self.in_flight and not self.pending:
-            keys, args = encode(requests)
+            keys, args = wire(requests)
             values = await self.execute(keys, args, requests[-1].owner)
             replies = take_replies(values, keys, requests)
             return list(replies[:-1]), replies[-1]
@@ -209,14 +235,14 @@ class _Dispatcher:
                 slot = key_slot(request.items[0][0].key.encode())
                 groups.setdefault(slot, []).append(request)
             parts = list(groups.values())
-            wires = [encode(part) for part in parts]
+            wires = [wire(part) for part in parts]
             results = await asyncio.gather(*(self.execute(*wire) for wire in wires))
             by_request: dict[int, list[int]] = {}
             for part, (keys, _), values in zip(parts, wires, results, strict=True):
                 by_request.update(zip(map(id, part), take_replies(values, keys, part), strict=True))
             replies = [by_request[id(r)] for r in batch]
         else:
-            keys, args = encode(batch)
+            keys, args = wire(batch)
             replies = take_replies(await self.execute(keys, args), keys, batch)
         owners = set()
         for request in batch:
@@ -345,8 +371,28 @@ class _AsyncLimiter(Core):
         self._client, self._owned = _resolve_client(client, self._timeout)
         self._dispatcher = _dispatcher_for(self._client, self._timeout, self._retry_interval)
         self._sleepers: dict[asyncio.Future[None], RedisReservation] = {}
+        track(self)
+
+    def _fork_locks(self) -> tuple[()]:
+        return ()
+
+    def _after_fork(self) -> None:
+        """In a forked child: the sleepers belong to the parent's event loop."""
+        self._sleepers = {}
+        self._waiting = 0
+        self._waiting_tokens = 0
 
     # -- the engine ------------------------------------------------------------------------
+
+    async def _decide(self, request: Request) -> list[int]:
+        """Return the server's reply to a decision, sent with the settlement of the
+        fallback's grants if the server was down before (one atomic call)."""
+        settle = self._settle_request()
+        if settle is None:
+            return await self._dispatcher.call(request)
+        (settled,), reply = await self._dispatcher.call_group([settle, request])
+        self._settled(settled)
+        return reply
 
     async def _reserve(
         self, amounts: tuple[int, ...], timeout: float | None
@@ -359,7 +405,7 @@ class _AsyncLimiter(Core):
         max_wait_ns = check_timeout(timeout)
         request = self._reserve_request(amounts, max_wait_ns)
         try:
-            reply = await self._dispatcher.call(request)
+            reply = await self._decide(request)
         except ServerFailure as failure:
             wait, marks = self._fallback_reserve(failure, amounts, max_wait_ns)
             if marks is None:
@@ -538,21 +584,23 @@ class RedisTokenBucket(BucketParts, _AsyncLimiter):
         the policy is to fail closed, LimiterClosed after close(), ValueError/TypeError for
         bad arguments. Cancelled while sleeping, it gives its tokens back.
         """
-        if tokens is _ONE and timeout is None:
+        if tokens is _ONE and timeout is None and self._local is None:
             # Fast path: the one-token, no-timeout call, without building a Reservation.
             if self._closed:
                 raise LimiterClosed(f"{self!r} is closed")
             dispatcher = self._dispatcher
             try:
-                if not dispatcher.in_flight and not dispatcher.pending:
+                floors = self._floors  # slots booked ahead: sent, so not prebuilt
+                if not dispatcher.in_flight and not dispatcher.pending and not floors:
                     reply = await dispatcher.execute(*self._wire_wait, self)
-                    if len(reply) > 6:  # the key holds a limit of its own
+                    if len(reply) > 6 or reply[2]:  # a limit of its own, or a slot booked
                         reply = take_replies(reply, [self.key], [self._request_one(-1)])[0]
                     else:
                         del reply[0]
                 else:
                     request = self._request_one(-1)
-                    request.wire = self._wire_wait
+                    if not floors:
+                        request.wire = self._wire_wait
                     reply = await dispatcher.call(request)
             except ServerFailure as failure:
                 wait, marks = self._fallback_reserve(failure, (1,), None)
@@ -577,10 +625,11 @@ class RedisTokenBucket(BucketParts, _AsyncLimiter):
         dispatcher = self._dispatcher
         amounts: tuple[int, ...] = (1,)
         try:
-            if tokens is _ONE:
+            if tokens is _ONE and self._local is None:
                 if self._closed:
                     raise LimiterClosed(f"{self!r} is closed")
-                if not dispatcher.in_flight and not dispatcher.pending:
+                floors = self._floors  # slots booked ahead: sent, so not prebuilt
+                if not dispatcher.in_flight and not dispatcher.pending and not floors:
                     # Fast path: alone on the connection, the request prebuilt, the short
                     # script first (it leaves a key that is not a plain bucket to ours).
                     take = dispatcher.take_script
@@ -593,11 +642,12 @@ class RedisTokenBucket(BucketParts, _AsyncLimiter):
                         del reply[0]
                 else:
                     request = self._request_one(0)
-                    request.wire = self._wire_try
+                    if not floors:
+                        request.wire = self._wire_try
                     reply = await dispatcher.call(request)
             else:
                 amounts = self._call_amounts(tokens)
-                reply = await dispatcher.call(self._reserve_request(amounts, 0))
+                reply = await self._decide(self._reserve_request(amounts, 0))
         except ServerFailure as failure:
             try:
                 self._fallback_reserve(failure, amounts, 0)

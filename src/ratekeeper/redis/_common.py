@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,8 +25,10 @@ from ._script import (
     BEYOND,
     CHARGE,
     DONE,
+    MAX_AHEAD,
     MAX_BURST,
     NO_MARK,
+    PAD,
     REFUND,
     REFUSED,
     RESERVE,
@@ -37,6 +39,7 @@ from ._script import (
     Spec,
     adopted_spec,
     cut,
+    encode,
     make_spec,
 )
 
@@ -77,15 +80,31 @@ class ServerFailure(Exception):
         self.transient = transient
 
 
-_TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY")
+_TRANSIENT_CODES = frozenset(
+    ("OOM", "BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "NOREPLICAS")
+)
+"""Error replies meaning "cannot serve now": full (OOM under maxmemory and noeviction),
+running a long script (BUSY), loading its data (LOADING), a replica (READONLY) or one cut off
+from its master (MASTERDOWN), a cluster resharding (TRYAGAIN) or missing slots (CLUSTERDOWN),
+too few replicas in sync (NOREPLICAS)."""
+
+_TRANSIENT_TYPES = (
+    rex.OutOfMemoryError,
+    rex.ReadOnlyError,
+    rex.TryAgainError,
+    rex.ClusterDownError,  # MasterDownError is one too
+)
 
 
 def classify(exc: BaseException, where: str) -> ServerFailure:
     """Turn a client exception into a ServerFailure saying what went wrong and where.
 
-    Unreachable, slow, loading or failing-over servers are transient (the failure policy
-    applies); refused credentials, refused scripts and unexpected error replies are not:
-    they are mistakes that letting calls through would hide.
+    Transient (the failure policy applies): a server unreachable, slow (timeouts), resetting
+    connections, out of memory, busy, loading, read-only or cut off from its master, a
+    cluster down or resharding. Not transient: refused credentials, a user not allowed to
+    run scripts, a script the server will not run (NOSCRIPT after the reload, unknown
+    command, a script error) and unexpected error replies: mistakes that letting calls
+    through would hide. The table is in docs/redis.md.
     """
     if isinstance(exc, (rex.AuthenticationError, rex.AuthorizationError)):
         return ServerFailure(f"{where} refused the credentials: {exc}", False)
@@ -97,15 +116,19 @@ def classify(exc: BaseException, where: str) -> ServerFailure:
         )
     if isinstance(exc, rex.ResponseError):
         text = str(exc)
-        if text.startswith(_TRANSIENT_REPLIES) or isinstance(
-            exc, (rex.ClusterDownError, rex.TryAgainError, rex.ReadOnlyError)
-        ):
-            return ServerFailure(f"{where} is not serving now: {exc}", True)
+        # redis-py strips the code of the replies it maps to a class, and keeps it here.
+        code = getattr(exc, "status_code", None) or text.split(" ", 1)[0]
+        if code in _TRANSIENT_CODES or isinstance(exc, _TRANSIENT_TYPES):
+            shown = text if text.startswith(code) else f"{code} {text}"
+            return ServerFailure(f"{where} is not serving now: {shown}", True)
         lowered = text.lower()
+        # NOSCRIPT here survived the reload (redis-py loads the script again once).
         if "unknown command" in lowered or "noscript" in lowered or "script" in lowered:
             return ServerFailure(f"{where} refuses to run the ratekeeper script: {exc}", False)
         return ServerFailure(f"{where} answered with an error: {exc}", False)
     if isinstance(exc, (rex.ConnectionError, rex.TimeoutError, OSError, asyncio.TimeoutError)):
+        if isinstance(exc, rex.BusyLoadingError):
+            return ServerFailure(f"{where} is not serving now: LOADING {exc}", True)
         return ServerFailure(f"{where} is unreachable: {type(exc).__name__}: {exc}", True)
     if isinstance(exc, rex.RedisClusterException):
         return ServerFailure(f"{where} (cluster) is not serving: {exc}", True)
@@ -127,13 +150,22 @@ def describe_client(client: Any) -> str:
         return "the server"
 
 
+MAX_SECONDS = 86400.0
+"""The longest server-call ``timeout`` and ``retry_interval`` (a day): longer ones are
+mistakes, and past the platform's time_t a socket timeout fails only at the first call."""
+
+
 def check_seconds(value: float, what: str, allow_zero: bool = True) -> float:
-    """Return ``value`` if it is a finite number of seconds (> 0 unless allowed); raise."""
+    """Return ``value`` if it is a number of seconds from 0 (excluded unless allowed) to
+    ``MAX_SECONDS``; raise TypeError, or ValueError naming the range."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    if not 0 <= value <= MAX_SECONDS or (value == 0 and not allow_zero):
         allowed = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{what} must be a finite number of seconds {allowed}, got {value!r}")
+        raise ValueError(
+            f"{what} must be a number of seconds {allowed} and at most {MAX_SECONDS:.0f} "
+            f"(a day), got {value!r}"
+        )
     return float(value)
 
 
@@ -213,6 +245,38 @@ class Core:
         self._fallback_grants = 0
         self._requests = 0
         self._round_trips = 0
+        # key -> (the latest slot this limiter booked there: server ns, and until when
+        # (monotonic ns) it lies ahead); sent with each request so that a key that lost
+        # its state never starts before it (see gcra.lua).
+        self._floors: dict[str, tuple[int, int]] = {}
+
+    # -- booked slots, against state loss ----------------------------------------------
+
+    def _book(self, items: tuple[tuple[Spec, int, int, int], ...], now_us: int, wait: int) -> None:
+        """Remember a slot booked ``wait`` ns after the server's ``now_us`` on the keys."""
+        slot = now_us * 1000 + wait
+        until = time.monotonic_ns() + wait + _FLOOR_MARGIN_NS
+        floors = self._floors
+        if len(floors) >= _MAX_FLOORS:
+            now = time.monotonic_ns()
+            for key in [k for k, (_, end) in floors.items() if end < now]:
+                del floors[key]
+        for spec, _, _, _ in items:
+            old = floors.get(spec.key)
+            if old is None or old[0] < slot:
+                floors[spec.key] = (slot, until)
+
+    def _floors_of(self, request: Request, into: dict[str, int]) -> None:
+        """Add the floors of ``request``'s keys still ahead to ``into`` (the latest wins)."""
+        floors = self._floors
+        now = time.monotonic_ns()
+        for spec, _, _, _ in request.items:
+            floor = floors.get(spec.key)
+            if floor is not None:
+                if floor[1] < now:
+                    del floors[spec.key]
+                elif into.get(spec.key, 0) < floor[0]:
+                    into[spec.key] = floor[0]
 
     # -- amounts ---------------------------------------------------------------------------
 
@@ -513,12 +577,56 @@ class Core:
         self._count_grant(amounts, wait)
         return wait, marks
 
+    def _settle_request(self) -> Request | None:
+        """Return the request settling the fallback's grants at the server, if any.
+
+        Sent in the same call as the first decision after an outage (see ``pads``).
+        """
+        local = self._local
+        if local is None or self._closed:
+            return None
+        now = time.monotonic_ns()
+        deficits = [g.capacity - g.tokens_at(now) for g in local.gcras]
+        units = pads(self._specs, deficits, self._share or 1.0, self._retry_interval)
+        if not any(units):
+            self._local = None  # nothing outstanding: back on the server as it stands
+            return None
+        return Request(PAD, self._items(units), -1, self)
+
+    def _settled(self, reply: list[int] | None) -> None:
+        """Drop the fallback limiter once its deficit was charged at the server."""
+        if reply is not None and reply[0] == DONE:
+            self._local = None
+
+    def _behind(
+        self, specs: tuple[Spec, ...], limits: Sequence[tuple[Rate, int]]
+    ) -> tuple[int, ...]:
+        """Return the tokens to charge a new local bucket per limit: none if this process
+        booked no slot on its key lately (the bucket was not saturated), else enough to
+        empty it at the last slot booked (its sleepers still take their tokens)."""
+        now = time.monotonic_ns()
+        behind = []
+        for spec, (rate, capacity) in zip(specs, limits, strict=True):
+            floor = self._floors.get(spec.key)
+            ahead = 0 if floor is None else floor[1] - _FLOOR_MARGIN_NS - now
+            tokens = math.ceil(ahead / rate.ns_per_token) if ahead > 0 else 0
+            behind.append(tokens + capacity if tokens else 0)
+        return tuple(behind)
+
     def _fallback(self) -> LocalLimits:
+        """Return the local limiter, made at the first failure, at ``fallback_share`` of
+        the limit: full, unless this process booked slots lately (the bucket at the server
+        was saturated), then empty at the last slot it booked (its sleepers still take
+        their tokens)."""
         local = self._local
         if local is None:
             share = self._share or 1.0
             limits = [shared_limit(s, share) for s in self._specs]
-            local = self._local = LocalLimits(limits, time.monotonic_ns())
+            now = time.monotonic_ns()
+            local = self._local = LocalLimits(limits, now)
+            behind = self._behind(self._specs, limits)
+            if any(behind):
+                local.charge(now, behind)
         return local
 
     def _fallback_charge(self, failure: ServerFailure, amounts: tuple[int, ...]) -> None:
@@ -585,12 +693,61 @@ class Core:
         )
 
 
+_FLOOR_MARGIN_NS = 100_000_000
+"""How long past its slot (by this process's clock) a floor is still sent: a no-op at the
+server once the slot has passed, so the margin only covers the two clocks' drift."""
+_MAX_FLOORS = 4096
+"""Floors kept before the ones whose slots have passed are swept out (keyed backends)."""
+
+
+def pads(
+    specs: tuple[Spec, ...], deficits: Sequence[float], share: float, retry_interval: float
+) -> tuple[int, ...]:
+    """Return, per limit, how far ahead (units) the server's bucket must be when a process
+    that decided alone while it was down comes back.
+
+    The process's local bucket still counts ``deficits`` tokens as taken. Scaled up
+    from its share to the whole limit (every process deciding locally as it did) and at
+    most the capacity, that is what was granted recently everywhere; and the processes not
+    yet back may go on granting alone for up to ``retry_interval`` at the rest of the rate.
+    The bucket is padded to that (a max, not a sum: several processes coming back do not
+    add up, and a bucket that kept its state further behind is left alone), so that a
+    server that comes back full (a restart) does not admit on top of the local grants.
+    The cost: up to one burst too little just after an outage, never too much.
+    """
+    units = []
+    for spec, deficit in zip(specs, deficits, strict=True):
+        if deficit <= 0:
+            units.append(0)
+            continue
+        taken = min(spec.capacity, math.ceil(deficit / share)) * spec.cost
+        rest = math.ceil((1 - share) * retry_interval * NS_PER_SECOND) * spec.scale
+        units.append(min(taken + rest, MAX_AHEAD))
+    return tuple(units)
+
+
+def wire(requests: list[Request]) -> tuple[list[str], list[Any]]:
+    """Return ``encode(requests)`` with the floors their owners hold for the keys."""
+    floors: dict[str, int] | None = None
+    for request in requests:
+        owner = request.owner
+        if owner is not None and owner._floors:
+            if floors is None:
+                floors = {}
+            owner._floors_of(request, floors)
+    return encode(requests, None, floors)
+
+
 def take_replies(values: list[int], keys: list[str], requests: list[Request]) -> list[list[int]]:
     """Return one reply per request from the script's integers, after handing the keys'
-    own limits (the reply's trailer) to the owners of the requests naming them."""
+    own limits (the reply's trailer) to the owners of the requests naming them, and the
+    slots booked ahead (a grant with a wait) to their owners' floors."""
     replies, trailer = cut(values, requests)
     if trailer:
         adopt_limits(trailer, keys, requests)
+    for request, reply in zip(requests, replies, strict=True):
+        if request.op == RESERVE and reply[1] > 0 and reply[0] == DONE and request.owner:
+            request.owner._book(request.items, values[0], reply[1])
     return replies
 
 

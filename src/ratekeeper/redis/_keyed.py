@@ -24,14 +24,16 @@ import redis
 import redis.asyncio as aioredis
 
 from .._errors import BackendUnavailable, LimiterClosed
+from .._fork import track
 from .._gcra import Limit, LimitsLike, named_limits
 from .._keyed import DEFAULT_MAX_KEY_LENGTH, MemoryKeyedStore, Verdict, _check_key, _describe
 from ._async import _AsyncLimiter
-from ._common import Core, OnFailure, RedisStatistics, ServerFailure, shared_limit
+from ._common import Core, OnFailure, RedisStatistics, ServerFailure, pads, shared_limit
 from ._script import (
     CHARGE,
     DONE,
     NO_MARK,
+    PAD,
     REFUND,
     REFUSED,
     RESERVE,
@@ -275,7 +277,32 @@ class _KeyedCore(Core):
             share = self._share or 1.0
             limits = {s.name: Limit(*shared_limit(s, share)) for s in self._specs}
             store = self._store = MemoryKeyedStore(limits, max_key_length=self._max_key_length)
+            self._outage_keys: set[str] = set()
         return store
+
+    def _keyed_settle(self, key: str, specs: tuple[Spec, ...]) -> Request | None:
+        """Return the request settling the fallback store's grants on ``key`` at the
+        server (see ``pads``), or None: sent with the key's next decision."""
+        store = self._store
+        if store is None:
+            return None
+        if not len(store):
+            self._store = None  # every key settled (or full again): nothing outstanding
+            return None
+        available = store.peek(key).available
+        deficits = [
+            limit.capacity - left
+            for limit, left in zip(store.limits.values(), available, strict=True)
+        ]
+        units = pads(specs, deficits, self._share or 1.0, self._retry_interval)
+        if not any(units):
+            return None
+        items = tuple((s, n, NO_MARK, 0) for s, n in zip(specs, units, strict=True) if n)
+        return Request(PAD, items, -1, self)
+
+    def _keyed_settled(self, key: str, reply: list[int] | None) -> None:
+        if reply is not None and reply[0] == DONE and self._store is not None:
+            self._store.discard(key)
 
     def _fallback_verdict(
         self,
@@ -301,6 +328,14 @@ class _KeyedCore(Core):
                     f"{failure}; the fallback limiter (capacity {limit.capacity} of "
                     f"{self._named[name].capacity}) can never grant {n} tokens on limit {name!r}"
                 ) from failure
+        if key not in self._outage_keys:
+            # The first local decision on the key: its bucket starts no earlier than the
+            # last slot this process booked there (its sleepers still take their tokens).
+            self._outage_keys.add(key)
+            limits = [(limit.rate, limit.capacity) for limit in store.limits.values()]
+            behind = self._behind(self._specs_for(key), limits)
+            if any(behind):
+                store.charge(key, behind)
         verdict = store.reserve(key, costs, max_wait_ns)
         if not verdict.granted:
             self._rejected += 1
@@ -415,15 +450,20 @@ class RedisKeyedBackend(_KeyedCore, _AsyncLimiter):
         """
         specs = self._specs_for(key)
         requests = self._reserve_requests(specs, costs, max_wait_ns)
+        settle = self._keyed_settle(key, specs)
+        if settle is not None:
+            requests.insert(0, settle)
         try:
             if len(requests) == 1:
                 reply = await self._dispatcher.call(requests[0])
-                idle = None
+                reads: list[list[int] | None] = []
             else:
-                (idle,), reply = await self._dispatcher.call_group(requests)
+                reads, reply = await self._dispatcher.call_group(requests)
         except ServerFailure as failure:
             return self._fallback_verdict(failure, key, costs, max_wait_ns)
-        return self._decided(specs, costs, reply, idle)
+        if settle is not None:
+            self._keyed_settled(key, reads.pop(0))
+        return self._decided(specs, costs, reply, reads[0] if reads else None)
 
     async def refund(self, key: str, costs: tuple[int, ...], mark: object) -> tuple[float, ...]:
         """Give back ``costs`` taken earlier (``mark`` from their Verdict, or None).
@@ -522,22 +562,35 @@ class SyncRedisKeyedBackend(_KeyedCore):
         self._client, self._owned = _sync_resolve_client(client, self._timeout)
         self._lock = threading.Lock()
         self._dispatcher = _sync_dispatcher_for(self._client, self._retry_interval)
+        track(self)
+
+    def _fork_locks(self) -> tuple[threading.Lock, ...]:
+        return (self._lock,)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     def reserve(self, key: str, costs: tuple[int, ...], max_wait_ns: int | None) -> Verdict:
         """Take ``costs`` for the earliest time they can go; see RedisKeyedBackend.reserve."""
         specs = self._specs_for(key)
         requests = self._reserve_requests(specs, costs, max_wait_ns)
+        with self._lock:
+            settle = self._keyed_settle(key, specs)
+        if settle is not None:
+            requests.insert(0, settle)
         try:
             if len(requests) == 1:
                 reply = self._dispatcher.call(requests[0])
-                idle = None
+                reads: list[list[int] | None] = []
             else:
-                (idle,), reply = self._dispatcher.call_group(requests)
+                reads, reply = self._dispatcher.call_group(requests)
         except ServerFailure as failure:
             with self._lock:
                 return self._fallback_verdict(failure, key, costs, max_wait_ns)
         with self._lock:
-            return self._decided(specs, costs, reply, idle)
+            if settle is not None:
+                self._keyed_settled(key, reads.pop(0))
+            return self._decided(specs, costs, reply, reads[0] if reads else None)
 
     def refund(self, key: str, costs: tuple[int, ...], mark: object) -> tuple[float, ...]:
         """Give back ``costs`` taken earlier; see RedisKeyedBackend.refund."""

@@ -13,6 +13,7 @@ ahead, so every sum it forms stays exact.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from importlib import resources
@@ -26,6 +27,7 @@ __all__ = [
     "MAX_AHEAD",
     "MAX_BURST",
     "NO_MARK",
+    "PAD",
     "REFUND",
     "RESERVE",
     "SCRIPT",
@@ -55,7 +57,7 @@ MAX_AHEAD = 2**52
 MAX_BURST = 2**51
 """The largest full bucket (capacity * cost units) a limit may have; also bounds a charge."""
 
-RESERVE, CHARGE, REFUND, STATE, SET_LIMIT = b"R", b"C", b"F", b"S", b"K"
+RESERVE, CHARGE, REFUND, STATE, SET_LIMIT, PAD = b"R", b"C", b"F", b"S", b"K", b"P"
 NO_MARK = -1
 """Mark epoch of a refund that names no grant (the caller vouches the tokens went unused)."""
 
@@ -191,13 +193,17 @@ class Request:
         return 2 + 3 * len(self.items)
 
 
-def encode(requests: list[Request], now_us: int | None = None) -> tuple[list[str], list[Any]]:
+def encode(
+    requests: list[Request], now_us: int | None = None, floors: Mapping[str, int] | None = None
+) -> tuple[list[str], list[Any]]:
     """Return (KEYS, ARGV) for one script call deciding ``requests`` in order.
 
     Each key is sent once, with the parameters of the first request naming it (one key
     must mean one limit); if later ones name it with others, the script is asked to report
     the limit the key holds, so that every owner in the batch can adopt it. ``now_us``
-    replaces the server's TIME: for tests only.
+    replaces the server's TIME: for tests only. ``floors``: per key, the latest slot (server
+    time, ns) the sender's process has booked there; a key that lost its state starts no
+    earlier (see the script).
     """
     index: dict[str, int] = {}
     keys: list[str] = []
@@ -231,7 +237,16 @@ def encode(requests: list[Request], now_us: int | None = None) -> tuple[list[str
     for i in disagree:  # the callers disagree: the reply must say what the key holds
         spec = first[i - 1]
         conf[i - 1] = f"{spec.cost} {spec.scale} -{spec.capacity}"
-    return keys, ["" if now_us is None else str(now_us), " ".join(conf), " ".join(body)]
+    args = ["" if now_us is None else str(now_us), " ".join(conf), " ".join(body)]
+    if floors:
+        sent = [
+            f"{i} {ns // 1000} {ns % 1000}"
+            for key, ns in floors.items()
+            if (i := index.get(key)) is not None
+        ]
+        if sent:
+            args.append(" ".join(sent))
+    return keys, args
 
 
 def single_wire(spec: Spec, op: bytes, tokens: int, max_wait: int) -> tuple[list[str], list[Any]]:

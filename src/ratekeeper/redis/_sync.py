@@ -26,6 +26,7 @@ from redis.retry import Retry
 
 from .._asyncio import check_timeout
 from .._errors import BackendUnavailable, LimiterClosed
+from .._fork import track
 from .._rate import RateLike
 from .._scheduler import TakeBlock
 from ._common import (
@@ -41,8 +42,9 @@ from ._common import (
     classify,
     describe_client,
     take_replies,
+    wire,
 )
-from ._script import DONE, SCRIPT, TAKE_SCRIPT, Request, encode, parse, take_wire
+from ._script import DONE, SCRIPT, TAKE_SCRIPT, Request, parse, take_wire
 
 MAX_BATCH = 256
 
@@ -108,6 +110,17 @@ class _SyncDispatcher:
         self.busy = False  # a call is in flight (its sender holds the lead)
         self.pending: list[Request] = []
         self.down_until = 0.0
+        track(self)
+
+    def _fork_locks(self) -> tuple[threading.Lock, ...]:
+        return (self.lock,)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a new lock, no call in flight, no queued thread (they were
+        the parent's). redis-py gives the child new connections by itself."""
+        self.lock = threading.Lock()
+        self.busy = False
+        self.pending = []
 
     def call(self, request: Request) -> list[int]:
         """Return the script's reply to ``request``; raise ServerFailure if the call failed."""
@@ -225,13 +238,16 @@ class _SyncDispatcher:
         replies: dict[int, list[int]] = {}
         try:
             for group in groups:
-                wire = take_wire(group[0]) if len(group) == 1 else None
+                owner = group[0].owner
+                short = len(group) == 1 and not (owner is not None and owner._floors)
+                take = take_wire(group[0]) if short else None
                 # The short script's case: it answers, or leaves it to ours (an empty reply).
-                values = [] if wire is None else parse(self.take_script(*wire))
-                if wire is not None and values:
-                    keys = wire[0]
+                # Not with slots booked ahead to send: only ours starts a lost key at them.
+                values = [] if take is None else parse(self.take_script(*take))
+                if take is not None and values:
+                    keys = take[0]
                 else:
-                    keys, args = encode(group)
+                    keys, args = wire(group)
                     values = parse(self.script(keys, args))
                 replies.update(zip(map(id, group), take_replies(values, keys, group), strict=True))
         except Exception as exc:
@@ -253,7 +269,7 @@ class _SyncDispatcher:
 
 def _dispatcher_for(client: Any, retry_interval: float) -> _SyncDispatcher:
     """Return the client's dispatcher for these settings (kept on the client: same lifetime)."""
-    with _registry_lock:
+    with _registry.lock:
         per_client: dict[float, _SyncDispatcher] | None = getattr(
             client, "_ratekeeper_dispatchers", None
         )
@@ -266,7 +282,21 @@ def _dispatcher_for(client: Any, retry_interval: float) -> _SyncDispatcher:
         return dispatcher
 
 
-_registry_lock = threading.Lock()
+class _Registry:
+    """The lock guarding the dispatchers kept on clients (renewed in a forked child)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        track(self)
+
+    def _fork_locks(self) -> tuple[threading.Lock, ...]:
+        return (self.lock,)
+
+    def _after_fork(self) -> None:
+        self.lock = threading.Lock()
+
+
+_registry = _Registry()
 
 
 class _SyncLimiter(Core):
@@ -277,6 +307,17 @@ class _SyncLimiter(Core):
         self._lock = threading.Lock()
         self._dispatcher = _dispatcher_for(self._client, self._retry_interval)
         self._sleepers: dict[threading.Event, SyncRedisReservation] = {}
+        track(self)
+
+    def _fork_locks(self) -> tuple[threading.Lock, ...]:
+        return (self._lock,)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a new lock; the sleepers were the parent's threads."""
+        self._lock = threading.Lock()
+        self._sleepers = {}
+        self._waiting = 0
+        self._waiting_tokens = 0
 
     def _count_cancel(self) -> None:
         with self._lock:
@@ -287,6 +328,18 @@ class _SyncLimiter(Core):
     def _call(self, request: Request) -> list[int]:
         """Return the script's reply to ``request``; raise ServerFailure if the call failed."""
         return self._dispatcher.call(request)
+
+    def _decide(self, request: Request) -> list[int]:
+        """Return the server's reply to a decision, sent with the settlement of the
+        fallback's grants if the server was down before (one atomic call)."""
+        with self._lock:
+            settle = self._settle_request()
+        if settle is None:
+            return self._dispatcher.call(request)
+        (settled,), reply = self._dispatcher.call_group([settle, request])
+        with self._lock:
+            self._settled(settled)
+        return reply
 
     # -- the engine ------------------------------------------------------------------------
 
@@ -300,7 +353,7 @@ class _SyncLimiter(Core):
         max_wait_ns = check_timeout(timeout)
         request = self._reserve_request(amounts, max_wait_ns)
         try:
-            reply = self._call(request)
+            reply = self._decide(request)
         except ServerFailure as failure:
             with self._lock:
                 wait, marks = self._fallback_reserve(failure, amounts, max_wait_ns)

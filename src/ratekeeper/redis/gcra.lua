@@ -26,9 +26,20 @@
 --   C  charge    m x (key index, tokens)
 --   F  refund    m x (key index, tokens, mark epoch, mark count)   (epoch -1: no mark)
 --   S  state     m x (key index)
+--   P  pad       m x (key index, units): the bucket is at least `units` ahead of now
+--                (ahead = max(ahead, units)): what a process granted alone while the
+--                server was down, settled on its return (a max, so that several processes
+--                returning do not add up; a no-op for a bucket further behind already)
 --   K  set limit m x (key index, cost, scale, capacity): the balance carries over, as
 --                Gcra.reconfigure (tokens available stay so, capped at the new capacity;
 --                debt stays debt; a capacity raise adds to g, so old marks give back no more)
+-- ARGV[4] (optional) floors, space-separated: m x (key index, us, ns): the latest slot
+--         (server time us * 1000 + ns) that the caller's process booked on that key. A
+--         bucket is never taken to be further behind than that: a key that vanished
+--         (FLUSHALL, eviction, a restart without persistence, a failover to a replica that
+--         lagged) starts no earlier than the slots its sleepers hold, so they are not added
+--         on top of a full bucket. Otherwise a no-op: a bucket is always at or past its
+--         booked slots (refunds stop there).
 -- (Two strings rather than many arguments, and one string back: clients encode and parse
 -- a batch of hundreds of decisions as fast as one.)
 --
@@ -144,6 +155,14 @@ local function set_limit(i, c, sc, k)
   differs[i] = fmt(c) ~= conf[base] or fmt(sc) ~= conf[base + 1] or fmt(k) ~= conf[base + 2]
 end
 local arg = words(ARGV[3])
+local floor_us, floor_ns = {}, {}
+if ARGV[4] then
+  local f = words(ARGV[4])
+  for k = 1, #f, 3 do
+    local i = tonumber(f[k])
+    floor_us[i], floor_ns[i] = tonumber(f[k + 1]), tonumber(f[k + 2])
+  end
+end
 
 -- Bucket states, loaded on first use: ahead is relative to now_us (the tat - now, >= 0).
 local state = {}
@@ -194,6 +213,22 @@ local function load(i)
     s = { e = tonumber(e), g = tonumber(g), ahead = since(tonumber(a)), booked = booked }
   else
     s = { e = now_us, g = 0, ahead = 0, booked = 0 }
+  end
+  local fu = floor_us[i]
+  if fu and not s.bad and fu >= now_us then
+    -- The caller's latest booked slot, in units ahead of now (capped where exactness ends).
+    local ns = (fu - now_us) * 1000 + floor_ns[i]
+    local at = MAX_AHEAD
+    if ns <= MAX_AHEAD / scale[i] then
+      at = ns * scale[i]
+    end
+    if at > s.ahead then
+      s.ahead = at
+      s.dirty = true
+    end
+    if at > s.booked then
+      s.booked = at
+    end
   end
   state[i] = s
   return s
@@ -391,6 +426,21 @@ while pos <= nargs do
     out[#out + 1] = 1
     out[#out + 1] = 0
     report(idx, back)
+  elseif op == "P" then
+    for j = 1, m do
+      local s = state[idx[j]]
+      local units = tokens[j]
+      if units > MAX_AHEAD then
+        units = MAX_AHEAD
+      end
+      if units > s.ahead then
+        s.ahead = units
+        s.dirty = true
+      end
+    end
+    out[#out + 1] = 1
+    out[#out + 1] = 0
+    report(idx)
   elseif op == "S" then
     out[#out + 1] = 1
     out[#out + 1] = 0
