@@ -98,7 +98,7 @@ def build_apps(limit: str = LIMIT) -> dict[str, Callable[..., Iterable[bytes]]]:
     _django_setup()
     from django.core.handlers.wsgi import WSGIHandler
     from django.http import JsonResponse
-    from django.urls import path
+    from django.urls import clear_url_caches, path
     from django_ratelimit.decorators import ratelimit
 
     from ratekeeper.integrations.django import route_limit
@@ -115,6 +115,12 @@ def build_apps(limit: str = LIMIT) -> dict[str, Callable[..., Iterable[bytes]]]:
             ratelimit(key="ip", rate=f"{count}/{period[0]}", block=True)(hello),
         ),
     ]
+    # A second build (another limit for the same view) starts afresh: the URL resolver and
+    # ratekeeper's limits by view would keep the first build's otherwise.
+    clear_url_caches()
+    from ratekeeper.integrations import django as ours_django
+
+    ours_django._reset(setting="RATEKEEPER")
     handler = WSGIHandler()
 
     def at(prefix: str) -> Callable[..., Iterable[bytes]]:
@@ -202,6 +208,8 @@ def in_process(calls: int, rounds: int) -> dict[str, list[float]]:
             for _ in range(calls):
                 call(app)
             figures[variant].append((time.process_time() - start) / calls * 1e6)
+            if call(app)[:3] != "200":  # the accepted path is what is measured
+                raise SystemExit(f"{variant} refused a request: {call(app)}")
     return figures
 
 
