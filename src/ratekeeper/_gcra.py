@@ -484,6 +484,16 @@ def seconds_to_ns(seconds: float, what: str) -> int:
     return -(-exact.numerator * NS_PER_SECOND // exact.denominator)
 
 
+def signed_seconds_to_ns(seconds: float, what: str) -> int:
+    """Convert a number of seconds from -1e12 to 1e12 to integer ns (its size rounded up, as
+    ``seconds_to_ns``). Raises TypeError for a value that is not an int or float, ValueError
+    naming the value for NaN or one out of range."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds, not {seconds!r:.80}")
+    ns = seconds_to_ns(abs(seconds), what)
+    return -ns if seconds < 0 else ns
+
+
 class Cost(tuple[int, ...]):
     """A composite request's tokens, one amount per limit, added and subtracted per limit.
 
