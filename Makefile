@@ -47,6 +47,7 @@ bench: $(VENV)/.installed-bench
 	mkdir -p .bench
 	$(BIN)/python benchmarks/bench_core.py --json .bench/core.json
 	$(BIN)/python benchmarks/bench_redis.py --json .bench/redis.json
+	$(BIN)/python benchmarks/bench_window.py
 	$(BIN)/python benchmarks/bench_metrics.py
 	$(BIN)/python benchmarks/bench_web.py --json .bench/web.json
 	$(BIN)/python benchmarks/bench_clients.py

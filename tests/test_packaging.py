@@ -145,7 +145,12 @@ def test_the_wheel_holds_the_package_and_nothing_else(dist: Dist) -> None:
         names = archive.namelist()
     tops = {name.split("/", 1)[0] for name in names}
     assert tops == {"ratekeeper", f"ratekeeper-{VERSION}.dist-info"}
-    for needed in ("ratekeeper/py.typed", "ratekeeper/redis/gcra.lua", "ratekeeper/cli.py"):
+    for needed in (
+        "ratekeeper/py.typed",
+        "ratekeeper/redis/gcra.lua",
+        "ratekeeper/redis/window.lua",
+        "ratekeeper/cli.py",
+    ):
         assert needed in names
 
 

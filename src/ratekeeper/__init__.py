@@ -25,6 +25,7 @@ from ._keyview import KeyedReservation, KeyedView, SyncKeyedReservation, SyncKey
 from ._rate import Rate
 from ._scheduler import WAIT_BUCKETS, Event, Listener, Statistics
 from ._threading import SyncCompositeLimiter, SyncTokenBucket
+from ._windows import SlidingWindow, SyncSlidingWindow
 
 __all__ = [
     "AsyncKeyedBackend",
@@ -53,8 +54,10 @@ __all__ = [
     "Rate",
     "RateKeeperError",
     "Reservation",
+    "SlidingWindow",
     "Statistics",
     "SyncCompositeLimiter",
+    "SyncSlidingWindow",
     "SyncTokenBucket",
     "TokenBucket",
     "TokenBucketRateLimiter",

@@ -32,7 +32,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 from ._rate import MAX_TOKENS, NS_PER_SECOND, Rate, RateLike, _show, parse_many
 
@@ -42,6 +42,7 @@ __all__ = [
     "CompositeGcra",
     "Decision",
     "Gcra",
+    "KINDS",
     "Limit",
     "LimitsLike",
     "LimitsMapping",
@@ -125,6 +126,10 @@ def check_capacity(capacity: object) -> int:
 class Limit:
     """One limit of several: ``rate`` tokens per second, bursts up to ``capacity``.
 
+    ``kind="bucket"`` (the default) is a token bucket; ``kind="sliding"`` is a sliding
+    window: at most ``capacity`` tokens in any window of ``capacity / rate`` seconds (so
+    ``Limit("60/minute", kind="sliding")`` is at most 60 in any 60 s), see SlidingWindow.
+
     ``weight=None`` (the default): a call takes its ``tokens`` from this limit; an int: a
     call takes that many tokens whatever it asks for (e.g. 1 for a requests-per-minute
     limit next to a tokens-per-minute one), and settling a cost afterwards (``charge`` or
@@ -135,21 +140,31 @@ class Limit:
     rate: Rate
     capacity: int
     weight: int | None
+    kind: str
 
     def __init__(
-        self, rate: RateLike, capacity: int | None = None, weight: int | None = None
+        self,
+        rate: RateLike,
+        capacity: int | None = None,
+        weight: int | None = None,
+        *,
+        kind: str = "bucket",
     ) -> None:
         rate = Rate.of(rate)
         capacity = rate.default_capacity if capacity is None else check_capacity(capacity)
         if weight is not None:
             check_tokens(weight, "weight", capacity)
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
         object.__setattr__(self, "rate", rate)
         object.__setattr__(self, "capacity", capacity)
         object.__setattr__(self, "weight", weight)
+        object.__setattr__(self, "kind", kind)
 
     def __str__(self) -> str:
         weight = "" if self.weight is None else f" weight={self.weight}"
-        return f"{self.rate} capacity={self.capacity}{weight}"
+        kind = "" if self.kind == "bucket" else f" kind={self.kind}"
+        return f"{self.rate} capacity={self.capacity}{weight}{kind}"
 
     @classmethod
     def parse_many(cls, text: str) -> dict[str, Limit]:
@@ -165,6 +180,9 @@ class Limit:
         return {name: cls(rate) for name, rate in parse_many(text).items()}
 
 
+KINDS = ("bucket", "sliding")
+"""The kinds of limit: a token bucket (GCRA), or a sliding window (an exact log)."""
+
 LimitsMapping = Mapping[str, "Limit | RateLike | tuple[RateLike, int]"]
 """Several limits by name (see ``LimitsLike``)."""
 LimitsLike = LimitsMapping | str
@@ -176,8 +194,9 @@ Limit("90000/minute")}``: a call must fit in all of them. A value may also be a 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 
 
-def named_limits(limits: object) -> dict[str, Limit]:
-    """Return ``limits`` as {name: Limit}; raise TypeError/ValueError naming a bad entry.
+def named_limits(limits: object, kinds: tuple[str, ...] = ("bucket",)) -> dict[str, Limit]:
+    """Return ``limits`` as {name: Limit}; raise TypeError/ValueError naming a bad entry,
+    or a limit whose kind is not among ``kinds`` (what the caller can serve).
 
     A string is read by ``Limit.parse_many`` (``"10/hour;100/day"``).
     """
@@ -207,11 +226,38 @@ def named_limits(limits: object) -> dict[str, Limit]:
             named[name] = Limit(*given)
         else:
             named[name] = Limit(given)
+        if named[name].kind not in kinds:
+            raise ValueError(
+                f"limit {name!r}: kind={named[name].kind!r} is not supported here (this "
+                f"limiter takes kind {' or '.join(map(repr, kinds))})"
+            )
     return named
 
 
-class Gcra:
+class LimitState:
+    """What the arithmetic of every kind of limit reports: its rate and capacity."""
+
+    if TYPE_CHECKING:
+        _rate: Rate
+        _capacity: int
+    else:
+        __slots__ = ()
+
+    @property
+    def rate(self) -> Rate:
+        """The current rate."""
+        return self._rate
+
+    @property
+    def capacity(self) -> int:
+        """The current capacity (burst size) in tokens."""
+        return self._capacity
+
+
+class Gcra(LimitState):
     """The state of one token bucket and the decisions on it, in exact integer units."""
+
+    kind = "bucket"
 
     __slots__ = (
         "_booked",
@@ -257,16 +303,6 @@ class Gcra:
 
     # -- reading -------------------------------------------------------------------------
 
-    @property
-    def rate(self) -> Rate:
-        """The current rate."""
-        return self._rate
-
-    @property
-    def capacity(self) -> int:
-        """The current capacity (burst size) in tokens."""
-        return self._capacity
-
     def tokens_at(self, now_ns: int) -> float:
         """Return the tokens available at ``now_ns``; negative while in debt."""
         ahead = self._tat - now_ns * self._scale
@@ -283,6 +319,17 @@ class Gcra:
         """Return nanoseconds until ``ahead + tokens`` tokens can have been granted (ceil)."""
         due = self._tat + (ahead + tokens) * self._cost - self._burst - now_ns * self._scale
         return -(-due // self._scale) if due > 0 else 0
+
+    def due_ns(self, tokens: int, now_ns: int = 0) -> int:
+        """Return when (ns, rounded up) ``tokens`` more can have been granted; may be past.
+
+        ``now_ns`` is not needed here (a sliding window's plan uses it).
+        """
+        return -(-(self._tat + tokens * self._cost - self._burst) // self._scale)
+
+    def _idle_mark(self) -> int:
+        """Return the refund mark of a grant of nothing (a composite's untouched limit)."""
+        return self._granted + self._shift
 
     # -- deciding ------------------------------------------------------------------------
 
@@ -453,6 +500,22 @@ class Cost(tuple[int, ...]):
         return any(self)
 
 
+if TYPE_CHECKING:
+    from ._window import SlidingLog
+
+Part: TypeAlias = "Gcra | SlidingLog"
+"""One limit of a composite: a bucket or a window, with the same hooks."""
+
+
+def make_part(limit: Limit, now_ns: int) -> Part:
+    """Return the arithmetic for ``limit`` at ``now_ns``: a Gcra, or a SlidingLog."""
+    if limit.kind == "bucket":
+        return Gcra(limit.rate, limit.capacity, now_ns)
+    from ._window import SlidingLog  # noqa: PLC0415 (_window imports this module)
+
+    return SlidingLog(limit.rate, limit.capacity, now_ns)
+
+
 class CompositeDecision(NamedTuple):
     """Decision for several limits at once: ``marks`` holds one refund mark per limit."""
 
@@ -473,9 +536,9 @@ class CompositeGcra:
     __slots__ = ("_names", "_parts", "_scale", "_weights")
 
     def __init__(self, limits: LimitsLike, now_ns: int) -> None:
-        named = named_limits(limits)
+        named = named_limits(limits, KINDS)
         self._names = tuple(named)
-        self._parts = tuple(Gcra(lim.rate, lim.capacity, now_ns) for lim in named.values())
+        self._parts = tuple(make_part(lim, now_ns) for lim in named.values())
         self._weights = tuple(lim.weight for lim in named.values())
         self._scale = 1  # the queue above works in whole ns
 
@@ -485,7 +548,7 @@ class CompositeGcra:
         return self._names
 
     @property
-    def parts(self) -> tuple[Gcra, ...]:
+    def parts(self) -> tuple[Part, ...]:
         """The limits' own buckets (read them; change them only through this object)."""
         return self._parts
 
@@ -523,14 +586,18 @@ class CompositeGcra:
         """Return the cost that takes nothing."""
         return Cost((0,) * len(self._parts))
 
-    def _due_units(self, cost: tuple[int, ...], ahead: tuple[int, ...] | None = None) -> int:
+    def _due_units(
+        self, cost: tuple[int, ...], ahead: tuple[int, ...] | None = None, now_ns: int = 0
+    ) -> int:
         """Return when (ns) ``ahead`` then ``cost`` can all have gone (ceil, on every limit)."""
         due = None
         for index, part in enumerate(self._parts):
             tokens = cost[index] + (ahead[index] if ahead is not None else 0)
             if tokens:
-                units = part._tat + tokens * part._cost - part._burst
-                ns = -(-units // part._scale)
+                if type(part) is Gcra:  # inlined: the common case, on every decision
+                    ns = -(-(part._tat + tokens * part._cost - part._burst) // part._scale)
+                else:
+                    ns = part.due_ns(tokens, now_ns)
                 if due is None or ns > due:
                     due = ns
         assert due is not None, "check_cost refuses costs of nothing"
@@ -540,13 +607,13 @@ class CompositeGcra:
         self, now_ns: int, cost: tuple[int, ...], ahead: tuple[int, ...] | None = None
     ) -> int:
         """Return ns until ``ahead`` then ``cost`` can have been granted on every limit."""
-        due = self._due_units(cost, ahead) - now_ns
+        due = self._due_units(cost, ahead, now_ns) - now_ns
         return due if due > 0 else 0
 
     def _commit_units(self, at: int, cost: tuple[int, ...]) -> tuple[int, ...]:
         """Take ``cost`` at ``at`` (ns) on every limit; return the marks."""
         return tuple(
-            part._commit_units(at * part._scale, tokens) if tokens else part._granted + part._shift
+            part._commit_units(at * part._scale, tokens) if tokens else part._idle_mark()
             for part, tokens in zip(self._parts, cost, strict=True)
         )
 
@@ -565,15 +632,16 @@ class CompositeGcra:
         wait = max(own)
         if max_wait_ns is not None and wait > max_wait_ns:
             return CompositeDecision(False, wait, ())
-        # Every limit counts the tokens as taken at the grant time: a limit that sets that
+        # Every limit counts the tokens as taken at the grant time: a bucket that sets that
         # time commits now (as Gcra.reserve_at), one that could have served earlier commits
-        # at the grant time, or it would look full again while the tokens are in use.
+        # at the grant time, or it would look full again while the tokens are in use; a
+        # window records them at the grant time, when they are used.
         marks = []
         for part, tokens, own_wait in zip(self._parts, cost, own, strict=True):
             if not tokens:
-                marks.append(part._granted + part._shift)
+                marks.append(part._idle_mark())
                 continue
-            at = now_ns if own_wait == wait else now_ns + wait
+            at = now_ns if own_wait == wait and part.kind == "bucket" else now_ns + wait
             marks.append(part._commit_units(at * part._scale, tokens))
             if wait:
                 part._book((now_ns + wait) * part._scale)
@@ -609,7 +677,7 @@ class CompositeGcra:
     def limits(self) -> dict[str, Limit]:
         """The limits, by name (current rates and capacities)."""
         return {
-            name: Limit(part.rate, part.capacity, weight)
+            name: Limit(part.rate, part.capacity, weight, kind=part.kind)
             for name, part, weight in zip(self._names, self._parts, self._weights, strict=True)
         }
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._gcra import CompositeGcra, Cost, Gcra, LimitsLike, check_tokens
 from ._rate import Rate
+from ._window import SlidingLog
 
 __all__ = [
     "GRANTED",
@@ -44,6 +45,7 @@ __all__ = [
     "Scheduler",
     "Statistics",
     "Waiter",
+    "WindowScheduler",
 ]
 
 QUEUED, GRANTED, REMOVED = 0, 1, 2
@@ -577,7 +579,55 @@ class Queue:
         )
 
 
-class Scheduler(Queue, Gcra):
+class SingleCost:
+    """The queue's hooks for one limit, whose cost is an int (a bucket, or a window)."""
+
+    if not TYPE_CHECKING:  # the concrete schedulers declare the slots
+        __slots__ = ()
+
+    if TYPE_CHECKING:
+        _capacity: int
+        _granted: int
+        _excess: int
+
+        def _largest_queued(self, index: int | None = None) -> int: ...
+        def reconfigure(self, now_ns: int, rate: Rate, capacity: int) -> None: ...
+
+    def change_limit(self, now_ns: int, rate: Rate, capacity: int | None) -> None:
+        """Reconfigure at ``now_ns`` (capacity None: unchanged); raise ValueError, changing
+        nothing, if a queued request would no longer fit."""
+        capacity = self._capacity if capacity is None else capacity
+        largest = self._largest_queued()
+        if type(capacity) is int and largest > capacity:
+            raise ValueError(f"capacity={capacity} is below a queued request for {largest} tokens")
+        self.reconfigure(now_ns, rate, capacity)
+
+    def _check(self, tokens: Any) -> int:
+        return check_tokens(tokens, limit=self._capacity)
+
+    def _check_amount(self, tokens: Any) -> int:
+        return check_tokens(tokens)
+
+    def _zero(self) -> int:
+        return 0
+
+    @staticmethod
+    def _size(tokens: int) -> int:
+        return tokens
+
+    # Grants are counted as tokens (``_granted``, which the fast paths bump by one); the
+    # number of grants is that minus ``_excess`` (extra tokens of larger grants, charges).
+    def _count_grant(self, tokens: int) -> None:
+        self._excess += tokens - 1
+
+    def _count_charge(self, tokens: int) -> None:
+        self._excess += tokens
+
+    def _grant_totals(self) -> tuple[int, int]:
+        return self._granted - self._excess, self._granted
+
+
+class Scheduler(SingleCost, Queue, Gcra):
     """One token bucket with a queue: FIFO per priority class, one due time for the head."""
 
     __slots__ = (*QUEUE_SLOTS, "_excess")
@@ -585,8 +635,6 @@ class Scheduler(Queue, Gcra):
     def __init__(self, rate: Rate, capacity: int, now_ns: int, initial: int | None = None) -> None:
         Gcra.__init__(self, rate, capacity, now_ns, initial)
         self._init_queue()
-        # Grants are counted as tokens (``_granted``, which the fast paths bump by one); the
-        # number of grants is that minus this excess (extra tokens of larger grants, charges).
         self._excess = 0
 
     def _head_due_units(self, tokens: int) -> int:
@@ -689,36 +737,19 @@ class Scheduler(Queue, Gcra):
         self._max_wait_ns = longest
         return granted
 
-    def change_limit(self, now_ns: int, rate: Rate, capacity: int | None) -> None:
-        """Reconfigure at ``now_ns`` (capacity None: unchanged); raise ValueError, changing
-        nothing, if a queued request would no longer fit."""
-        capacity = self._capacity if capacity is None else capacity
-        largest = self._largest_queued()
-        if type(capacity) is int and largest > capacity:
-            raise ValueError(f"capacity={capacity} is below a queued request for {largest} tokens")
-        self.reconfigure(now_ns, rate, capacity)
 
-    def _check(self, tokens: Any) -> int:
-        return check_tokens(tokens, limit=self._capacity)
+class WindowScheduler(SingleCost, Queue, SlidingLog):
+    """One sliding window with a queue: the same FIFO, timeouts and statistics as a bucket."""
 
-    def _check_amount(self, tokens: Any) -> int:
-        return check_tokens(tokens)
+    __slots__ = (*QUEUE_SLOTS, "_excess")
 
-    def _zero(self) -> int:
-        return 0
+    def __init__(self, rate: Rate, capacity: int, now_ns: int) -> None:
+        SlidingLog.__init__(self, rate, capacity, now_ns)
+        self._init_queue()
+        self._excess = 0
 
-    @staticmethod
-    def _size(tokens: int) -> int:
-        return tokens
-
-    def _count_grant(self, tokens: int) -> None:
-        self._excess += tokens - 1
-
-    def _count_charge(self, tokens: int) -> None:
-        self._excess += tokens
-
-    def _grant_totals(self) -> tuple[int, int]:
-        return self._granted - self._excess, self._granted
+    def _head_due_units(self, tokens: int) -> int:
+        return self.due_ns(tokens)
 
 
 class CompositeScheduler(Queue, CompositeGcra):

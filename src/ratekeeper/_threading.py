@@ -356,7 +356,34 @@ class _SyncLimiter(Queue, Generic[A]):
         return decorate
 
 
-class SyncTokenBucket(_SyncLimiter[float], Scheduler):
+class _SyncSingle(_SyncLimiter[float]):
+    """What a blocking limiter of one limit (a bucket or a window) adds: set_rate and
+    available."""
+
+    if not TYPE_CHECKING:
+        __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        def change_limit(self, now_ns: int, rate: Rate, capacity: int | None) -> None: ...
+        def tokens_at(self, now_ns: int) -> float: ...
+
+    def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
+        """Change rate (and capacity) now: a bucket carries its balance over (see
+        TokenBucket), a window keeps the tokens it holds (see SlidingWindow)."""
+        rate = Rate.of(rate)
+        with self._lock:
+            now = self._now_ns()
+            self.change_limit(now, rate, capacity)
+            self._release_locked(now)
+
+    def available(self) -> float:
+        """Return the tokens available now (negative while in debt)."""
+        with self._lock:
+            return self.tokens_at(self._now_ns())
+
+
+class SyncTokenBucket(_SyncSingle, Scheduler):
     """A thread-safe, blocking token bucket with the asyncio limiter's API and guarantees.
 
     ``acquire(n, timeout=)`` blocks until granted (FIFO among threads, higher ``priority``
@@ -401,19 +428,6 @@ class SyncTokenBucket(_SyncLimiter[float], Scheduler):
                 ):
                     return True
         return _SyncLimiter.try_acquire(self, tokens, priority=priority)
-
-    def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
-        """Change rate (and capacity) now, carrying the balance over (see TokenBucket)."""
-        rate = Rate.of(rate)
-        with self._lock:
-            now = self._now_ns()
-            self.change_limit(now, rate, capacity)
-            self._release_locked(now)
-
-    def available(self) -> float:
-        """Return the tokens available now (negative while in debt)."""
-        with self._lock:
-            return self.tokens_at(self._now_ns())
 
 
 class SyncCompositeLimiter(_SyncLimiter[dict[str, float]], CompositeScheduler):

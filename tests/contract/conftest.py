@@ -2,9 +2,12 @@
 
 Every scenario in ``test_contract.py`` runs once per implementation: in memory and on a
 real Valkey server, asyncio and blocking, one limit, a composite, and one key of a keyed
-limiter (``for_key``). A composite (and a keyed limiter) is tested through its limit
-``"main"`` (the scenario's rate and capacity) beside a generous second limit that never
-decides; an int cost takes that many tokens of each.
+limiter (``for_key``); each as a token bucket and, where the implementation has them, as a
+sliding window of the same rate and capacity (at most ``capacity`` in any window of
+``capacity / rate``). A composite (and a keyed limiter) is tested through its limit
+``"main"`` (the scenario's rate and capacity) beside a generous second limit (a bucket)
+that never decides; an int cost takes that many tokens of each. Where a bucket and a window
+rightly answer differently, the scenario states both answers (``Driver.expect``).
 
 The blocking limiters are driven from worker threads (``asyncio.to_thread``), so one
 scenario body, written with ``await``, holds both families to the same answers.
@@ -25,8 +28,10 @@ from ratekeeper import (
     CompositeLimiter,
     KeyedLimiter,
     Limit,
+    SlidingWindow,
     SyncCompositeLimiter,
     SyncKeyedLimiter,
+    SyncSlidingWindow,
     SyncTokenBucket,
     TokenBucket,
 )
@@ -44,6 +49,7 @@ class Impl:
     is_async: bool
     form: str  # "bucket", "composite" or "keyed" (one key of a keyed limiter)
     redis: bool
+    kind: str = "bucket"  # of the limit under test: "bucket" or "sliding" (a window)
 
     @property
     def composite(self) -> bool:
@@ -54,21 +60,34 @@ class Impl:
     def keyed(self) -> bool:
         return self.form == "keyed"
 
+    @property
+    def window(self) -> bool:
+        """The limit under test is a sliding window."""
+        return self.kind == "sliding"
+
     def make(self, url: str | None, rate: str, capacity: int) -> Any:
-        limits = {"main": (rate, capacity), "side": SIDE}
+        limits = {"main": Limit(rate, capacity, kind=self.kind), "side": Limit(*SIDE)}
         key = f"contract-{uuid.uuid4().hex[:12]}"
         if self.keyed:
-            return self._keyed(url, key, {name: Limit(*v) for name, v in limits.items()})
+            return self._keyed(url, key, limits)
         if not self.redis:
             if self.composite:
                 return (CompositeLimiter if self.is_async else SyncCompositeLimiter)(limits)
+            if self.window:
+                return (SlidingWindow if self.is_async else SyncSlidingWindow)(rate, capacity)
             return (TokenBucket if self.is_async else SyncTokenBucket)(rate, capacity)
         from ratekeeper.redis import (
             RedisCompositeLimiter,
+            RedisSlidingWindow,
             RedisTokenBucket,
             SyncRedisCompositeLimiter,
+            SyncRedisSlidingWindow,
             SyncRedisTokenBucket,
         )
+
+        if self.window:  # one window per key (no Redis composite holds a window)
+            window = RedisSlidingWindow if self.is_async else SyncRedisSlidingWindow
+            return window(url, key, rate, capacity)
 
         if self.composite:
             cls = RedisCompositeLimiter if self.is_async else SyncRedisCompositeLimiter
@@ -91,6 +110,11 @@ IMPLS = [
     for where in ("memory", "redis")
     for family in ("async", "sync")
     for form in ("bucket", "composite", "keyed")
+] + [
+    Impl(f"{where}-{family}-{form}-window", family == "async", form, where == "redis", "sliding")
+    for where, forms in (("memory", ("bucket", "composite")), ("redis", ("bucket",)))
+    for family in ("async", "sync")
+    for form in forms
 ]
 
 
@@ -152,6 +176,10 @@ class Driver:
 
         limited = decorator(work)
         return [await asyncio.to_thread(limited, i) for i in range(calls)]
+
+    def expect(self, *, bucket: Any, window: Any) -> Any:
+        """Return the answer the limit under test must give: a bucket's, or a window's."""
+        return window if self.impl.window else bucket
 
     def main(self, tokens: Any) -> float:
         """The tokens of the limit under test (a composite reports them per limit)."""

@@ -125,7 +125,10 @@ async def test_charge_goes_into_debt_and_later_callers_wait_it_off(driver: Drive
     await driver.call(limiter, "charge", 3)  # more than the capacity: allowed, as debt
     assert driver.main(await driver.call(limiter, "available")) == pytest.approx(-1, abs=0.01)
     assert not await driver.call(limiter, "try_acquire")
-    assert await driver.call(limiter, "full_in") == pytest.approx(180, abs=1)
+    # A bucket refills 3 tokens at 1/minute; a window (2 in any 2 minutes) is empty once
+    # the charge has slid out of it.
+    full_in = driver.expect(bucket=180, window=120)
+    assert await driver.call(limiter, "full_in") == pytest.approx(full_in, abs=1)
 
 
 async def test_take_refunds_a_failed_block_when_asked(driver: Driver) -> None:
@@ -175,7 +178,9 @@ async def test_set_rate_applies_now_and_keeps_the_balance(driver: Driver) -> Non
     else:
         await driver.call(limiter, "set_rate", "10/s", 4)
     left = driver.main(await driver.call(limiter, "available"))
-    assert 1 <= left < 1.5  # carried over, not refilled to the new capacity
+    # A bucket carries its balance over (not refilled to the new capacity); a window keeps
+    # the token it holds, against the new capacity of 4.
+    assert driver.expect(bucket=1, window=3) <= left < driver.expect(bucket=1.5, window=3.01)
     start = time.monotonic()
     for _ in range(4):
         await driver.call(limiter, "acquire")

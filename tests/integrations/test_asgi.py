@@ -218,6 +218,18 @@ async def test_a_hook_may_return_a_starlette_response() -> None:
     assert headers["ratelimit"] == '"default";r=0;t=6'
 
 
+async def test_a_hook_returning_something_unusable_gets_the_default(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = limited("10/minute", 1, refusal_response=lambda scope, refusal: "nope")
+    await call(app)
+    with caplog.at_level(logging.ERROR, logger="ratekeeper.asgi"):
+        status, _, body = await call(app)
+    assert status == 429
+    assert json.loads(body) == {"detail": "Too Many Requests", "retry_after": 6}
+    assert "sending the default" in caplog.text
+
+
 async def test_the_limiter_failing_goes_through_the_hook_too() -> None:
     seen: list[int] = []
 

@@ -270,16 +270,22 @@ async def test_keys_by_path_parameter_and_by_user() -> None:
         assert await statuses(c, "/me", 2) == [200, 429]  # anonymous: by address
 
 
-async def test_a_failing_key_function_is_logged_and_shares_a_bucket(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    limiter = RouteLimiter(key=lambda request: request.headers["x-missing"])
+def root_app(limiter: RouteLimiter, rate: str) -> FastAPI:
+    """An app whose one route, ``GET /``, has a route limit of ``rate``."""
     app = FastAPI()
 
     @app.get("/")
-    @limiter.route_limit("2/minute")
+    @limiter.route_limit(rate)
     async def root() -> str:
         return "root"
+
+    return app
+
+
+async def test_a_failing_key_function_is_logged_and_shares_a_bucket(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = root_app(RouteLimiter(key=lambda request: request.headers["x-missing"]), "2/minute")
 
     with caplog.at_level(logging.WARNING, logger="ratekeeper.asgi"):
         async with client(app) as c:
@@ -291,19 +297,29 @@ async def test_a_custom_refusal_response() -> None:
     def teapot(request: Any, refusal: Any) -> JSONResponse:
         return JSONResponse({"error": "slow down", "path": request.url.path}, refusal.status)
 
-    limiter = RouteLimiter(refusal_response=teapot)
-    app = FastAPI()
-
-    @app.get("/")
-    @limiter.route_limit("1/minute")
-    async def root() -> str:
-        return "root"
+    app = root_app(RouteLimiter(refusal_response=teapot), "1/minute")
 
     async with client(app) as c:
         await c.get("/")
         refused = await c.get("/")
     assert refused.json() == {"error": "slow down", "path": "/"}
     assert refused.headers["retry-after"] == "60"
+
+
+async def test_a_hook_returning_something_unusable_gets_the_default(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = root_app(
+        RouteLimiter(refusal_response=lambda request, refusal: {"no": "response"}), "1/minute"
+    )
+
+    with caplog.at_level(logging.ERROR, logger="ratekeeper.asgi"):
+        async with client(app) as c:
+            await c.get("/")
+            refused = await c.get("/")
+    assert refused.status_code == 429  # never a 500
+    assert refused.json() == {"detail": "Too Many Requests", "retry_after": 60}
+    assert "sending the default" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -409,3 +409,32 @@ def test_check_routes_names_the_unknown_ones() -> None:
     g.check_routes(["/items/{id}", "/healthz"])
     with pytest.raises(ValueError, match=r"routes the app does not have: \['/healthz'\]"):
         g.check_routes(["/items/{id}", "/health"])
+
+
+# -- what clients read -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verdict_", [ACCEPTED, REFUSED])
+def test_the_clients_read_back_what_the_servers_send(verdict_: Verdict) -> None:
+    """Our headers, read by the client adapters' parser: the same numbers come back."""
+    from ratekeeper.integrations._headers import fields, read_quotas
+
+    now = 1_765_000_000.0  # a Unix time: X-RateLimit-Reset is one
+    sent = RateLimitHeaders(LIMITS, "both").accepted(verdict_, now)
+    quotas = read_quotas(fields(sent), now)
+    ietf = {q.resource: q for q in quotas if q.family == "ratelimit"}
+    cap = None if verdict_.granted else -(-verdict_.wait_ns // SECOND)
+    for (name, limit), tokens, full_in in zip(
+        LIMITS.items(), verdict_.available, verdict_.full_in_ns, strict=True
+    ):
+        reset = -(-full_in // SECOND)
+        if cap is not None:
+            reset = min(reset, max(1, cap))
+        assert (ietf[name].limit, ietf[name].remaining, ietf[name].reset) == (
+            limit.capacity,
+            int(tokens),
+            reset,
+        )
+    (x,) = [q for q in quotas if q.family == "x-ratelimit"]
+    assert (x.limit, x.remaining) == (10, ietf["minute"].remaining)
+    assert x.reset == ietf["minute"].reset  # an epoch time, read back as seconds from now

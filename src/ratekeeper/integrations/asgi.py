@@ -450,6 +450,14 @@ async def send_refusal(
             if scope["type"] == "http":
                 await response(scope, receive, send)
                 return
+        else:  # the hook returned something unusable: never a 500
+            gate.log(
+                logging.ERROR,
+                "refusal_response",
+                "ratekeeper: refusal_response must return a Response or an ASGI response, "
+                f"not {response!r:.60}; sending the default",
+                None,
+            )
         response = json_refusal(scope, refusal)
     await send_response(scope, send, response)
 

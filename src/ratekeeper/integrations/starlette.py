@@ -54,6 +54,7 @@ from ._web import (
     Response,
     bounded_key,
     check_max_wait,
+    json_refusal,
 )
 from .asgi import (
     client_address,
@@ -289,7 +290,14 @@ class RouteLimit:
         return verdict, None
 
     def _refused(self, request: HTTPConnection, refusal: Refusal) -> Refused:
-        return Refused(refusal, _starlette_response(self._gate.respond(request, refusal), refusal))
+        answer = self._gate.respond(request, refusal)
+        try:
+            return Refused(refusal, _starlette_response(answer, refusal))
+        except TypeError as exc:  # the hook returned something unusable: never a 500
+            self._gate.log(
+                logging.ERROR, "refusal_response", f"ratekeeper: {exc}; sending the default", exc
+            )
+            return Refused(refusal, _starlette_response(json_refusal(request, refusal), refusal))
 
     def add_headers(self, response: StarletteResponse, verdict: Verdict | None) -> None:
         """Add an accepted request's rate-limit headers to ``response`` (when enabled).

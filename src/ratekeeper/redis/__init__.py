@@ -6,7 +6,9 @@ on ``redis.Redis``) have the in-memory limiters' API; ``RedisCompositeLimiter`` 
 ``RedisKeyedBackend`` and ``SyncRedisKeyedBackend`` give ``KeyedLimiter`` and
 ``SyncKeyedLimiter`` per-key limits kept at the server (``KeyedLimiter(backend=...)``).
 Every decision is one atomic Lua script (``gcra.lua``) timed by the server's clock, in the
-same exact integer arithmetic as the core. Needs ``pip install 'ratekeeper[redis]'``.
+same exact integer arithmetic as the core. ``RedisSlidingWindow`` and
+``SyncRedisSlidingWindow`` keep an exact sliding window at the server (``window.lua``).
+Needs ``pip install 'ratekeeper[redis]'``.
 """
 
 try:
@@ -21,6 +23,12 @@ from ._async import RedisCompositeLimiter, RedisReservation, RedisTokenBucket
 from ._common import Limit, OnFailure, RedisStatistics
 from ._keyed import RedisKeyedBackend, SyncRedisKeyedBackend
 from ._sync import SyncRedisCompositeLimiter, SyncRedisReservation, SyncRedisTokenBucket
+from ._window import (
+    RedisSlidingWindow,
+    RedisWindowReservation,
+    SyncRedisSlidingWindow,
+    SyncRedisWindowReservation,
+)
 
 __all__ = [
     "Limit",
@@ -28,10 +36,14 @@ __all__ = [
     "RedisCompositeLimiter",
     "RedisKeyedBackend",
     "RedisReservation",
+    "RedisSlidingWindow",
     "RedisStatistics",
     "RedisTokenBucket",
+    "RedisWindowReservation",
     "SyncRedisCompositeLimiter",
     "SyncRedisKeyedBackend",
     "SyncRedisReservation",
+    "SyncRedisSlidingWindow",
     "SyncRedisTokenBucket",
+    "SyncRedisWindowReservation",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .._gcra import CompositeGcra, Gcra, Limit
+from .._gcra import CompositeGcra, Limit, Part
 from .._rate import Rate
 
 __all__ = ["LocalLimits"]
@@ -27,7 +27,7 @@ class LocalLimits:
             {str(index): Limit(rate, capacity) for index, (rate, capacity) in enumerate(limits)},
             now_ns,
         )
-        self.gcras: list[Gcra] = list(self._composite.parts)
+        self.gcras: list[Part] = list(self._composite.parts)
 
     def reserve(
         self, now_ns: int, amounts: Sequence[int], max_wait_ns: int | None
