@@ -283,3 +283,17 @@ def test_the_cli_reads_month_and_year_and_refuses_several_with_an_example(
     error = capsys.readouterr().err
     assert "holds several limits; this command runs one limit" in error
     accepted_example(error)
+
+
+def test_route_limits_read_the_string_as_every_composite_does() -> None:
+    pytest.importorskip("starlette")
+    from ratekeeper.integrations.starlette import RouteLimiter
+
+    routes = RouteLimiter()
+    for text in ("10/second;100/hour", "10/second, 100/hour", "10/second | 100/hour"):
+        limits = routes.route_limit(text).limits
+        assert limits == {"second": Limit("10/s"), "hour": Limit("100/hour")}
+    for text, match in (("10/second;;100/hour", "empty part"), ("1/s;2/s", "two rates")):
+        with pytest.raises(ValueError, match=match) as caught:
+            routes.route_limit(text)
+        accepted_example(str(caught.value))

@@ -27,6 +27,7 @@ __all__ = [
     "RateLike",
     "parse_many",
     "several",
+    "split_limits",
 ]
 
 NS_PER_SECOND = 1_000_000_000
@@ -293,6 +294,11 @@ def several(text: str) -> bool:
     return any(sep in text for sep in _SEPARATORS)
 
 
+def split_limits(text: str) -> list[str]:
+    """Return the rates of a limit string as written, stripped, in order (see ``parse_many``)."""
+    return [part.strip() for part in _SPLIT_RE.split(text)]
+
+
 def parse_many(text: str) -> dict[str, Rate]:
     """Read one or more rates separated by ``;``, ``,`` or ``|``, named after their periods.
 
@@ -315,9 +321,9 @@ def parse_many(text: str) -> dict[str, Rate]:
             f"{MAX_LIMITS}, e.g. '10/s;500/hour;5000/day'"
         )
     rates: dict[str, Rate] = {}
-    parts = _SPLIT_RE.split(text)
+    parts = split_limits(text)
     for part in parts:
-        if not part.strip():
+        if not part:
             raise ValueError(
                 f"the limits {_clip(text)} have an empty part; separate rates by one ';', ',' "
                 "or '|', e.g. '10/hour;100/day'"

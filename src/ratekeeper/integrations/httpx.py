@@ -34,6 +34,11 @@ sync ``httpx.Client``). The server is listened to:
   when its body can be sent again; otherwise it is returned as it came.
 
 ``per_host=True`` gives each host (``host:port``) its own bucket, AIMD state and quotas.
+
+The transports also serve clients of httpx2 (a fork with the same transport API, on which the
+current OpenAI and Anthropic SDKs are built) when given an httpx2 transport to wrap:
+``openai.DefaultAsyncHttpxClient(transport=RateLimitTransport(httpx2.AsyncHTTPTransport(),
+rate=...))``. (Type checkers see an httpx transport there; it works by the shared API.)
 The same rules drive ``ratekeeper.integrations.requests`` and ``ratekeeper.integrations.aiohttp``.
 """
 
@@ -82,11 +87,21 @@ def _host(request: httpx.Request) -> str:
 
 
 def _replayable(request: httpx.Request) -> bool:
-    return isinstance(request.stream, httpx.ByteStream)
+    # By name, not isinstance: httpx2 (a fork with the same transport API, which the current
+    # OpenAI and Anthropic SDKs are built on) has its own ByteStream, as replayable.
+    return type(request.stream).__name__ == "ByteStream"
 
 
 def _answer(response: httpx.Response) -> tuple[int, Fields]:
     return response.status_code, fields(response.headers.multi_items())
+
+
+async def _aclose(response: httpx.Response) -> None:
+    await response.aclose()
+
+
+def _close(response: httpx.Response) -> None:
+    response.close()
 
 
 class RateLimitTransport(Adapter[TokenBucket, httpx.Request], httpx.AsyncBaseTransport):
@@ -122,7 +137,7 @@ class RateLimitTransport(Adapter[TokenBucket, httpx.Request], httpx.AsyncBaseTra
             replayable=_replayable,
             send=self._transport.handle_async_request,
             answer=_answer,
-            discard=httpx.Response.aclose,
+            discard=_aclose,
         )
 
     async def aclose(self) -> None:
@@ -163,7 +178,7 @@ class SyncRateLimitTransport(Adapter[SyncTokenBucket, httpx.Request], httpx.Base
             replayable=_replayable,
             send=self._transport.handle_request,
             answer=_answer,
-            discard=httpx.Response.close,
+            discard=_close,
         )
 
     def close(self) -> None:
