@@ -93,6 +93,11 @@ class WindowLength(LimitState):
         """The window's length T in ns."""
         return self._span
 
+    def _late_credit(self) -> int:
+        """Return 0: a window counts a grant when it is made, however late its timer fired
+        (counted earlier, a late grant could share a window with grants it never met)."""
+        return 0
+
     if TYPE_CHECKING:
 
         def _prune(self, now_ns: int) -> None: ...
@@ -199,10 +204,6 @@ class SlidingLog(WindowLength):
             out += [self._times[index]] * (self._ends[index] - previous)
             previous = self._ends[index]
         return out
-
-    def _late_credit(self) -> int:
-        """Return 0: a late waiter's grant is recorded when it is made (see the module)."""
-        return 0
 
     # -- deciding ------------------------------------------------------------------------
 
