@@ -13,8 +13,8 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-# The benchmarks get a venv of their own: the peers they compare against pin versions (coredis,
-# under limits' async-redis extra, pins packaging<26) that must not change what the tests run on.
+# The benchmarks get a venv of their own, with the bench extra only: the peers they compare
+# against pin versions (coredis pins packaging<26) that do not resolve with the test tools.
 BENCH_VENV := .venv-bench
 BENCH := $(BENCH_VENV)/bin
 
@@ -23,7 +23,7 @@ $(BENCH)/python:
 	$(BENCH)/python -m pip install --quiet --upgrade pip
 
 $(BENCH_VENV)/.installed-bench: pyproject.toml | $(BENCH)/python
-	$(BENCH)/python -m pip install --quiet -e '.[test,bench]'
+	$(BENCH)/python -m pip install --quiet -e '.[bench]'
 	touch $@
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
