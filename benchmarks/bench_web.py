@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_web.py            # everything (a few minutes)
     .venv/bin/python benchmarks/bench_web.py --quick    # fewer requests and keys
     .venv/bin/python benchmarks/bench_web.py --only routes
+    .venv/bin/python benchmarks/bench_web.py --only wsgi  # Flask and Django (_wsgi_bench.py)
 
 One function per front door (``bench_middleware``, ``bench_routes``, ...), each serving its
 variants (bare, ours, the peer's) from one server process and driving them in interleaved
@@ -759,7 +760,7 @@ def main() -> None:
         metavar=("SECTION", "VARIANTS", "PORTS", "LIMIT"),
         help=argparse.SUPPRESS,
     )
-    parser.add_argument("--only", choices=(*SECTIONS, "keyed"), help="run one part")
+    parser.add_argument("--only", choices=(*SECTIONS, "keyed", "wsgi"), help="run one part")
     parser.add_argument("--json", metavar="FILE", help="also write the targets as JSON")
     args = parser.parse_args()
     if args.serve:
@@ -773,6 +774,10 @@ def main() -> None:
         else {"requests": 2000, "rounds": 30, "connections": 4}
     )
     checks: list[Check] = []
+    if args.only in (None, "wsgi"):
+        from _wsgi_bench import bench_wsgi
+
+        checks += bench_wsgi(args.quick)
     for name, bench in (("middleware", bench_middleware), ("routes", bench_routes)):
         if args.only in (None, name):
             checks += bench(**load)

@@ -21,6 +21,8 @@ EXTRAS = {
     "httpx": ("ratekeeper.integrations.httpx", ["httpx"]),
     "prometheus": ("ratekeeper.metrics", ["prometheus_client"]),
     "starlette": ("ratekeeper.integrations.starlette", ["starlette"]),
+    "flask": ("ratekeeper.integrations.flask", ["flask"]),
+    "django": ("ratekeeper.integrations.django", ["django"]),
     "requests": ("ratekeeper.integrations.requests", ["requests"]),
     "aiohttp": ("ratekeeper.integrations.aiohttp", ["aiohttp"]),
     "celery": ("ratekeeper.integrations.celery", ["celery"]),
@@ -88,6 +90,12 @@ def test_the_asgi_middleware_and_the_web_core_need_no_extra(module: str) -> None
     # Pure ASGI, and the front doors' shared core: no framework, no httpx.
     blocked = EVERY_OPTIONAL_DEPENDENCY + WEB_FRAMEWORKS
     assert import_without(module, blocked) is None
+
+
+def test_the_wsgi_middleware_needs_no_extra() -> None:
+    # Pure WSGI: no framework, no server (redis only for a redis:// storage).
+    blocked = EVERY_OPTIONAL_DEPENDENCY + WEB_FRAMEWORKS + ["flask", "django", "werkzeug"]
+    assert import_without("ratekeeper.integrations.wsgi", blocked) is None
 
 
 PLOT_WITHOUT_MATPLOTLIB = """\

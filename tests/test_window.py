@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -164,10 +165,17 @@ OPS = st.lists(
 
 
 async def run_scenario(
-    limiter: Any, clock: ManualClock, ops: list[tuple[int, str, int, int]], window_ns: int
+    limiter: Any,
+    clock: ManualClock,
+    ops: list[tuple[int, str, int, int]],
+    window_ns: int,
+    current: Callable[[int, int], bool] | None = None,
 ) -> list[tuple[int, int, bool]]:
     """Drive ``limiter`` through ``ops``; return what really stands: (time, tokens, True)
-    for every grant not withdrawn, less what its holder vouched unused."""
+    for every grant not withdrawn, less what its holder vouched unused.
+
+    A refund is vouched for a grant still counted: ``current(now_ns, grant_ns)``, by default
+    one less than ``window_ns`` old (a fixed window counts the grants of its own window)."""
     standing: list[list[int]] = []  # [time ns, tokens]
     tasks: list[asyncio.Task[None]] = []
 
@@ -202,7 +210,11 @@ async def run_scenario(
             # Its holder vouches that ``tokens`` of its grant went unused: a grant still in
             # the window (one that slid out is forgotten; its refund would be someone else's).
             now = clock.now_ns()
-            own = [g for g in standing if g[1] >= tokens and now - g[0] < window_ns]
+            own = [
+                g
+                for g in standing
+                if g[1] >= tokens and (current(now, g[0]) if current else now - g[0] < window_ns)
+            ]
             if own:
                 grant = own[choice % len(own)]
                 await limiter.refund(tokens)
@@ -265,7 +277,14 @@ def test_a_window_in_a_composite_keeps_its_guarantee(ops: list[tuple[int, str, i
 )
 def test_charges_are_waited_off_by_every_later_grant(steps: list[tuple[int, str, int]]) -> None:
     clock = ManualClock()
-    limiter = SyncSlidingWindow("4/s", clock=clock)
+    assert_no_window_over(run_charges(SyncSlidingWindow("4/s", clock=clock), clock, steps), 4, S)
+
+
+def run_charges(
+    limiter: Any, clock: ManualClock, steps: list[tuple[int, str, int]]
+) -> list[tuple[int, int, bool]]:
+    """Drive a blocking ``limiter`` through tries and charges; return (time, tokens, is a
+    grant) for each that went."""
     records: list[tuple[int, int, bool]] = []
     for delay, op, tokens in steps:
         clock.advance(delay / 1000)
@@ -274,31 +293,46 @@ def test_charges_are_waited_off_by_every_later_grant(steps: list[tuple[int, str,
             records.append((clock.now_ns(), tokens, False))
         elif limiter.try_acquire(tokens):
             records.append((clock.now_ns(), tokens, True))
-    assert_no_window_over(records, 4, S)
+    return records
 
 
 def test_a_full_window_serves_its_queue_in_order_once_per_window() -> None:
-    async def main() -> list[tuple[str, float]]:
-        clock = ManualClock()
-        limiter = SlidingWindow("2/s", clock=clock)
-        served: list[tuple[str, float]] = []
+    clock = ManualClock()
+    served = asyncio.run(
+        serve_queue(
+            lambda: SlidingWindow("2/s", clock=clock),
+            clock,
+            (("a", 2), ("big", 2), ("small", 1), ("last", 1)),
+            (2, 2, 0.5),  # refused at once: the plan says 1 s
+        )
+    )
+    assert served == [("a", 0.0), ("big", 1.0), ("small", 2.0), ("last", 2.0)]
 
-        async def go(name: str, tokens: int) -> None:
-            await limiter.acquire(tokens)
-            served.append((name, clock.time()))
 
-        tasks = [
-            asyncio.ensure_future(go(name, n))
-            for name, n in (("a", 2), ("big", 2), ("small", 1), ("last", 1))
-        ]
-        await clock.sleep(5)
-        await asyncio.gather(*tasks)
-        await limiter.acquire(2)
-        with pytest.raises(AcquireTimeout):
-            await limiter.acquire(2, timeout=0.5)  # refused at once: the plan says 1 s
-        return served
+async def serve_queue(
+    make: Callable[[], Any],
+    clock: ManualClock,
+    requests: tuple[tuple[str, int], ...],
+    refused: tuple[int, int, float],
+) -> list[tuple[str, float]]:
+    """Queue ``requests`` (name, tokens) on the limiter ``make`` returns; return (name,
+    grant time) in grant order. Then take ``refused[0]`` tokens and check that
+    ``refused[1]`` more within ``refused[2]`` s are refused at once."""
+    limiter = make()
+    served: list[tuple[str, float]] = []
 
-    assert asyncio.run(main()) == [("a", 0.0), ("big", 1.0), ("small", 2.0), ("last", 2.0)]
+    async def go(name: str, tokens: int) -> None:
+        await limiter.acquire(tokens)
+        served.append((name, clock.time()))
+
+    tasks = [asyncio.ensure_future(go(name, n)) for name, n in requests]
+    await clock.sleep(5)
+    await asyncio.gather(*tasks)
+    await limiter.acquire(refused[0])
+    with pytest.raises(AcquireTimeout):
+        await limiter.acquire(refused[1], timeout=refused[2])
+    assert limiter.statistics().rejected == 1
+    return served
 
 
 def test_a_composite_of_a_window_and_a_bucket_takes_both_or_neither() -> None:

@@ -25,7 +25,7 @@ from ._keyview import KeyedReservation, KeyedView, SyncKeyedReservation, SyncKey
 from ._rate import Rate
 from ._scheduler import WAIT_BUCKETS, Event, Listener, Statistics
 from ._threading import SyncCompositeLimiter, SyncTokenBucket
-from ._windows import SlidingWindow, SyncSlidingWindow
+from ._windows import FixedWindow, SlidingWindow, SyncFixedWindow, SyncSlidingWindow
 
 __all__ = [
     "AsyncKeyedBackend",
@@ -47,6 +47,7 @@ __all__ = [
     "CompositeLimiter",
     "Event",
     "EventStream",
+    "FixedWindow",
     "LimiterClosed",
     "Listener",
     "LoopClock",
@@ -57,6 +58,7 @@ __all__ = [
     "SlidingWindow",
     "Statistics",
     "SyncCompositeLimiter",
+    "SyncFixedWindow",
     "SyncSlidingWindow",
     "SyncTokenBucket",
     "TokenBucket",

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from ._clock import MONOTONIC, Clock, Timer
+from ._clock import MONOTONIC, Clock, Timer, following_wall, wall_clock
 from ._errors import AcquireTimeout, LimiterClosed
 from ._fork import track
 from ._gcra import LimitsLike, seconds_to_ns
@@ -119,7 +119,8 @@ class _AsyncLimiter(Queue, Generic[A]):
 
     def _init_adapter(self, clock: Clock, name: str | None, on_event: Listener | None) -> None:
         self._clock = clock
-        self._now_ns = clock.now_ns
+        # Fixed windows (alone or in a composite) follow the wall clock: see following_wall.
+        self._now_ns = following_wall(self, clock.now_ns, wall_clock(clock))
         self._closed = False
         self._loop = None
         self._timer = None

@@ -13,9 +13,17 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["Clock", "LoopClock", "MonotonicClock", "Timer", "WakeLock"]
+__all__ = [
+    "Clock",
+    "LoopClock",
+    "MonotonicClock",
+    "Timer",
+    "WakeLock",
+    "following_wall",
+    "wall_clock",
+]
 
 
 class Timer(Protocol):
@@ -103,3 +111,39 @@ class LoopClock:
 
 
 MONOTONIC = MonotonicClock()
+
+
+def wall_clock(clock: object) -> Callable[[], int]:
+    """Return the wall clock (ns since the Unix epoch, UTC) that goes with ``clock``: its
+    ``wall_ns`` if it has one (``ManualClock`` does), else ``time.time_ns``."""
+    wall: Callable[[], int] = getattr(clock, "wall_ns", time.time_ns)
+    return wall
+
+
+def following_wall(
+    target: Any, now_ns: Callable[[], int], wall_ns: Callable[[], int], offset_ns: int = 0
+) -> Callable[[], int]:
+    """Return the reading of ``now_ns`` a limiter uses: ``now_ns`` itself, or, if ``target``
+    holds fixed windows, a reading that first realigns them with the wall clock each time a
+    boundary has passed (one wall reading per window, none in between).
+
+    The fixed windows start where ``wall_ns() + offset_ns`` is a multiple of their length
+    (``offset_ns``: e.g. -5 hours for windows from midnight at UTC-5). Realigns them once now.
+    """
+    realign = getattr(target, "realign", None)
+    if realign is None:
+        return now_ns
+    first = now_ns()
+    due: int | None = realign(first, first - wall_ns() - offset_ns)
+    if due is None:
+        return now_ns
+    next_at: int = due
+
+    def aligned_now_ns() -> int:
+        nonlocal next_at
+        now = now_ns()
+        if now >= next_at:
+            next_at = realign(now, now - wall_ns() - offset_ns)
+        return now
+
+    return aligned_now_ns

@@ -128,7 +128,10 @@ class Limit:
 
     ``kind="bucket"`` (the default) is a token bucket; ``kind="sliding"`` is a sliding
     window: at most ``capacity`` tokens in any window of ``capacity / rate`` seconds (so
-    ``Limit("60/minute", kind="sliding")`` is at most 60 in any 60 s), see SlidingWindow.
+    ``Limit("60/minute", kind="sliding")`` is at most 60 in any 60 s), see SlidingWindow;
+    ``kind="fixed"`` is a fixed window aligned to the wall clock in UTC (at most ``capacity``
+    per calendar window: ``Limit("1000/day", kind="fixed")`` resets at 00:00 UTC), see
+    FixedWindow.
 
     ``weight=None`` (the default): a call takes its ``tokens`` from this limit; an int: a
     call takes that many tokens whatever it asks for (e.g. 1 for a requests-per-minute
@@ -180,8 +183,9 @@ class Limit:
         return {name: cls(rate) for name, rate in parse_many(text).items()}
 
 
-KINDS = ("bucket", "sliding")
-"""The kinds of limit: a token bucket (GCRA), or a sliding window (an exact log)."""
+KINDS = ("bucket", "sliding", "fixed")
+"""The kinds of limit: a token bucket (GCRA), a sliding window (an exact log), or a fixed
+window aligned to the wall clock (a counter)."""
 
 LimitsMapping = Mapping[str, "Limit | RateLike | tuple[RateLike, int]"]
 """Several limits by name (see ``LimitsLike``)."""
@@ -501,18 +505,24 @@ class Cost(tuple[int, ...]):
 
 
 if TYPE_CHECKING:
+    from ._fixed import FixedCounter
     from ._window import SlidingLog
 
-Part: TypeAlias = "Gcra | SlidingLog"
+Part: TypeAlias = "Gcra | SlidingLog | FixedCounter"
 """One limit of a composite: a bucket or a window, with the same hooks."""
 
 
 def make_part(limit: Limit, now_ns: int) -> Part:
-    """Return the arithmetic for ``limit`` at ``now_ns``: a Gcra, or a SlidingLog."""
+    """Return the arithmetic for ``limit`` at ``now_ns``: a Gcra, a SlidingLog or a
+    FixedCounter (aligned by the adapter's ``realign``)."""
     if limit.kind == "bucket":
         return Gcra(limit.rate, limit.capacity, now_ns)
-    from ._window import SlidingLog  # noqa: PLC0415 (_window imports this module)
+    # Imported here: both modules import this one.
+    from ._fixed import FixedCounter  # noqa: PLC0415
+    from ._window import SlidingLog  # noqa: PLC0415
 
+    if limit.kind == "fixed":
+        return FixedCounter(limit.rate, limit.capacity, now_ns)
     return SlidingLog(limit.rate, limit.capacity, now_ns)
 
 
@@ -672,6 +682,14 @@ class CompositeGcra:
     def full_in_ns(self, now_ns: int) -> int:
         """Return ns until every limit is full again."""
         return max(part.full_in_ns(now_ns) for part in self._parts)
+
+    def realign(self, now_ns: int, skew_ns: int) -> int | None:
+        """Give the fixed windows a new wall-clock skew (see FixedCounter.realign); return
+        when (ns) to realign next, or None if no limit is a fixed window."""
+        from ._fixed import FixedCounter  # noqa: PLC0415 (_fixed imports this module)
+
+        due = [p.realign(now_ns, skew_ns) for p in self._parts if isinstance(p, FixedCounter)]
+        return min(due) if due else None
 
     @property
     def limits(self) -> dict[str, Limit]:

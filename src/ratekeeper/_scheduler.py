@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._fixed import FixedCounter
 from ._gcra import CompositeGcra, Cost, Gcra, LimitsLike, check_tokens
 from ._rate import Rate
 from ._window import SlidingLog
@@ -40,6 +41,7 @@ __all__ = [
     "WAIT_BUCKETS",
     "CompositeScheduler",
     "Event",
+    "FixedScheduler",
     "Listener",
     "Queue",
     "Scheduler",
@@ -738,18 +740,42 @@ class Scheduler(SingleCost, Queue, Gcra):
         return granted
 
 
-class WindowScheduler(SingleCost, Queue, SlidingLog):
+class _WindowQueue(SingleCost, Queue):
+    """A window's queue: the head is due when the window's own plan says (``due_ns``)."""
+
+    if not TYPE_CHECKING:  # the concrete schedulers declare the slots
+        __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        def due_ns(self, tokens: int, now_ns: int = ...) -> int: ...
+
+    def _init_window_queue(self) -> None:
+        self._init_queue()
+        self._excess = 0
+
+    def _head_due_units(self, tokens: int) -> int:
+        return self.due_ns(tokens)
+
+
+class WindowScheduler(_WindowQueue, SlidingLog):
     """One sliding window with a queue: the same FIFO, timeouts and statistics as a bucket."""
 
     __slots__ = (*QUEUE_SLOTS, "_excess")
 
     def __init__(self, rate: Rate, capacity: int, now_ns: int) -> None:
         SlidingLog.__init__(self, rate, capacity, now_ns)
-        self._init_queue()
-        self._excess = 0
+        self._init_window_queue()
 
-    def _head_due_units(self, tokens: int) -> int:
-        return self.due_ns(tokens)
+
+class FixedScheduler(_WindowQueue, FixedCounter):
+    """One fixed window with a queue: the same FIFO, timeouts and statistics as a bucket."""
+
+    __slots__ = (*QUEUE_SLOTS, "_excess")
+
+    def __init__(self, rate: Rate, capacity: int, now_ns: int, skew_ns: int = 0) -> None:
+        FixedCounter.__init__(self, rate, capacity, now_ns, skew_ns)
+        self._init_window_queue()
 
 
 class CompositeScheduler(Queue, CompositeGcra):

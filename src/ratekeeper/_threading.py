@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from ._asyncio import check_priority, check_timeout
-from ._clock import MONOTONIC, Clock
+from ._clock import MONOTONIC, Clock, following_wall, wall_clock
 from ._errors import AcquireTimeout, LimiterClosed
 from ._fork import track
 from ._gcra import LimitsLike
@@ -74,7 +74,8 @@ class _SyncLimiter(Queue, Generic[A]):
 
     def _init_adapter(self, clock: Clock, name: str | None, on_event: Listener | None) -> None:
         self._clock = clock
-        self._now_ns = clock.now_ns
+        # Fixed windows (alone or in a composite) follow the wall clock: see following_wall.
+        self._now_ns = following_wall(self, clock.now_ns, wall_clock(clock))
         self._lock = threading.Lock()
         self._closed = False
         self._name = name
@@ -370,7 +371,7 @@ class _SyncSingle(_SyncLimiter[float]):
 
     def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
         """Change rate (and capacity) now: a bucket carries its balance over (see
-        TokenBucket), a window keeps the tokens it holds (see SlidingWindow)."""
+        TokenBucket), a window keeps the tokens it holds (see SlidingWindow, FixedWindow)."""
         rate = Rate.of(rate)
         with self._lock:
             now = self._now_ns()

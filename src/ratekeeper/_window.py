@@ -44,11 +44,12 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
+from typing import TYPE_CHECKING
 
 from ._gcra import LimitState, check_capacity
 from ._rate import MAX_TOKENS, Rate
 
-__all__ = ["SlidingLog", "window_ns"]
+__all__ = ["SlidingLog", "WindowLength", "window_ns"]
 
 # The "no lower bound" time for plans made without a clock reading (the queue's head).
 _BEFORE_ALL = -(1 << 62)
@@ -72,7 +73,50 @@ def window_ns(rate: Rate, capacity: int) -> int:
     return ns
 
 
-class SlidingLog(LimitState):
+class WindowLength(LimitState):
+    """What every window's arithmetic keeps: N (the capacity) and T (``_span``, in ns)."""
+
+    if TYPE_CHECKING:
+        _span: int
+    else:
+        __slots__ = ()
+
+    def _configure(self, rate: Rate, capacity: int) -> None:
+        check_capacity(capacity)
+        span = window_ns(rate, capacity)  # before any field changes: a refusal changes nothing
+        self._rate = rate
+        self._capacity = capacity
+        self._span = span
+
+    @property
+    def window_ns(self) -> int:
+        """The window's length T in ns."""
+        return self._span
+
+    if TYPE_CHECKING:
+
+        def _prune(self, now_ns: int) -> None: ...
+        def due_ns(self, tokens: int, now_ns: int = ...) -> int: ...
+        def _commit_units(self, at: int, tokens: int) -> int: ...
+
+    def wait_ns(self, now_ns: int, tokens: int, ahead: int = 0) -> int:
+        """Return ns until ``ahead + tokens`` tokens can have been granted.
+
+        Drops what has left the window first (every grant is planned by this, so the state
+        is kept short here).
+        """
+        self._prune(now_ns)
+        return self.due_ns(ahead + tokens, now_ns) - now_ns
+
+    def try_take(self, now_ns: int, tokens: int) -> bool:
+        """Take ``tokens`` if they fit at ``now_ns``; return whether they were taken."""
+        if self.wait_ns(now_ns, tokens):
+            return False
+        self._commit_units(now_ns, tokens)
+        return True
+
+
+class SlidingLog(WindowLength):
     """The state of one sliding window and the decisions on it, in integer ns."""
 
     __slots__ = (
@@ -108,19 +152,7 @@ class SlidingLog(LimitState):
         self._granted = 0  # tokens granted or charged since creation (never decreases)
         self._configure(rate, capacity)
 
-    def _configure(self, rate: Rate, capacity: int) -> None:
-        check_capacity(capacity)
-        span = window_ns(rate, capacity)  # before any field changes: a refusal changes nothing
-        self._rate = rate
-        self._capacity = capacity
-        self._span = span
-
     # -- reading -------------------------------------------------------------------------
-
-    @property
-    def window_ns(self) -> int:
-        """The window's length T in ns."""
-        return self._span
 
     def _live(self) -> int:
         """Return the tokens in the live runs."""
@@ -197,22 +229,6 @@ class SlidingLog(LimitState):
         if slot is not None and slot + self._span > due:
             due = slot + self._span
         return due + rounds * self._span
-
-    def wait_ns(self, now_ns: int, tokens: int, ahead: int = 0) -> int:
-        """Return ns until ``ahead + tokens`` tokens can have been granted.
-
-        Drops the tokens that have slid out of the window first (every grant is planned
-        by this, so the log is kept short here).
-        """
-        self._prune(now_ns)
-        return self.due_ns(ahead + tokens, now_ns) - now_ns
-
-    def try_take(self, now_ns: int, tokens: int) -> bool:
-        """Take ``tokens`` if they fit at ``now_ns``; return whether they were taken."""
-        if self.wait_ns(now_ns, tokens):
-            return False
-        self._commit_units(now_ns, tokens)
-        return True
 
     def _prune(self, now_ns: int) -> None:
         """Drop the tokens that have slid out of the window ending at ``now_ns``.

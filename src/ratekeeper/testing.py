@@ -50,6 +50,7 @@ class ManualClock:
 
     def __init__(self, start: float = 0.0, *, auto_advance: bool = False) -> None:
         self._now = seconds_to_ns(start, "start")
+        self._wall_offset = 0  # wall_ns() - now_ns(): moved by step_wall()
         self._timers: list[tuple[int, int, _ManualTimer]] = []
         self._seq = itertools.count()
         self._lock = threading.RLock()
@@ -63,6 +64,22 @@ class ManualClock:
     def time(self) -> float:
         """Return the clock's time in seconds."""
         return self._now / 1e9
+
+    def wall_ns(self) -> int:
+        """Return the wall clock that goes with it, in ns since the Unix epoch (UTC).
+
+        It moves with the clock, and starts equal to it: ``ManualClock(start=86400)`` is
+        1970-01-02 00:00 UTC, so fixed windows align with whole multiples of their length.
+        ``step_wall()`` moves it alone, as NTP steps a real wall clock.
+        """
+        return self._now + self._wall_offset
+
+    def step_wall(self, seconds: float) -> None:
+        """Step the wall clock alone by ``seconds`` (negative: back), as NTP may."""
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise TypeError(f"seconds must be a number, not {seconds!r:.80}")
+        step = seconds_to_ns(abs(seconds), "seconds")
+        self._wall_offset += -step if seconds < 0 else step
 
     def call_at(
         self, loop: asyncio.AbstractEventLoop | None, when_ns: int, callback: Callable[[], None]

@@ -4,10 +4,12 @@ Every scenario in ``test_contract.py`` runs once per implementation: in memory a
 real Valkey server, asyncio and blocking, one limit, a composite, and one key of a keyed
 limiter (``for_key``); each as a token bucket and, where the implementation has them, as a
 sliding window of the same rate and capacity (at most ``capacity`` in any window of
-``capacity / rate``). A composite (and a keyed limiter) is tested through its limit
+``capacity / rate``) and as a fixed window (at most ``capacity`` in each window of that
+length, aligned here to the limiter's creation so that a real-time scenario never meets a
+boundary by chance). A composite (and a keyed limiter) is tested through its limit
 ``"main"`` (the scenario's rate and capacity) beside a generous second limit (a bucket)
 that never decides; an int cost takes that many tokens of each. Where a bucket and a window
-rightly answer differently, the scenario states both answers (``Driver.expect``).
+rightly answer differently, the scenario states each answer (``Driver.expect``).
 
 The blocking limiters are driven from worker threads (``asyncio.to_thread``), so one
 scenario body, written with ``await``, holds both families to the same answers.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -26,10 +29,13 @@ import pytest
 
 from ratekeeper import (
     CompositeLimiter,
+    FixedWindow,
     KeyedLimiter,
     Limit,
+    MonotonicClock,
     SlidingWindow,
     SyncCompositeLimiter,
+    SyncFixedWindow,
     SyncKeyedLimiter,
     SyncSlidingWindow,
     SyncTokenBucket,
@@ -43,13 +49,26 @@ __all__ = ["Driver", "redis_url"]
 SIDE = ("1000/s", 1000)  # the composite's second limit: never the one that decides
 
 
+class StartClock(MonotonicClock):
+    """The monotonic clock, with a wall clock that reads 0 when it is made: fixed windows
+    then start with the limiter that reads it."""
+
+    __slots__ = ("_start",)
+
+    def __init__(self) -> None:
+        self._start = time.monotonic_ns()
+
+    def wall_ns(self) -> int:
+        return time.monotonic_ns() - self._start
+
+
 @dataclass(frozen=True)
 class Impl:
     name: str
     is_async: bool
     form: str  # "bucket", "composite" or "keyed" (one key of a keyed limiter)
     redis: bool
-    kind: str = "bucket"  # of the limit under test: "bucket" or "sliding" (a window)
+    kind: str = "bucket"  # of the limit under test: "bucket", "sliding" or "fixed"
 
     @property
     def composite(self) -> bool:
@@ -62,8 +81,8 @@ class Impl:
 
     @property
     def window(self) -> bool:
-        """The limit under test is a sliding window."""
-        return self.kind == "sliding"
+        """The limit under test is a window (sliding or fixed)."""
+        return self.kind != "bucket"
 
     def make(self, url: str | None, rate: str, capacity: int) -> Any:
         limits = {"main": Limit(rate, capacity, kind=self.kind), "side": Limit(*SIDE)}
@@ -71,8 +90,14 @@ class Impl:
         if self.keyed:
             return self._keyed(url, key, limits)
         if not self.redis:
+            clock = StartClock()
             if self.composite:
-                return (CompositeLimiter if self.is_async else SyncCompositeLimiter)(limits)
+                cls = CompositeLimiter if self.is_async else SyncCompositeLimiter
+                return cls(limits, clock=clock)
+            if self.kind == "fixed":
+                return (FixedWindow if self.is_async else SyncFixedWindow)(
+                    rate, capacity, clock=clock
+                )
             if self.window:
                 return (SlidingWindow if self.is_async else SyncSlidingWindow)(rate, capacity)
             return (TokenBucket if self.is_async else SyncTokenBucket)(rate, capacity)
@@ -105,17 +130,27 @@ class Impl:
         return SyncKeyedLimiter(backend=SyncRedisKeyedBackend(url, limits)).for_key(key)
 
 
-IMPLS = [
-    Impl(f"{where}-{family}-{form}", family == "async", form, where == "redis")
-    for where in ("memory", "redis")
-    for family in ("async", "sync")
-    for form in ("bucket", "composite", "keyed")
-] + [
-    Impl(f"{where}-{family}-{form}-window", family == "async", form, where == "redis", "sliding")
-    for where, forms in (("memory", ("bucket", "composite")), ("redis", ("bucket",)))
-    for family in ("async", "sync")
-    for form in forms
-]
+IMPLS = (
+    [
+        Impl(f"{where}-{family}-{form}", family == "async", form, where == "redis")
+        for where in ("memory", "redis")
+        for family in ("async", "sync")
+        for form in ("bucket", "composite", "keyed")
+    ]
+    + [
+        Impl(
+            f"{where}-{family}-{form}-window", family == "async", form, where == "redis", "sliding"
+        )
+        for where, forms in (("memory", ("bucket", "composite")), ("redis", ("bucket",)))
+        for family in ("async", "sync")
+        for form in forms
+    ]
+    + [
+        Impl(f"memory-{family}-{form}-fixed", family == "async", form, False, "fixed")
+        for family in ("async", "sync")
+        for form in ("bucket", "composite")
+    ]
+)
 
 
 class Driver:
@@ -177,8 +212,11 @@ class Driver:
         limited = decorator(work)
         return [await asyncio.to_thread(limited, i) for i in range(calls)]
 
-    def expect(self, *, bucket: Any, window: Any) -> Any:
-        """Return the answer the limit under test must give: a bucket's, or a window's."""
+    def expect(self, *, bucket: Any, window: Any, fixed: Any = None) -> Any:
+        """Return the answer the limit under test must give: a bucket's, a sliding
+        window's, or a fixed window's (by default the sliding window's)."""
+        if self.impl.kind == "fixed" and fixed is not None:
+            return fixed
         return window if self.impl.window else bucket
 
     def main(self, tokens: Any) -> float:
