@@ -207,16 +207,14 @@ def test_refund_never_hands_a_booked_slot_to_a_second_caller() -> None:
 def test_the_same_arithmetic_as_the_core(steps: list[tuple[int, str, int]]) -> None:
     """Against one core Gcra, step by step: the same decisions, refunds and ``tat``.
 
-    One cancellation (of the latest reservation still ahead): after a second, the two may
-    differ, as the core counts the tokens of every grant made since the one undone, undone
-    or not, and the store only those still taken (the next test shows that is safe).
+    Any grant may be refunded by its mark, any number of times, in any order: the store
+    counts the grants made since a mark as the core does, undone or not.
     """
     rate = Rate(5, per=2)
     clock = ManualClock()
     store = MemoryKeyedStore({"default": Limit(rate, 3)}, clock=clock)
     gcra = Gcra(rate, 3, 0)
-    sleepers: list[tuple[int, int, object, int]] = []  # (slot, core mark, store mark, tokens)
-    cancelled = False
+    grants: list[tuple[int, object, int]] = []  # (core mark, store mark, tokens)
     for dt, action, tokens in steps:
         clock.advance(dt / S)
         now = clock.now_ns()
@@ -225,14 +223,12 @@ def test_the_same_arithmetic_as_the_core(steps: list[tuple[int, str, int]]) -> N
             core = gcra.reserve_at(now, tokens, max_wait)
             mine = store.reserve("k", (tokens,), max_wait)
             assert (mine.granted, mine.wait_ns) == (core.granted, core.wait_ns)
-            if mine.wait_ns and mine.granted:
-                sleepers.append((now + mine.wait_ns, core.mark, mine.mark, tokens))
-        elif action == "cancel" and not cancelled:
-            sleepers = [s for s in sleepers if s[0] > now]  # the others are served
-            if sleepers:
-                _, core_mark, my_mark, n = sleepers.pop()
+            if mine.granted:
+                grants.append((core.mark, mine.mark, tokens))
+        elif action == "cancel":
+            if grants:
+                core_mark, my_mark, n = grants[-tokens % len(grants)]
                 assert store.refund("k", (n,), my_mark) == (gcra.refund_at(now, n, core_mark),)
-                cancelled = True
         elif action == "refund":
             assert store.refund("k", (tokens,), None) == (gcra.refund_at(now, tokens),)
         elif action == "charge":
@@ -261,29 +257,80 @@ def test_cancelling_in_any_order_never_passes_the_envelope(
     rate, capacity = Rate(5, per=2), 3
     clock = ManualClock()
     store = MemoryKeyedStore({"default": Limit(rate, capacity)}, clock=clock)
-    standing: list[tuple[int, int, object]] = []  # (time ns, tokens, mark or None)
+    # (time ns, tokens standing, mark, tokens granted)
+    standing: list[tuple[int, float, object, int]] = []
     for dt, action, tokens in steps:
         clock.advance(dt / S)
         now = clock.now_ns()
         if action in ("reserve", "try"):
             verdict = store.reserve("k", (tokens,), 0 if action == "try" else S)
             if verdict.granted:
-                standing.append((now + verdict.wait_ns, tokens, verdict.mark))
+                standing.append((now + verdict.wait_ns, tokens, verdict.mark, tokens))
         else:
             ahead = [g for g in standing if g[0] > now]
             if ahead:
                 grant = ahead[tokens % len(ahead)]
-                (back,) = store.refund("k", (grant[1],), grant[2])
+                # The grant's own tokens, as a cancelled sleeper gives them back, again after
+                # a partial refund (the rest of it stands and may be refunded again).
+                (back,) = store.refund("k", (grant[3],), grant[2])
                 if back == grant[1]:
                     standing.remove(grant)
                 elif back:  # partly given back: the rest of it stands
-                    standing[standing.index(grant)] = (grant[0], grant[1] - back, grant[2])
+                    rest = (grant[0], grant[1] - back, grant[2], grant[3])
+                    standing[standing.index(grant)] = rest
     standing.sort()
-    for i, (start, _, _) in enumerate(standing):
+    for i, (start, _, _, _) in enumerate(standing):
         for j in range(i, len(standing)):
             span = (standing[j][0] - start) / S
             used = sum(g[1] for g in standing[i : j + 1])
             assert used <= capacity + rate.per_second * (span + 1e-9) + 1e-9  # ns rounding
+
+
+def test_refunding_the_rest_of_a_partly_refunded_grant_gives_nothing_back() -> None:
+    """A grant given back in part cannot be given back again by its mark: the grants made
+    after it still count, so a second refund of it gives nothing, and the tokens that
+    stand never pass the capacity at any instant."""
+    store = MemoryKeyedStore({"default": Limit(Rate(5, per=2), 3)}, clock=ManualClock())
+    assert store.reserve("k", (1,), None).wait_ns == 0
+    three = store.reserve("k", (3,), None)
+    assert three.wait_ns == 400_000_000
+    assert store.reserve("k", (1,), None).wait_ns == 800_000_000
+    assert store.refund("k", (3,), three.mark) == (2.0,)  # the 1 token at 0.8 s keeps its cost
+    assert store.refund("k", (1,), three.mark) == (0.0,)  # the rest of the grant stands
+    assert store.refund("k", (3,), three.mark) == (0.0,)
+    # 1 token at 0 and 1 of the three at 0.4 s stand, and 1 at 0.8 s: 3 more fit at 1.2 s.
+    assert store.reserve("k", (3,), None).wait_ns == 1_200_000_000
+
+
+def test_a_grant_refunded_in_full_gives_nothing_more_after_its_key_is_taken_again() -> None:
+    """Refunded in full, a grant's key is full and dropped; the next grants on the key keep
+    their tokens should the first grant be refunded again by its mark."""
+    store = MemoryKeyedStore({"default": Limit(Rate(1), 3)}, clock=ManualClock())
+    first = store.reserve("k", (3,), None)
+    assert store.refund("k", (3,), first.mark) == (3.0,)
+    assert len(store) == 0  # full again: dropped
+    store.reserve("k", (3,), None)
+    assert store.refund("k", (3,), first.mark) == (0.0,)
+    assert store.reserve("k", (1,), None).wait_ns == S
+
+
+def test_a_float_amount_is_refused_by_the_store() -> None:
+    """The store's state is exact integers: a float amount is a TypeError, not a float tat."""
+    store = MemoryKeyedStore({"default": Limit(Rate(1), 2)}, clock=ManualClock())
+    mark = store.reserve("k", (2,), None).mark
+    for call in (
+        lambda: store.refund("k", (1.0,), mark),  # type: ignore[arg-type]
+        lambda: store.charge("k", (1.0,)),  # type: ignore[arg-type]
+        lambda: store.reserve("k", (1.0,), None),  # type: ignore[arg-type]
+        lambda: store.take("k", (1.0,)),  # type: ignore[arg-type]
+        lambda: store.refund("k", [1], mark),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(TypeError):
+            call()
+    with pytest.raises(ValueError):
+        store.refund("k", (-1,), mark)
+    assert store.peek("k").available == (0.0,)
+    assert type(store._live()["k"]) is int
 
 
 @settings(max_examples=60, deadline=None)

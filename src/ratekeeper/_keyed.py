@@ -61,8 +61,7 @@ _SWEEP_BATCH = 256
 # Sweeps wait at least this long (ns) for the next key to be full, so that a hot key that
 # refills between its requests is not dropped and re-inserted on every call.
 _SWEEP_PAUSE_NS = 1_000_000
-_NEVER = 1 << 126  # a time (ns) later than any clock reading
-_PAST = -_NEVER  # one earlier than any: due at once
+_PAST = -(1 << 126)  # a time (ns) earlier than any clock reading: due at once
 _WAIT_BUCKETS_NS = tuple(round(b * 1e9) for b in WAIT_BUCKETS)
 _NO_WAIT = 0.0  # the default maximum wait, recognised by identity to skip its validation
 
@@ -164,17 +163,21 @@ class AsyncKeyedBackend(Protocol):
 # Gcra and this module share one statement of them.
 
 
-def _refunded_tat(tat: int, now: int, back: int, mark: int | None, booked: int) -> int:
+def _refunded_tat(
+    tat: int, now: int, back: int, mark: int | None, booked: int, *, counted: int
+) -> int:
     """Return the ``tat`` after giving back ``back`` units taken by the grant ``mark``.
 
     ``Gcra.refund_at``'s rule on a bare ``tat``: units taken since the grant keep their
     cost, counted from the latest slot booked ahead (``booked``, units; 0: none) if it lies
     ahead, so that no promised slot is handed to a second caller; a full bucket gives
     nothing back; nothing goes below ``now`` (above the capacity); without a mark nothing
-    goes back while a slot is booked ahead. The mark is the ``tat`` just after the grant, so
-    the units taken since are ``tat - mark``: the grants made since, less those undone since.
-    (The core counts every grant made since, undone or not, so after two sleepers are undone
-    it may give back less than this; both keep the envelope, see tests/test_keyed.py.)
+    goes back while a slot is booked ahead. ``counted`` is the ``tat`` as it would be had
+    nothing been given back (see ``MemoryKeyedStore._counted``) and the mark is its value
+    just after the grant, so ``counted - mark`` is every unit granted since, undone or not,
+    as the core counts them: refunds, the grant's own included, never make later grants
+    look undone, and once a grant has been given back as far as it can go, refunding it
+    again gives nothing.
     """
     if tat <= now:
         return tat
@@ -183,11 +186,28 @@ def _refunded_tat(tat: int, now: int, back: int, mark: int | None, booked: int) 
             return tat
         floor = now
     else:
-        floor = (booked if booked > now else now) + (tat - mark if tat > mark else 0)
+        floor = (booked if booked > now else now) + (counted - mark if counted > mark else 0)
     new = tat - back
     if new < floor:
         new = floor
     return new if new < tat else tat
+
+
+def check_costs(costs: object, limits: int) -> tuple[int, ...]:
+    """Return ``costs`` if it is a tuple of ``limits`` ints from 0 to 2**48.
+
+    The backends' own check on what they are given to charge or refund (the limiters
+    validate a caller's tokens before that). Raises TypeError for another shape or for an
+    amount that is not an int (a float would make a key's exact integer state inexact),
+    ValueError for an amount out of range.
+    """
+    if type(costs) is not tuple or len(costs) != limits:
+        raise TypeError(
+            f"costs must be a tuple of {limits} int(s), one per limit, got {costs!r:.80}"
+        )
+    for amount in costs:
+        check_amount(amount, "each of costs")
+    return costs
 
 
 class _Params:
@@ -266,6 +286,8 @@ class MemoryKeyedStore:
         "_booked",
         "_booked_purge",
         "_clock",
+        "_counted",
+        "_counted_purge",
         "_limits",
         "_lock",
         "_max_key_length",
@@ -324,6 +346,12 @@ class MemoryKeyedStore:
         # keys with a sleeper are here (see _book). Refunds must not hand such a slot out.
         self._booked: dict[str, int] = {}
         self._booked_purge = 64
+        # key -> its tat (a tuple of them: several limits) as it would be had nothing been
+        # given back: only keys with tokens given back that time has not yet caught up with
+        # are here. Refund marks are its value after the grant, so the units granted since
+        # a mark are counted exactly, whatever was given back since (see _refunded_tat).
+        self._counted: dict[str, Any] = {}
+        self._counted_purge = 64
         self._sweep_at = _PAST  # when the next older key may be full (empty: every 1 ms)
         # A full bucket's span (ns): a key not full for longer than that from now is in debt.
         self._slack = max(p.burst_ns for p in self._params)
@@ -361,7 +389,9 @@ class MemoryKeyedStore:
 
     def reserve(self, key: str, costs: tuple[int, ...], max_wait_ns: int | None) -> Verdict:
         """Take ``costs`` for the earliest time they can go, if within ``max_wait_ns``."""
-        with self._lock:
+        lock = self._lock  # acquire/release: half the cost of ``with`` on this hot path
+        lock.acquire()
+        try:
             now_ns = self._now_ns()
             if now_ns >= self._sweep_at:
                 self._sweep(now_ns, _SWEEP_BATCH)
@@ -376,6 +406,8 @@ class MemoryKeyedStore:
                 tat = self._revive(key)
             base = tat if tat is not None and tat > now else now
             new = base + costs[0] * cost
+            if type(new) is not int:
+                check_costs(costs, 1)  # raises: a float would make the tat inexact
             due = new - burst - now
             wait = -(-due // scale) if due > 0 else 0
             if max_wait_ns is not None and wait > max_wait_ns:
@@ -393,16 +425,21 @@ class MemoryKeyedStore:
             self.granted += 1
             self.granted_tokens += costs[0]
             ahead = new - now
+            mark = new if not self._counted else self._count(key, new, now, costs[0] * cost)
             return _new_verdict(
-                Verdict, (True, wait, new, ((burst - ahead) / cost,), (-(-ahead // scale),))
+                Verdict, (True, wait, mark, ((burst - ahead) / cost,), (-(-ahead // scale),))
             )
+        finally:
+            lock.release()
 
     def take(self, key: str, costs: tuple[int, ...]) -> bool:
         """Take ``costs`` if they can go now; never waits. Faster ``reserve(key, costs, 0)``.
 
         Optional in the backend protocol: the limiters' ``try_acquire`` uses it when present.
         """
-        with self._lock:
+        lock = self._lock  # as in reserve
+        lock.acquire()
+        try:
             now_ns = self._now_ns()
             if now_ns >= self._sweep_at:
                 self._sweep(now_ns, _SWEEP_BATCH)
@@ -415,26 +452,34 @@ class MemoryKeyedStore:
             tat = tats.get(key)
             if tat is None and self._older_live:
                 tat = self._revive(key)
+            units = costs[0] * p.cost
+            if type(units) is not int:
+                check_costs(costs, 1)  # raises: a float would make the tat inexact
             if tat is None:
+                tat = now + units
                 if (
                     type(key) is str
                     and len(key) <= self._max_key_length
                     and len(tats) + self._older_live < self._max_keys
                 ):
-                    tats[key] = now + costs[0] * p.cost  # a new key, the common case
+                    tats[key] = tat  # a new key, the common case
                 else:
-                    self._insert(key, now + costs[0] * p.cost, now_ns)
+                    self._insert(key, tat, now_ns)
             else:
                 if tat < now:
                     tat = now
-                tat += costs[0] * p.cost
+                tat += units
                 if tat - now > p.burst:
                     self.rejected += 1
                     return False
                 tats[key] = tat
+            if self._counted:
+                self._count(key, tat, now, units)
             self.granted += 1
             self.granted_tokens += costs[0]
             return True
+        finally:
+            lock.release()
 
     def _reserve_all(
         self, key: str, costs: tuple[int, ...], now_ns: int, max_wait_ns: int | None
@@ -460,23 +505,28 @@ class MemoryKeyedStore:
         # time, or it would look full again while the tokens are in use.
         at_ns = now_ns + wait
         new = []
+        ats = []
         for i, p in enumerate(self._params):
             now = now_ns * p.scale
             tat = now if old is None else old[i]
+            at = now if waits[i] == wait else at_ns * p.scale
             if costs[i]:
-                at = now if waits[i] == wait else at_ns * p.scale
                 tat = (tat if tat > at else at) + costs[i] * p.cost
+                if type(tat) is not int:
+                    check_costs(costs, len(self._params))  # raises: the tat must stay exact
             new.append(tat)
-        mark = tuple(new)
+            ats.append(at)
+        value = tuple(new)
         if old is None:
-            self._insert(key, mark, now_ns)
+            self._insert(key, value, now_ns)
         else:
-            self._recent[key] = mark
+            self._recent[key] = value
         if wait:
             self._book(key, at_ns)
         self.granted += 1
         self.granted_tokens += costs[0]
-        return self._verdict(True, wait, mark, mark, now_ns)
+        mark = value if not self._counted else self._count_all(key, value, ats, costs)
+        return self._verdict(True, wait, mark, value, now_ns)
 
     def _verdict(
         self, granted: bool, wait: int, mark: object, tats: tuple[int, ...] | None, now_ns: int
@@ -491,33 +541,84 @@ class MemoryKeyedStore:
         return Verdict(granted, wait, mark, tuple(available), tuple(full_in))
 
     def charge(self, key: str, costs: tuple[int, ...]) -> None:
-        """Take ``costs`` now without checking, even into debt."""
+        """Take ``costs`` now without checking, even into debt.
+
+        Raises TypeError/ValueError if ``costs`` is not one int from 0 to 2**48 per limit.
+        """
+        check_costs(costs, len(self._params))
         with self._lock:
             now_ns = self._now_ns()
             if now_ns >= self._sweep_at:
                 self._sweep(now_ns, _SWEEP_BATCH)
             old = self._lookup(key)
+            nows = [now_ns * p.scale for p in self._params]
             new: Any
             if self._single:
-                p = self._params[0]
-                now = now_ns * p.scale
-                new = (old if old is not None and old > now else now) + costs[0] * p.cost
+                now, units = nows[0], costs[0] * self._params[0].cost
+                new = (old if old is not None and old > now else now) + units
             else:
                 values = []
                 for i, p in enumerate(self._params):
-                    now = now_ns * p.scale
-                    tat = now if old is None else old[i]
-                    if tat < now:
-                        tat = now
+                    tat = nows[i] if old is None else old[i]
+                    if tat < nows[i]:
+                        tat = nows[i]
                     values.append(tat + costs[i] * p.cost)
                 new = tuple(values)
             if old is None:
                 self._insert(key, new, now_ns)
             else:
                 self._recent[key] = new
+            if self._counted:
+                if self._single:
+                    self._count(key, new, now, units)
+                else:
+                    self._count_all(key, new, nows, costs)
+
+    def _count(self, key: str, tat: int, at: int, units: int) -> int:
+        """Count a grant of ``units`` committed at ``at`` into the key's counted tat (one
+        limit, units); return the grant's refund mark.
+
+        The counted tat moves as the tat would have, had nothing been given back: once it is
+        no further ahead than the tat (time has caught up with the refunds), it goes.
+        """
+        counted = self._counted.get(key)
+        if counted is None:
+            return tat
+        counted = (counted if counted > at else at) + units
+        if counted > tat:
+            self._counted[key] = counted
+            return counted
+        del self._counted[key]
+        return tat
+
+    def _count_all(
+        self, key: str, tats: tuple[int, ...], ats: list[int], costs: tuple[int, ...]
+    ) -> tuple[int, ...]:
+        """``_count`` for several limits: ``ats`` and ``costs`` per limit; return the mark."""
+        counted = self._counted.get(key)
+        if counted is None:
+            return tats
+        marks = []
+        for i, p in enumerate(self._params):
+            value = counted[i]
+            if costs[i]:
+                at = ats[i]
+                value = (value if value > at else at) + costs[i] * p.cost
+            marks.append(value)
+        mark = tuple(marks)
+        if any(m > t for m, t in zip(mark, tats, strict=True)):
+            self._counted[key] = mark
+            return mark
+        del self._counted[key]
+        return tats
 
     def refund(self, key: str, costs: tuple[int, ...], mark: object) -> tuple[float, ...]:
-        """Give back tokens taken earlier; return how many went back, per limit."""
+        """Give back tokens taken earlier; return how many went back, per limit.
+
+        Raises TypeError/ValueError if ``costs`` is not one int from 0 to 2**48 per limit,
+        TypeError for a mark that does not come from this store.
+        """
+        check_costs(costs, len(self._params))
         with self._lock:
             now_ns = self._now_ns()
             old = self._lookup(key)
@@ -531,6 +632,8 @@ class MemoryKeyedStore:
             if booked and booked <= now_ns:
                 del self._booked[key]  # that slot has come: nothing is booked ahead
                 booked = 0
+            counted = self._counted.get(key, old)
+            counts = (counted,) if self._single else counted
             new = []
             back = []
             full = True
@@ -544,6 +647,7 @@ class MemoryKeyedStore:
                         costs[i] * p.cost,
                         None if marks is None else marks[i],
                         booked * p.scale,
+                        counted=counts[i],
                     )
                 back.append((olds[i] - tat) / p.cost)
                 new.append(tat)
@@ -553,6 +657,8 @@ class MemoryKeyedStore:
                 self.dropped += 1
             else:
                 self._recent[key] = new[0] if self._single else tuple(new)
+            if any(back) and key not in self._counted:
+                self._keep_count(key, counted, now_ns)
             return tuple(back)
 
     def peek(self, key: str) -> Verdict:
@@ -570,6 +676,20 @@ class MemoryKeyedStore:
                 if due > 0:
                     wait = max(wait, -(-due // p.scale))
         return self._verdict(wait == 0, wait, None, tats, now_ns)
+
+    def _keep_count(self, key: str, counted: Any, now_ns: int) -> None:
+        """Start keeping ``key``'s counted tat (tokens were given back: it is now ahead).
+
+        Entries that time has caught up with are purged when the dict has doubled since the
+        last purge, so it stays as small as the keys with refunds still ahead of now.
+        """
+        entries = self._counted
+        entries[key] = counted
+        if len(entries) > self._counted_purge:
+            full_at = self._full_at
+            for stale in [k for k, value in entries.items() if full_at(value) <= now_ns]:
+                del entries[stale]
+            self._counted_purge = max(64, 2 * len(entries))
 
     def _book(self, key: str, slot_ns: int) -> None:
         """Remember the latest slot booked ahead for ``key`` (a sleeper's): it is promised.
@@ -623,6 +743,7 @@ class MemoryKeyedStore:
         self._older[lost] = None
         self._older_live -= 1
         self._booked.pop(lost, None)
+        self._counted.pop(lost, None)
         self.evicted += 1
 
     def _rotate(self) -> None:
@@ -717,6 +838,8 @@ class MemoryKeyedStore:
             self._rotate()
             dropped = before - self._older_live
             self.dropped += dropped
+            for stale in [k for k, v in self._counted.items() if full_at(v) <= now_ns]:
+                del self._counted[stale]
             self._sweep_at = now_ns + _SWEEP_PAUSE_NS  # then the calls look at the first key
             return dropped
 
@@ -728,6 +851,7 @@ class MemoryKeyedStore:
                 self._older[key] = None
                 self._older_live -= 1
             self._booked.pop(key, None)
+            self._counted.pop(key, None)
 
     def clear(self) -> None:
         """Forget every key (every bucket starts full again)."""
@@ -738,6 +862,7 @@ class MemoryKeyedStore:
             self._older_head = None
             self._older_live = 0
             self._booked = {}
+            self._counted = {}
             self._sweep_at = _PAST
 
     def __repr__(self) -> str:

@@ -274,7 +274,9 @@ def admission_bound(scenario: Scenario) -> float:
 def check(outcome: Outcome) -> None:
     """Assert the bounds; fail open may pass anything while the server is down."""
     s = outcome.scenario
-    if s.policy != "open" or s.fault in INSTANT:
+    # Eviction briefly refuses writes too (OOM while maxmemory is below use): fail open
+    # then lets calls through, as in any outage.
+    if s.policy != "open" or s.fault in {"script-flush", "flushall"}:
         assert outcome.over_admission <= admission_bound(s) + TOLERANCE, outcome
     assert outcome.longest_call <= call_bound(s), outcome
     assert outcome.recovery <= recovery_bound(s), outcome

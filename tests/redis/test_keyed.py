@@ -149,14 +149,38 @@ def test_same_answers_as_the_memory_store(
                 m, s = memory.peek(key), server.peek(key)
                 assert same(m, s), (m, s)
             elif refunds and (op == "F" or grants[key]):
-                # By mark: a grant with no refund since (the memory store counts the grants
-                # since a mark less those undone; the script, like the core, all of them).
+                # Unmarked, or by the mark of any grant, refunded any number of times (both
+                # count every grant made since a mark, as the core does, undone or not).
                 if op == "F":
                     args: tuple[Any, Any, Any] = (costs, None, None)
                 else:
                     args = grants[key][pick % len(grants[key])]
-                grants[key].clear()
                 assert memory.refund(key, args[0], args[1]) == server.refund(key, args[0], args[2])
+    finally:
+        client.close()
+
+
+def test_refunding_the_rest_of_a_partly_refunded_grant_gives_nothing_back(redis_url: str) -> None:
+    """The same trace on both: a grant given back in part gives nothing more by its mark,
+    so the tokens that stand never pass the capacity; a float amount is a TypeError."""
+    limits = {"default": Limit(Rate(5, per=2), 3)}
+    clock = Instant()
+    memory = MemoryKeyedStore(limits, clock=clock)  # type: ignore[arg-type]
+    client = SyncAtTime.from_url(redis_url, socket_timeout=5)
+    server = SyncRedisKeyedBackend(client, limits, prefix=prefix())
+    try:
+        for store in (memory, server):
+            assert store.reserve("k", (1,), None).wait_ns == 0
+            three = store.reserve("k", (3,), None)
+            assert three.wait_ns == 400_000_000
+            assert store.reserve("k", (1,), None).wait_ns == 800_000_000
+            assert store.refund("k", (3,), three.mark) == (2.0,)
+            assert store.refund("k", (1,), three.mark) == (0.0,)
+            with pytest.raises(TypeError):
+                store.refund("k", (1.0,), three.mark)  # type: ignore[arg-type]
+            with pytest.raises(TypeError):
+                store.charge("k", (1.0,))  # type: ignore[arg-type]
+            assert store.reserve("k", (3,), None).wait_ns == 1_200_000_000
     finally:
         client.close()
 

@@ -26,7 +26,14 @@ import redis.asyncio as aioredis
 from .._errors import BackendUnavailable, LimiterClosed
 from .._fork import track
 from .._gcra import Limit, LimitsLike, named_limits
-from .._keyed import DEFAULT_MAX_KEY_LENGTH, MemoryKeyedStore, Verdict, _check_key, _describe
+from .._keyed import (
+    DEFAULT_MAX_KEY_LENGTH,
+    MemoryKeyedStore,
+    Verdict,
+    _check_key,
+    _describe,
+    check_costs,
+)
 from ._async import _AsyncLimiter
 from ._common import Core, OnFailure, RedisStatistics, ServerFailure, pads, shared_limit
 from ._script import (
@@ -147,6 +154,7 @@ class _KeyedCore(Core):
         """
         if self._closed:
             raise LimiterClosed(f"{self!r} is closed")
+        check_costs(costs, len(specs))
         wait = -1 if max_wait_ns is None else min(max_wait_ns, _MAX_WAIT)
         items = tuple((s, n, NO_MARK, 0) for s, n in zip(specs, costs, strict=True) if n)
         decision = Request(RESERVE, items, wait, self)
@@ -158,15 +166,18 @@ class _KeyedCore(Core):
     def _keyed_charge_request(self, specs: tuple[Spec, ...], costs: tuple[int, ...]) -> Request:
         if self._closed:
             raise LimiterClosed(f"{self!r} is closed")
-        self._check_charge(costs)
+        self._check_charge(check_costs(costs, len(specs)))
         items = tuple((s, n, NO_MARK, 0) for s, n in zip(specs, costs, strict=True) if n)
         return Request(CHARGE, items, -1, self)
 
     def _keyed_refund_request(
         self, specs: tuple[Spec, ...], costs: tuple[int, ...], mark: object
     ) -> Request:
-        """Return the refund of ``costs`` by ``mark`` (a server grant's, or None)."""
-        self._check_charge(costs)
+        """Return the refund of ``costs`` by ``mark`` (a server grant's, or None).
+
+        Raises TypeError/ValueError if ``costs`` is not one int from 0 to 2**48 per limit.
+        """
+        self._check_charge(check_costs(costs, len(specs)))
         if mark is None:
             marks: tuple[Any, ...] = ((NO_MARK, 0),) * len(specs)
         elif (
@@ -362,6 +373,7 @@ class _KeyedCore(Core):
         self, key: str, costs: tuple[int, ...], mark: _LocalMark
     ) -> tuple[float, ...]:
         """Give back a grant of the fallback store, to that store."""
+        check_costs(costs, len(self._specs))
         if self._store is None:
             return (0.0,) * len(costs)
         back = self._store.refund(key, costs, mark.mark)
@@ -472,7 +484,8 @@ class RedisKeyedBackend(_KeyedCore, _AsyncLimiter):
         from the latest slot booked ahead); without a mark nothing goes back while a slot is
         booked ahead. Returns the tokens that went back, per limit. By mark, it is sent even
         if this caller is cancelled while it waits, and a failure is counted, not raised;
-        without one, BackendUnavailable per the policy.
+        without one, BackendUnavailable per the policy. Raises TypeError/ValueError if
+        ``costs`` is not one int from 0 to 2**48 per limit.
         """
         specs = self._specs_for(key)
         if isinstance(mark, _LocalMark):
