@@ -13,8 +13,17 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+# The benchmarks get a venv of their own, with the bench extra only: the peers they compare
+# against pin versions (coredis pins packaging<26) that do not resolve with the test tools.
+BENCH_VENV := .venv-bench
+BENCH := $(BENCH_VENV)/bin
+
+$(BENCH)/python:
+	$(PY) -m venv $(BENCH_VENV)
+	$(BENCH)/python -m pip install --quiet --upgrade pip
+
+$(BENCH_VENV)/.installed-bench: pyproject.toml | $(BENCH)/python
+	$(BENCH)/python -m pip install --quiet -e '.[bench]'
 	touch $@
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
@@ -43,18 +52,18 @@ docs: $(VENV)/.installed-test
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # Each script prints its tables; targets.py then sums up the headline targets of the run.
-bench: $(VENV)/.installed-bench
+bench: $(BENCH_VENV)/.installed-bench
 	mkdir -p .bench
-	$(BIN)/python benchmarks/bench_core.py --json .bench/core.json
-	$(BIN)/python benchmarks/bench_redis.py --json .bench/redis.json
-	$(BIN)/python benchmarks/bench_window.py
-	$(BIN)/python benchmarks/bench_metrics.py
-	$(BIN)/python benchmarks/bench_web.py --json .bench/web.json
-	$(BIN)/python benchmarks/bench_clients.py
-	$(BIN)/python benchmarks/targets.py .bench/core.json .bench/redis.json .bench/web.json
+	$(BENCH)/python benchmarks/bench_core.py --json .bench/core.json
+	$(BENCH)/python benchmarks/bench_redis.py --json .bench/redis.json
+	$(BENCH)/python benchmarks/bench_window.py
+	$(BENCH)/python benchmarks/bench_metrics.py
+	$(BENCH)/python benchmarks/bench_web.py --json .bench/web.json
+	$(BENCH)/python benchmarks/bench_clients.py
+	$(BENCH)/python benchmarks/targets.py .bench/core.json .bench/redis.json .bench/web.json
 
 clean:
-	rm -rf $(VENV) .bench .pytest_cache .mypy_cache .ruff_cache .hypothesis site
+	rm -rf $(VENV) $(BENCH_VENV) .bench .pytest_cache .mypy_cache .ruff_cache .hypothesis site
 
 .PHONY: dist
 # The release artefacts in dist/, built offline (the test extra installs the backend), checked.

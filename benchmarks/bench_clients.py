@@ -1,7 +1,7 @@
 """Benchmark the client integrations: the cost each adds per request to its bare client.
 
-    .venv/bin/python benchmarks/bench_clients.py            # about half a minute
-    .venv/bin/python benchmarks/bench_clients.py --quick    # fewer rounds and requests
+    .venv-bench/bin/python benchmarks/bench_clients.py            # about half a minute
+    .venv-bench/bin/python benchmarks/bench_clients.py --quick    # fewer rounds and requests
 
 A minimal HTTP/1.1 server runs in a child process on a loopback port (raw asyncio, keep-alive,
 a fixed answer: as cheap as a server gets, so that the clients' own costs show). Each client

@@ -1,8 +1,8 @@
 """The core benchmark: ratekeeper's limiters beside asyncio.Semaphore and aiolimiter.
 
-    .venv/bin/python benchmarks/bench_core.py            # full run, about 3 minutes
-    .venv/bin/python benchmarks/bench_core.py --quick    # smoke run, about 30 seconds
-    .venv/bin/python benchmarks/bench_core.py --json results.json --only 2,5 --strict
+    .venv-bench/bin/python benchmarks/bench_core.py            # full run, about 3 minutes
+    .venv-bench/bin/python benchmarks/bench_core.py --quick    # smoke run, about 30 seconds
+    .venv-bench/bin/python benchmarks/bench_core.py --json results.json --only 2,5 --strict
 
 ``--json FILE`` also writes every figure and check as JSON; ``--only`` picks sections;
 ``--strict`` exits with status 1 when a target fails (by default only a crash does).

@@ -1,8 +1,8 @@
 """The cost of metrics: what a Prometheus collector adds to a limiter's hot path, and a scrape.
 
-    .venv/bin/python benchmarks/bench_metrics.py            # full run, about 30 seconds
-    .venv/bin/python benchmarks/bench_metrics.py --quick    # smoke run, a few seconds
-    .venv/bin/python benchmarks/bench_metrics.py --json results.json
+    .venv-bench/bin/python benchmarks/bench_metrics.py            # full run, about 30 seconds
+    .venv-bench/bin/python benchmarks/bench_metrics.py --quick    # smoke run, a few seconds
+    .venv-bench/bin/python benchmarks/bench_metrics.py --json results.json
 
 The claim under test (docs/observability.md): the collector is pull-based, so a limiter pays
 nothing for it until a scrape, and nothing on its hot path even then. Three sections:

