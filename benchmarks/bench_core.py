@@ -198,9 +198,9 @@ class FloorLimiter:
                 break
             future = waiters.popleft()
             if not future.done():
-                # Granted at its due time, but never before now minus one interval: the same
-                # one-token credit for a late timer as ratekeeper gives, no catch-up burst.
-                at = max(due, now - self.interval)
+                # Granted at its due time, but never before now minus one interval less 1 ns:
+                # the same credit for a late timer as ratekeeper gives, no catch-up burst.
+                at = max(due, now - self.interval + 1e-9)
                 self.tat = max(self.tat, at) + self.interval
                 future.set_result(None)
         if waiters:

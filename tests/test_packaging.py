@@ -147,6 +147,7 @@ def test_the_wheel_holds_the_package_and_nothing_else(dist: Dist) -> None:
     assert tops == {"ratekeeper", f"ratekeeper-{VERSION}.dist-info"}
     for needed in (
         "ratekeeper/py.typed",
+        "ratekeeper/redis/fixed.lua",
         "ratekeeper/redis/gcra.lua",
         "ratekeeper/redis/window.lua",
         "ratekeeper/cli.py",

@@ -27,8 +27,8 @@ Settling.
   while that window is current; once it has ended, nothing goes back.
 - A plain refund (no mark) takes up to n off the current window's count: the caller vouches
   that n of its tokens in this window went unused.
-- Grants are counted in the window of the time they are made (``_cost`` is 0: the queue
-  credits no slack to a late timer). A grant booked ahead of now (a composite whose other
+- Grants are counted in the window of the time they are made (``_late_credit`` is 0: the
+  queue credits no slack to a late timer). A grant booked ahead of now (a composite whose other
   limit makes it wait) is counted in the window it will be used in; until that window starts
   nothing else is granted (the earlier window's own count is gone), which is never too many.
 
@@ -55,10 +55,8 @@ class FixedCounter(WindowLength):
     __slots__ = ("_capacity", "_count", "_granted", "_index", "_rate", "_shift", "_skew", "_span")
 
     kind = "fixed"
-    # What the queue reads (see _scheduler.Queue): time in plain ns, and no slack for a late
-    # timer (a grant counts in the window it is made in).
+    # What the queue reads (see _scheduler.Queue): time in plain ns.
     _scale = 1
-    _cost = 0
 
     def __init__(self, rate: Rate, capacity: int, now_ns: int = 0, skew_ns: int = 0) -> None:
         self._count = 0  # tokens counted in window _index (above the capacity: debt)

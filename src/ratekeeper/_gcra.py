@@ -335,6 +335,17 @@ class Gcra(LimitState):
         """Return the refund mark of a grant of nothing (a composite's untouched limit)."""
         return self._granted + self._shift
 
+    def _late_credit(self) -> int:
+        """Return how far (units) before now a queue may account a late waiter's grant.
+
+        One interval less one ns: credited up to that, the grants of any one instant are
+        accounted within less than an interval of each other, so they hold at most
+        ``capacity`` tokens (see ``_scheduler``). At least the rounding of a due time up to
+        whole ns (``scale - 1``), which is not lateness; always below one interval, as an
+        interval is at least 1 ns.
+        """
+        return max(self._cost - self._scale, self._scale - 1)
+
     # -- deciding ------------------------------------------------------------------------
 
     def try_take(self, now_ns: int, tokens: int) -> bool:
@@ -484,6 +495,16 @@ def seconds_to_ns(seconds: float, what: str) -> int:
     return -(-exact.numerator * NS_PER_SECOND // exact.denominator)
 
 
+def signed_seconds_to_ns(seconds: float, what: str) -> int:
+    """Convert a number of seconds from -1e12 to 1e12 to integer ns (its size rounded up, as
+    ``seconds_to_ns``). Raises TypeError for a value that is not an int or float, ValueError
+    naming the value for NaN or one out of range."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds, not {seconds!r:.80}")
+    ns = seconds_to_ns(abs(seconds), what)
+    return -ns if seconds < 0 else ns
+
+
 class Cost(tuple[int, ...]):
     """A composite request's tokens, one amount per limit, added and subtracted per limit.
 
@@ -543,7 +564,7 @@ class CompositeGcra:
     the composite is never early on any limit).
     """
 
-    __slots__ = ("_names", "_parts", "_scale", "_weights")
+    __slots__ = ("_credit", "_names", "_parts", "_scale", "_weights")
 
     def __init__(self, limits: LimitsLike, now_ns: int) -> None:
         named = named_limits(limits, KINDS)
@@ -551,6 +572,20 @@ class CompositeGcra:
         self._parts = tuple(make_part(lim, now_ns) for lim in named.values())
         self._weights = tuple(lim.weight for lim in named.values())
         self._scale = 1  # the queue above works in whole ns
+        self._credit = self._credit_ns()
+
+    def _credit_ns(self) -> int:
+        """Return the late-timer credit (ns) that keeps every limit to its capacity at one
+        instant: below the shortest interval of the buckets, none with a window (a window
+        records a grant when it is made)."""
+        return min(
+            -(-part._cost // part._scale) - 1 if type(part) is Gcra else 0 for part in self._parts
+        )
+
+    def _late_credit(self) -> int:
+        """Return how far (ns) before now a queue may account a late waiter's grant (see
+        ``Gcra._late_credit``)."""
+        return self._credit
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -705,6 +740,7 @@ class CompositeGcra:
             raise ValueError(f"unknown limit {name!r}; the limits are {list(self._names)}")
         part = self._parts[self._names.index(name)]
         part.reconfigure(now_ns, rate, capacity)
+        self._credit = self._credit_ns()
 
     def describe(self, now_ns: int) -> str:
         """Return 'name=RATE/C tokens=T, ...' for repr()."""

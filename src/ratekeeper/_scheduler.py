@@ -12,12 +12,18 @@ smaller ones behind it that would fit now, and sustained load in a higher class 
 lower classes for as long as it lasts.
 
 Timing. Only the head waiter has a due time; the adapter arms one timer for it. When the timer
-fires, every waiter due by then is granted at that moment: a timer that fires late is not
-credited with the time it lost, so the grants, at the instants they are made, keep the exact
-envelope (at most capacity + rate x T in any window of length T; never more than capacity at
-one instant). A late timer costs rate only when the bucket is full by then (lateness beyond
-capacity / rate): a saturated limiter whose capacity covers its timers' lateness (1 ms on
-Linux's asyncio loop) runs at its exact rate.
+fires, every waiter due by then is granted, and a timer that fires late is credited with the
+time it lost: each waiter is accounted at its due time, not at the moment the timer fired, so
+a saturated limiter keeps its exact rate however late its timers wake. The credit reaches back
+less than one token's interval (one interval less one ns, see ``Gcra._late_credit``) and never
+before the grant ahead. So the grants made at any one instant (one reading of the ns clock)
+are accounted within less than an interval of each other, and the GCRA rule (n tokens
+accounted within a span S: n <= capacity + rate x S) bounds what the grants do at the
+instants they are made: never more than ``capacity`` tokens at one instant, and in any window
+of length T fewer than capacity + rate x T + 1. A waiter that would pass capacity at this
+instant is due one ns later, so the adapter's timer fires again at once and grants it at a
+later instant, still accounted at its due time. Lateness costs rate only beyond what the
+credit and the bucket cover (capacity intervals, less one ns).
 """
 
 from __future__ import annotations
@@ -244,6 +250,7 @@ class Queue:
         # comes after Queue in the method order: real definitions here would shadow it.
         _scale: int
 
+        def _late_credit(self) -> int: ...
         def wait_ns(self, now_ns: int, tokens: Any, ahead: Any = ...) -> int: ...
         def _commit_units(self, at: int, tokens: Any) -> Any: ...
         def refund_at(self, now_ns: int, tokens: Any, mark: Any = None) -> Any: ...
@@ -427,15 +434,14 @@ class Queue:
     def release_due(self, now_ns: int) -> list[Waiter]:
         """Grant every waiter, in order, whose tokens are due by ``now_ns``; return them.
 
-        Each is granted at ``now_ns``, however late that is: no credit for a late timer, so
-        the grants never pass the envelope at the instant they are made. (Only the rounding
-        of a due time up to whole ns is not lateness: such a waiter is granted at its exact
-        due time, so nothing drifts.)
+        Each is accounted at its due time, however late ``now_ns`` is, but never more than
+        the late credit before now (less than one interval: at most capacity tokens at one
+        instant) nor before the grant ahead (a waiter held back by the one ahead, on another
+        limit of a composite, was not late: crediting it would open a burst there).
         """
         granted: list[Waiter] = []
         now = now_ns * self._scale
-        # Never earlier than the nanosecond before now, nor than the grant ahead.
-        floor = now - self._scale + 1
+        floor = now - self._late_credit()
         counts = self._wait_counts
         while (waiter := self.head()) is not None:
             if waiter.abandoned():
@@ -663,7 +669,8 @@ class Scheduler(SingleCost, Queue, Gcra):
         cost = self._cost
         burst = self._burst
         shift = self._shift
-        floor = now - self._scale + 1  # as in Queue.release_due: no credit for lateness
+        # The late credit, as in Queue.release_due and Gcra._late_credit.
+        floor = now - max(cost - self._scale, self._scale - 1)
         tat = self._tat
         total = self._granted
         waited_sum = 0

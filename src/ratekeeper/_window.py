@@ -37,7 +37,7 @@ Settling.
   used later by someone else; the oldest are the ones that would have left first, so what the
   log counts never drops below what was really used in any window still to come.
 - Grants are recorded at the time they are made, never earlier: the queue credits no slack
-  to a late timer here (``_cost`` is 0), or a late grant would count as an earlier one.
+  to a late timer here (``_late_credit`` is 0), or a late grant would count as an earlier one.
 """
 
 from __future__ import annotations
@@ -93,6 +93,11 @@ class WindowLength(LimitState):
         """The window's length T in ns."""
         return self._span
 
+    def _late_credit(self) -> int:
+        """Return 0: a window counts a grant when it is made, however late its timer fired
+        (counted earlier, a late grant could share a window with grants it never met)."""
+        return 0
+
     if TYPE_CHECKING:
 
         def _prune(self, now_ns: int) -> None: ...
@@ -133,10 +138,8 @@ class SlidingLog(WindowLength):
     )
 
     kind = "sliding"
-    # What the queue reads (see _scheduler.Queue): time in plain ns, and no slack for a late
-    # timer (a grant is recorded when it is made).
+    # What the queue reads (see _scheduler.Queue): time in plain ns.
     _scale = 1
-    _cost = 0
 
     def __init__(self, rate: Rate, capacity: int, now_ns: int = 0) -> None:
         # Runs of tokens granted at one time: run r holds the tokens numbered

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from ._asyncio import _AsyncLimiter
 from ._clock import MONOTONIC, Clock, following_wall, wall_clock
-from ._gcra import seconds_to_ns
+from ._gcra import signed_seconds_to_ns
 from ._rate import Rate, RateLike
 from ._scheduler import FixedScheduler, Listener, WindowScheduler
 from ._threading import _SyncSingle
@@ -91,11 +91,7 @@ class _Fixed(_Window, FixedScheduler):
         name: str | None = None,
         on_event: Listener | None = None,
     ) -> None:
-        if isinstance(utc_offset, bool) or not isinstance(utc_offset, (int, float)):
-            raise TypeError(f"utc_offset must be a number of seconds, not {utc_offset!r:.80}")
-        offset_ns = seconds_to_ns(abs(utc_offset), "utc_offset")
-        if utc_offset < 0:
-            offset_ns = -offset_ns
+        offset_ns = signed_seconds_to_ns(utc_offset, "utc_offset")
         if wall is not None and not callable(wall):
             raise TypeError(f"wall must be a callable returning ns since the epoch, not {wall!r}")
         clock = self._init_window(rate, capacity, clock, name, on_event)

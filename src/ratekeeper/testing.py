@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 
 from ._clock import Timer, WakeLock
-from ._gcra import seconds_to_ns
+from ._gcra import seconds_to_ns, signed_seconds_to_ns
 
 __all__ = ["ManualClock"]
 
@@ -76,10 +76,7 @@ class ManualClock:
 
     def step_wall(self, seconds: float) -> None:
         """Step the wall clock alone by ``seconds`` (negative: back), as NTP may."""
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            raise TypeError(f"seconds must be a number, not {seconds!r:.80}")
-        step = seconds_to_ns(abs(seconds), "seconds")
-        self._wall_offset += -step if seconds < 0 else step
+        self._wall_offset += signed_seconds_to_ns(seconds, "seconds")
 
     def call_at(
         self, loop: asyncio.AbstractEventLoop | None, when_ns: int, callback: Callable[[], None]

@@ -33,6 +33,7 @@ from ratekeeper import (
     KeyedLimiter,
     Limit,
     MonotonicClock,
+    Rate,
     SlidingWindow,
     SyncCompositeLimiter,
     SyncFixedWindow,
@@ -41,6 +42,7 @@ from ratekeeper import (
     SyncTokenBucket,
     TokenBucket,
 )
+from ratekeeper._window import window_ns
 
 from .._redis_fixtures import redis_url
 
@@ -103,13 +105,20 @@ class Impl:
             return (TokenBucket if self.is_async else SyncTokenBucket)(rate, capacity)
         from ratekeeper.redis import (
             RedisCompositeLimiter,
+            RedisFixedWindow,
             RedisSlidingWindow,
             RedisTokenBucket,
             SyncRedisCompositeLimiter,
+            SyncRedisFixedWindow,
             SyncRedisSlidingWindow,
             SyncRedisTokenBucket,
         )
 
+        if self.kind == "fixed":  # aligned to its creation by an offset (the same machine)
+            fixed = RedisFixedWindow if self.is_async else SyncRedisFixedWindow
+            span_us = -(-window_ns(Rate.of(rate), capacity) // 1000)
+            offset = -(time.time_ns() // 1000 % span_us) / 1e6
+            return fixed(url, key, rate, capacity, utc_offset=offset)
         if self.window:  # one window per key (no Redis composite holds a window)
             window = RedisSlidingWindow if self.is_async else SyncRedisSlidingWindow
             return window(url, key, rate, capacity)
@@ -146,9 +155,10 @@ IMPLS = (
         for form in forms
     ]
     + [
-        Impl(f"memory-{family}-{form}-fixed", family == "async", form, False, "fixed")
+        Impl(f"{where}-{family}-{form}-fixed", family == "async", form, where == "redis", "fixed")
+        for where, forms in (("memory", ("bucket", "composite")), ("redis", ("bucket",)))
         for family in ("async", "sync")
-        for form in ("bucket", "composite")
+        for form in forms
     ]
 )
 

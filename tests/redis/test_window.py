@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from typing import Any
 
 import pytest
 import redis
@@ -25,6 +26,13 @@ from ratekeeper.redis._window import WINDOW_SCRIPT
 from .._window_check import assert_no_window_over
 
 T0 = 1_700_000_000_000_000  # us: a realistic server time
+
+# Hypothesis against the server: each example is a few round trips.
+ON_SERVER = settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 class Window:
@@ -91,11 +99,7 @@ def ops(kinds: list[str]) -> st.SearchStrategy[list[tuple[int, str, int, int]]]:
     )
 
 
-@settings(
-    max_examples=80,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@ON_SERVER
 @given(steps=ops(["R", "R", "R", "try", "C", "F", "Fmark", "S"]), capacity=st.integers(1, 5))
 def test_the_script_decides_as_the_core(
     sync_client: redis.Redis, steps: list[tuple[int, str, int, int]], capacity: int
@@ -103,11 +107,7 @@ def test_the_script_decides_as_the_core(
     run(sync_client, steps, capacity)
 
 
-@settings(
-    max_examples=80,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@ON_SERVER
 @given(steps=ops(["R", "R", "R", "try", "C", "Fmark", "S"]), capacity=st.integers(1, 5))
 def test_the_script_never_puts_more_than_n_in_any_window(
     sync_client: redis.Redis, steps: list[tuple[int, str, int, int]], capacity: int
@@ -172,6 +172,14 @@ async def test_concurrent_callers_never_put_more_than_n_in_any_window(redis_url:
     (the reservations' marks, server time) never hold more than N in any window of T."""
     limiter = RedisSlidingWindow(redis_url, "test:window:concurrent", "5 per 0.2 seconds")
     await limiter.refund(100)  # a fresh window
+    marks = await reserve_concurrently(limiter)
+    assert len(marks) >= 30
+    assert_no_window_over(marks, 5, 200_000)
+
+
+async def reserve_concurrently(limiter: Any) -> list[tuple[int, int, bool]]:
+    """Reserve from 8 tasks, 6 times each, 1 or 2 tokens, cancelling some before use; close
+    the limiter; return (mark, tokens, True) for each grant used."""
     marks: list[tuple[int, int, bool]] = []
 
     async def caller(i: int) -> None:
@@ -188,8 +196,7 @@ async def test_concurrent_callers_never_put_more_than_n_in_any_window(redis_url:
         await asyncio.wait_for(asyncio.gather(*(caller(i) for i in range(8))), 30)
     finally:
         await limiter.aclose()
-    assert len(marks) >= 30
-    assert_no_window_over(marks, 5, 200_000)
+    return marks
 
 
 def test_threads_never_put_more_than_n_in_any_window(redis_url: str) -> None:

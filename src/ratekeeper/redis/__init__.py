@@ -7,7 +7,9 @@ on ``redis.Redis``) have the in-memory limiters' API; ``RedisCompositeLimiter`` 
 ``SyncKeyedLimiter`` per-key limits kept at the server (``KeyedLimiter(backend=...)``).
 Every decision is one atomic Lua script (``gcra.lua``) timed by the server's clock, in the
 same exact integer arithmetic as the core. ``RedisSlidingWindow`` and
-``SyncRedisSlidingWindow`` keep an exact sliding window at the server (``window.lua``).
+``SyncRedisSlidingWindow`` keep an exact sliding window at the server (``window.lua``);
+``RedisFixedWindow`` and ``SyncRedisFixedWindow`` a fixed window aligned to the server's
+clock in UTC (``fixed.lua``).
 Needs ``pip install 'ratekeeper[redis]'``.
 """
 
@@ -24,8 +26,10 @@ from ._common import Limit, OnFailure, RedisStatistics
 from ._keyed import RedisKeyedBackend, SyncRedisKeyedBackend
 from ._sync import SyncRedisCompositeLimiter, SyncRedisReservation, SyncRedisTokenBucket
 from ._window import (
+    RedisFixedWindow,
     RedisSlidingWindow,
     RedisWindowReservation,
+    SyncRedisFixedWindow,
     SyncRedisSlidingWindow,
     SyncRedisWindowReservation,
 )
@@ -34,6 +38,7 @@ __all__ = [
     "Limit",
     "OnFailure",
     "RedisCompositeLimiter",
+    "RedisFixedWindow",
     "RedisKeyedBackend",
     "RedisReservation",
     "RedisSlidingWindow",
@@ -41,6 +46,7 @@ __all__ = [
     "RedisTokenBucket",
     "RedisWindowReservation",
     "SyncRedisCompositeLimiter",
+    "SyncRedisFixedWindow",
     "SyncRedisKeyedBackend",
     "SyncRedisReservation",
     "SyncRedisSlidingWindow",

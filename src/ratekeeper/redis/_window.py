@@ -1,10 +1,14 @@
-"""Sliding windows at a Redis/Valkey server: ``window.lua``, one atomic call per decision.
+"""Windows at a Redis/Valkey server: ``window.lua`` (sliding) and ``fixed.lua`` (fixed,
+aligned to the server's clock), one atomic call per decision.
 
-The window's arithmetic is the core's (``ratekeeper._window.SlidingLog``), written once more
-in Lua and held to it by a differential test; the server's clock (TIME, microseconds) times
-it, so every process sharing the key counts the same tokens. What the two front ends share
-(the limit, the script's arguments and replies, the counters) is here, in ``WindowCore``; the
-asyncio and the blocking limiter differ only in how they call the server and how they wait.
+Each window's arithmetic is the core's (``ratekeeper._window.SlidingLog``,
+``ratekeeper._fixed.FixedCounter``), written once more in Lua and held to it by a
+differential test; the server's clock (TIME, microseconds since the Unix epoch) times it, so
+every process sharing the key counts the same tokens. The two scripts take the same
+operations and give the same replies, so one pair of front ends serves both. What the two
+front ends share (the limit, the script's arguments and replies, the counters) is here, in
+``WindowCore``; the asyncio and the blocking limiter differ only in how they call the server
+and how they wait.
 
 A caller that must wait reserves its slot at the server in the same call (its tokens are
 recorded at the time it may use them) and then sleeps: no polling, and callers are served
@@ -22,13 +26,13 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from importlib import resources
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ClassVar, ParamSpec, TypeVar
 
 from redis.exceptions import RedisError
 
 from .._asyncio import check_timeout
 from .._errors import AcquireTimeout, BackendUnavailable, LimiterClosed
-from .._gcra import check_capacity, check_tokens
+from .._gcra import check_capacity, check_tokens, signed_seconds_to_ns
 from .._rate import Rate, RateLike
 from .._window import window_ns
 from ._async import _resolve_client as _async_client
@@ -36,18 +40,25 @@ from ._common import RedisStatistics, check_key, check_seconds
 from ._sync import _resolve_client as _sync_client
 
 __all__ = [
+    "FIXED_SCRIPT",
     "WINDOW_SCRIPT",
+    "RedisFixedWindow",
     "RedisSlidingWindow",
     "RedisWindowReservation",
+    "SyncRedisFixedWindow",
     "SyncRedisSlidingWindow",
     "SyncRedisWindowReservation",
 ]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+AW = TypeVar("AW", bound="_AsyncWindow")
+SW = TypeVar("SW", bound="_SyncWindow")
 
 WINDOW_SCRIPT: str = resources.files(__package__).joinpath("window.lua").read_text("utf-8")
-"""The Lua source; its opening comment is the KEYS/ARGV/return contract."""
+"""The sliding window's Lua source; its opening comment is the KEYS/ARGV/return contract."""
+FIXED_SCRIPT: str = resources.files(__package__).joinpath("fixed.lua").read_text("utf-8")
+"""The fixed window's Lua source (the same operations and replies, aligned by the server)."""
 
 _NO_MARK = -1
 _ONE = 1  # the default token count, recognised by identity on the hot path
@@ -58,6 +69,7 @@ class WindowCore:
     """The limit, the script's arguments and replies, and the counters of one window."""
 
     _resolve: Callable[[Any, float], tuple[Any, bool]]  # the front end's client check
+    _source: ClassVar[str] = WINDOW_SCRIPT  # the script, by kind of window
 
     def __init__(
         self,
@@ -82,7 +94,7 @@ class WindowCore:
         self._backend_errors = self._requests = 0
         self._made = 0  # reservations made (their order among grants of one server time)
         self._client, self._owned = self._resolve(client, self._timeout)
-        self._script = self._client.register_script(WINDOW_SCRIPT)
+        self._script = self._client.register_script(self._source)
         self._init_front()
 
     def _init_front(self) -> None:
@@ -94,7 +106,12 @@ class WindowCore:
         if span_us >= 2**52:
             raise ValueError(f"a window of {span_us} us is too long for the server's arithmetic")
         self._rate, self._capacity, self._span_us = rate, capacity, span_us
-        self._try_one = ["", str(capacity), str(span_us), "R", "1", "0"]  # built once
+        self._limit = [str(capacity), str(span_us), *self._alignment()]
+        self._try_one = ["", *self._limit, "R", "1", "0"]  # built once
+
+    def _alignment(self) -> list[str]:
+        """Return the script's arguments after N and T (hook: none for a sliding window)."""
+        return []
 
     @property
     def rate(self) -> Rate:
@@ -122,7 +139,7 @@ class WindowCore:
         if self._closed:
             raise LimiterClosed(f"{self!r} is closed")
         self._requests += 1
-        return ["", str(self._capacity), str(self._span_us), op, *map(str, numbers)]
+        return ["", *self._limit, op, *map(str, numbers)]
 
     def _try_args(self, tokens: int) -> list[str]:
         """Return the arguments of a try: a reservation that may not wait."""
@@ -246,11 +263,11 @@ class _ReservationState:
 
 
 class RedisWindowReservation(_ReservationState):
-    """A grant from ``RedisSlidingWindow.reserve()``: ``await`` it to sleep until its time;
-    ``cancel()`` gives its tokens back unless it has been awaited."""
+    """A grant from ``RedisSlidingWindow.reserve()`` (or a fixed window's): ``await`` it to
+    sleep until its time; ``cancel()`` gives its tokens back unless it has been awaited."""
 
     __slots__ = ()
-    _limiter: RedisSlidingWindow
+    _limiter: _AsyncWindow
 
     def __await__(self) -> Generator[Any, None, None]:
         return self._limiter._sleep(self).__await__()
@@ -261,22 +278,8 @@ class RedisWindowReservation(_ReservationState):
             self._limiter._give_back(self.tokens, self._mark)
 
 
-class RedisSlidingWindow(WindowCore):
-    """A sliding window kept at a Redis/Valkey server, shared by every process naming it.
-
-    At most ``capacity`` tokens in any window of ``capacity / rate`` seconds, exactly, timed
-    by the server's clock: ``RedisSlidingWindow(client, "api", "100/minute")``. The verbs and
-    their meaning are SlidingWindow's (``acquire``, ``try_acquire``, ``reserve``, ``take``,
-    ``refund``, ``charge``, ``available``, ``full_in``, decorators, ``statistics``,
-    ``close``), served in the order calls reach the server. ``set_rate`` changes the limit
-    this process sends with its calls (other processes keep theirs until they change it).
-
-    ``client``: a ``redis.asyncio.Redis``, or a URL (then the limiter owns the client;
-    ``aclose()`` closes it). The list stored at ``prefix + key`` holds at most
-    ``capacity + 1`` elements and expires when the window is empty. A server failure raises
-    ``BackendUnavailable``. Raises ValueError/TypeError at once for a bad rate, capacity,
-    key or URL.
-    """
+class _AsyncWindow(WindowCore):
+    """The asyncio front end of a window at a server (the script says which kind)."""
 
     _resolve = staticmethod(_async_client)
 
@@ -385,8 +388,9 @@ class RedisSlidingWindow(WindowCore):
         return self._tried(await self._call(self._try_args(tokens)), tokens)
 
     async def refund(self, tokens: int) -> float:
-        """Give back ``tokens`` still in the window, the oldest first; return how many went
-        back. The caller vouches that they were taken and not used."""
+        """Give back ``tokens`` still in the window (a sliding window's oldest first, a
+        fixed window's off the current count); return how many went back. The caller
+        vouches that they were taken and not used."""
         tokens = check_tokens(tokens)
         return self._refunded_by(await self._call(self._args("F", tokens, _NO_MARK)))
 
@@ -402,7 +406,8 @@ class RedisSlidingWindow(WindowCore):
         return float(self._capacity - reply[1])
 
     async def full_in(self) -> float:
-        """Return seconds until the window is empty."""
+        """Return seconds until the window is empty (a fixed window: until one starts
+        empty)."""
         reply = await self._call(self._args("S"))
         return reply[2] / 1e6
 
@@ -443,7 +448,7 @@ class RedisSlidingWindow(WindowCore):
         """Decorate an async function so that each call first acquires one token."""
         return self.limit()(func)
 
-    async def __aenter__(self) -> RedisSlidingWindow:
+    async def __aenter__(self: AW) -> AW:
         await self.acquire()
         return self
 
@@ -481,7 +486,7 @@ class _AsyncTake:
     __slots__ = ("_limiter", "_refund_on_error", "_reservation", "_timeout", "_tokens")
 
     def __init__(
-        self, limiter: RedisSlidingWindow, tokens: int, refund: bool, timeout: float | None
+        self, limiter: _AsyncWindow, tokens: int, refund: bool, timeout: float | None
     ) -> None:
         self._limiter = limiter
         self._tokens = tokens
@@ -515,11 +520,11 @@ class _AsyncTake:
 
 
 class SyncRedisWindowReservation(_ReservationState):
-    """A grant from ``SyncRedisSlidingWindow.reserve()``: ``wait()`` sleeps until its time;
-    ``cancel()`` gives its tokens back unless it has been waited for."""
+    """A grant from ``SyncRedisSlidingWindow.reserve()`` (or a fixed window's): ``wait()``
+    sleeps until its time; ``cancel()`` gives its tokens back unless it has been waited for."""
 
     __slots__ = ()
-    _limiter: SyncRedisSlidingWindow
+    _limiter: _SyncWindow
 
     def wait(self) -> None:
         """Sleep until the tokens may be used. Raises LimiterClosed if closed meanwhile."""
@@ -531,8 +536,8 @@ class SyncRedisWindowReservation(_ReservationState):
             self._limiter._give_back(self.tokens, self._mark)
 
 
-class SyncRedisSlidingWindow(WindowCore):
-    """The blocking twin of RedisSlidingWindow, on ``redis.Redis`` (same verbs, same key)."""
+class _SyncWindow(WindowCore):
+    """The blocking front end of a window at a server, on ``redis.Redis``."""
 
     _resolve = staticmethod(_sync_client)
 
@@ -621,7 +626,8 @@ class SyncRedisSlidingWindow(WindowCore):
         return float(self._capacity - self._call(self._args("S"))[1])
 
     def full_in(self) -> float:
-        """Return seconds until the window is empty."""
+        """Return seconds until the window is empty (a fixed window: until one starts
+        empty)."""
         return self._call(self._args("S"))[2] / 1e6
 
     def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
@@ -657,7 +663,7 @@ class SyncRedisSlidingWindow(WindowCore):
         """Decorate a function so that each call first acquires one token."""
         return self.limit()(func)
 
-    def __enter__(self) -> SyncRedisSlidingWindow:
+    def __enter__(self: SW) -> SW:
         self.acquire()
         return self
 
@@ -682,7 +688,7 @@ class _SyncTake:
     __slots__ = ("_limiter", "_refund_on_error", "_reservation", "_timeout", "_tokens")
 
     def __init__(
-        self, limiter: SyncRedisSlidingWindow, tokens: int, refund: bool, timeout: float | None
+        self, limiter: _SyncWindow, tokens: int, refund: bool, timeout: float | None
     ) -> None:
         self._limiter = limiter
         self._tokens = tokens
@@ -708,3 +714,73 @@ class _SyncTake:
             and issubclass(exc_type, Exception)
         ):
             self._limiter._give_back(reservation.tokens, reservation._mark)
+
+
+# -- the public limiters ------------------------------------------------------------------------
+
+
+class RedisSlidingWindow(_AsyncWindow):
+    """A sliding window kept at a Redis/Valkey server, shared by every process naming it.
+
+    At most ``capacity`` tokens in any window of ``capacity / rate`` seconds, exactly, timed
+    by the server's clock: ``RedisSlidingWindow(client, "api", "100/minute")``. The verbs and
+    their meaning are SlidingWindow's (``acquire``, ``try_acquire``, ``reserve``, ``take``,
+    ``refund``, ``charge``, ``available``, ``full_in``, decorators, ``statistics``,
+    ``close``), served in the order calls reach the server. ``set_rate`` changes the limit
+    this process sends with its calls (other processes keep theirs until they change it).
+
+    ``client``: a ``redis.asyncio.Redis``, or a URL (then the limiter owns the client;
+    ``aclose()`` closes it). The list stored at ``prefix + key`` holds at most
+    ``capacity + 1`` elements and expires when the window is empty. A server failure raises
+    ``BackendUnavailable``. Raises ValueError/TypeError at once for a bad rate, capacity,
+    key or URL.
+    """
+
+
+class SyncRedisSlidingWindow(_SyncWindow):
+    """The blocking twin of RedisSlidingWindow, on ``redis.Redis`` (same verbs, same key)."""
+
+
+class _Fixed(WindowCore):
+    """What a fixed window adds: the script, and the offset it aligns the server's time by."""
+
+    _source = FIXED_SCRIPT
+
+    def __init__(
+        self,
+        client: Any,
+        key: str,
+        rate: RateLike,
+        capacity: int | None = None,
+        *,
+        utc_offset: float = 0,
+        prefix: str = "ratekeeper:",
+        timeout: float = 1.0,
+        name: str | None = None,
+    ) -> None:
+        # Whole microseconds, as the server counts (rounded towards zero).
+        offset_ns = signed_seconds_to_ns(utc_offset, "utc_offset")
+        self._offset_us = -(-offset_ns // 1000) if offset_ns < 0 else offset_ns // 1000
+        super().__init__(client, key, rate, capacity, prefix=prefix, timeout=timeout, name=name)
+
+    def _alignment(self) -> list[str]:
+        return [str(self._offset_us)]
+
+
+class RedisFixedWindow(_Fixed, _AsyncWindow):
+    """A fixed window kept at a Redis/Valkey server, shared by every process naming it.
+
+    At most ``capacity`` tokens in each window of ``capacity / rate`` seconds aligned to the
+    server's clock in UTC: ``RedisFixedWindow(client, "api", "1000/day")`` resets at 00:00
+    UTC by the server's clock (``utc_offset``, in seconds east of UTC, moves the boundaries
+    to a time zone). The verbs and their meaning are FixedWindow's, served in the order calls
+    reach the server; up to twice the capacity can go across a boundary. The key at
+    ``prefix + key`` holds the window's number and count, and expires when a window starts
+    that holds nothing (at the next boundary, unless in debt). ``set_rate`` changes the limit
+    this process sends. A server failure raises ``BackendUnavailable``. Raises
+    ValueError/TypeError at once for a bad rate, capacity, offset, key or URL.
+    """
+
+
+class SyncRedisFixedWindow(_Fixed, _SyncWindow):
+    """The blocking twin of RedisFixedWindow, on ``redis.Redis`` (same verbs, same key)."""
