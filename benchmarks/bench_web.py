@@ -727,7 +727,8 @@ def bench_keyed(n: int) -> list[Check]:
     stats = attacked.statistics()
     print(
         f"attacker: {n:,} new keys against max_keys={bound:,}: at most {peak_keys:,} live keys, "
-        f"{used / 2**20:.0f} MiB, {stats.evicted:,} evicted (least recently used first)"
+        f"{used / 2**20:.0f} MiB, {stats.evicted:,} evicted (keys unused since the last rotation "
+        "first)"
     )
     return [
         Check(

@@ -235,7 +235,7 @@ def test_the_same_arithmetic_as_the_core(steps: list[tuple[int, str, int]]) -> N
             gcra.charge_at(now, tokens)
             store.charge("k", (tokens,))
         floor = now * gcra._scale
-        assert max(store._tats.get("k", floor), floor) == max(gcra._tat, floor)
+        assert max(store._live().get("k", floor), floor) == max(gcra._tat, floor)
 
 
 @settings(max_examples=100, deadline=None)
@@ -330,7 +330,7 @@ def test_a_float_amount_is_refused_by_the_store() -> None:
     with pytest.raises(ValueError):
         store.refund("k", (-1,), mark)
     assert store.peek("k").available == (0.0,)
-    assert type(store._tats["k"]) is int
+    assert type(store._live()["k"]) is int
 
 
 @settings(max_examples=60, deadline=None)
@@ -439,8 +439,57 @@ def test_eviction_drops_a_full_bucket_before_a_used_one() -> None:
     assert not limiter.try_acquire("b")  # its state survived
 
 
-def test_bytes_per_live_key() -> None:
-    """A live key costs < 200 bytes, its key string included; idle keys cost nothing."""
+def test_eviction_takes_keys_not_used_since_the_last_rotation_in_order() -> None:
+    """At max_keys the older generation goes first, in the order its keys entered it; a key
+    used since the last rotation outlives every key not used since."""
+    clock = ManualClock()
+    store = MemoryKeyedStore({"d": Limit("1/minute", 1)}, max_keys=4, clock=clock)
+    for key in "abcd":
+        assert store.take(key, (1,))
+    store.take("e", (1,))  # full: a-d become older; "a" goes
+    assert not store.take("c", (1,))  # used (refused, but its state is kept): moves to recent
+    store.take("f", (1,))  # "b" goes
+    store.take("g", (1,))  # "d" goes: "c" was used since the rotation
+    assert sorted(store._live()) == ["c", "e", "f", "g"]
+    store.take("h", (1,))  # no older key left: e, c, f, g become older, in that order
+    assert list(store._live()) == ["c", "f", "g", "h"]
+    assert store.evicted == 4
+    assert store.dropped == 0
+    for key in "cfgh":  # their state survived; the evicted keys start full again
+        assert not store.take(key, (1,))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_full_key_is_dropped_within_two_spans(seed: int) -> None:
+    """Calls at most ``gap`` apart: no key stays live longer than two full bucket spans (plus
+    a pause and a gap each) after it is full, keys in debt included."""
+    rng = random.Random(seed)
+    clock = ManualClock()
+    store = MemoryKeyedStore({"d": Limit("1000/s", 3)}, clock=clock)
+    span, pause, gap = 3_000_000, 1_000_000, 1_000_000
+    lingered = 0
+    for _ in range(5000):
+        clock.advance(rng.randrange(gap) / S)
+        now = clock.now_ns()
+        key = rng.choice("aaaaaaaabbbbccd") + rng.choice("xyz")
+        action = rng.random()
+        if action < 0.8:
+            store.take(key, (1,))
+        elif action < 0.95:
+            store.reserve(key, (2,), 2_000_000)
+        else:
+            store.charge(key, (9,))  # debt
+        for live, value in store._live().items():
+            full_for = now - store._full_at(value)
+            assert full_for < 2 * (span + pause + gap), live
+            lingered = max(lingered, full_for)
+    assert lingered > span  # the bound was approached, so the test can fail
+
+
+@pytest.mark.parametrize("reclaim", ["sweep", "calls"])
+def test_bytes_per_live_key(reclaim: str) -> None:
+    """A live key costs < 100 bytes besides its key string; idle keys cost nothing, whether
+    ``sweep()`` or the calls alone (up to 256 dropped each) reclaim them."""
     n = 20_000
     keys = [f"user:{i:06d}" for i in range(n)]
     clock = ManualClock()
@@ -451,15 +500,17 @@ def test_bytes_per_live_key() -> None:
         for key in keys:
             limiter.try_acquire(key)
         live = tracemalloc.get_traced_memory()[0] - before
-        key_bytes = sum(len(k) + 49 for k in keys)  # the compact str objects, held by the test
-        per_key = (live + key_bytes) / n
-        clock.advance(6)
-        limiter.sweep()
+        clock.advance(6)  # every bucket is full again
+        if reclaim == "sweep":
+            limiter.sweep()
+        else:
+            for i in range(n // 256 + 2):
+                limiter.try_acquire(f"later:{i % 10}")
         idle = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert per_key < 200, per_key
-    assert idle < 0.1 * live, (idle, live)
+    assert live / n < 100, live / n
+    assert idle < 0.05 * live, (idle, live)
 
 
 def test_a_million_keys_are_fast_enough() -> None:

@@ -27,8 +27,7 @@ import heapq
 import inspect
 import itertools
 import threading
-from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
@@ -62,7 +61,7 @@ _SWEEP_BATCH = 256
 # Sweeps wait at least this long (ns) for the next key to be full, so that a hot key that
 # refills between its requests is not dropped and re-inserted on every call.
 _SWEEP_PAUSE_NS = 1_000_000
-_NEVER = 1 << 126  # a time (ns) later than any clock reading
+_PAST = -(1 << 126)  # a time (ns) earlier than any clock reading: due at once
 _WAIT_BUCKETS_NS = tuple(round(b * 1e9) for b in WAIT_BUCKETS)
 _NO_WAIT = 0.0  # the default maximum wait, recognised by identity to skip its validation
 
@@ -256,18 +255,26 @@ def _check_key(key: object, max_length: int) -> str:
 class MemoryKeyedStore:
     """Per-key GCRA state in this process's memory: the ``KeyedBackend`` the limiters default to.
 
-    Per key it keeps the key and one integer per limit in an LRU-ordered dict (about 120 bytes
-    plus the key string, measured in ``benchmarks/bench_web.py``). Memory stays bounded:
+    Per key it keeps the key and one integer per limit (a tuple of them for several limits) in
+    a plain dict: about 70 bytes plus the key string, measured in ``benchmarks/bench_web.py``.
+    The keys live in two generations, each a dict in insertion order: *recent*, the keys used
+    since the last rotation, and *older*, the keys not used since (a call on an older key
+    moves it to recent). When every older key is gone, recent becomes older and a new recent
+    starts. Memory stays bounded:
 
     - a key whose buckets are all full again is dropped (it carries no information). Calls
-      drop such keys from the least recently used end as they go, up to 256 a call, at most
-      one full bucket's span (capacity / rate, but >= 1 ms) after they are full; ``sweep()``
-      drops them all at once. A key in debt is stepped over, never in the way. The dict is
-      rebuilt when it holds under a quarter of its peak, so its memory goes back too;
-    - at ``max_keys`` live keys a new key first makes room by dropping a full one; failing
-      that it evicts the least recently used key. Eviction forgets a bucket that was not full,
-      so that key starts full again: with keys in active use beyond ``max_keys``, each can get
-      up to one extra burst. ``evicted`` counts these; ``dropped`` counts lossless drops.
+      drop such keys from the older generation as they go, in the order they entered it, up
+      to 256 a call, stopping at the first key that is not full yet: a key is dropped at most
+      two full bucket spans (capacity / rate, but >= 1 ms) after it is full; ``sweep()``
+      drops them all at once. A key in debt is stepped over, never in the way. An emptied
+      generation's dict is released, so the memory goes back too;
+    - at ``max_keys`` live keys a new key first makes room by dropping the next older key if
+      it is full; failing that it evicts that key. So eviction takes older keys first, in the
+      order they entered the older generation (rotating when it is empty): a key used since
+      the last rotation is never evicted while a key not used since is live. Eviction forgets
+      a bucket that was not full, so that key starts full again: with keys in active use
+      beyond ``max_keys``, each can get up to one extra burst. ``evicted`` counts these;
+      ``dropped`` counts lossless drops.
 
     Thread-safe (one short lock per call), so one store may serve a ``KeyedLimiter`` and a
     ``SyncKeyedLimiter`` at once. Raises TypeError for a key that is not a ``str`` and
@@ -286,12 +293,15 @@ class MemoryKeyedStore:
         "_max_key_length",
         "_max_keys",
         "_now_ns",
+        "_older",
+        "_older_head",
+        "_older_items",
+        "_older_live",
         "_params",
-        "_peak",
+        "_recent",
         "_single",
         "_slack",
         "_sweep_at",
-        "_tats",
         "dropped",
         "evicted",
         "granted",
@@ -322,8 +332,16 @@ class MemoryKeyedStore:
         self._now_ns = self._clock.now_ns
         self._lock = threading.Lock()
         track(self)
-        # key -> tat (one limit) or tuple of tats (several), least recently granted first.
-        self._tats: OrderedDict[str, Any] = OrderedDict()
+        # key -> tat (one limit) or tuple of tats (several): the keys used since the last
+        # rotation. The older generation maps each key not used since to its value, or to None
+        # once it has moved to recent or gone: it is never resized, so that one iterator walks
+        # it in order, resuming where the last sweep stopped (``_older_head``: the key it
+        # stopped at, not yet full). ``_older_live`` counts its keys not None.
+        self._recent: dict[str, Any] = {}
+        self._older: dict[str, Any] = {}
+        self._older_items: Iterator[tuple[str, Any]] = iter(())
+        self._older_head: str | None = None
+        self._older_live = 0
         # key -> the latest slot (ns) booked ahead by a reservation that had to wait: only
         # keys with a sleeper are here (see _book). Refunds must not hand such a slot out.
         self._booked: dict[str, int] = {}
@@ -334,8 +352,7 @@ class MemoryKeyedStore:
         # a mark are counted exactly, whatever was given back since (see _refunded_tat).
         self._counted: dict[str, Any] = {}
         self._counted_purge = 64
-        self._sweep_at = _NEVER  # when the least recently used key may be full
-        self._peak = 0  # the most keys seen by a sweep since the dict was last compacted
+        self._sweep_at = _PAST  # when the next older key may be full (empty: every 1 ms)
         # A full bucket's span (ns): a key not full for longer than that from now is in debt.
         self._slack = max(p.burst_ns for p in self._params)
         self.dropped = 0
@@ -363,7 +380,7 @@ class MemoryKeyedStore:
 
     def __len__(self) -> int:
         """Return the number of live keys (buckets not yet known to be full)."""
-        return len(self._tats)
+        return len(self._recent) + self._older_live
 
     def __bool__(self) -> bool:
         return True  # a store with no live keys is still a store
@@ -372,7 +389,9 @@ class MemoryKeyedStore:
 
     def reserve(self, key: str, costs: tuple[int, ...], max_wait_ns: int | None) -> Verdict:
         """Take ``costs`` for the earliest time they can go, if within ``max_wait_ns``."""
-        with self._lock:
+        lock = self._lock  # acquire/release: half the cost of ``with`` on this hot path
+        lock.acquire()
+        try:
             now_ns = self._now_ns()
             if now_ns >= self._sweep_at:
                 self._sweep(now_ns, _SWEEP_BATCH)
@@ -381,8 +400,10 @@ class MemoryKeyedStore:
             p = self._params[0]
             scale, cost, burst = p.scale, p.cost, p.burst
             now = now_ns * scale
-            tats = self._tats
+            tats = self._recent
             tat = tats.get(key)
+            if tat is None and self._older_live:
+                tat = self._revive(key)
             base = tat if tat is not None and tat > now else now
             new = base + costs[0] * cost
             if type(new) is not int:
@@ -399,7 +420,6 @@ class MemoryKeyedStore:
                 self._insert(key, new, now_ns)
             else:
                 tats[key] = new
-                tats.move_to_end(key)
             if wait:
                 self._book(key, now_ns + wait)
             self.granted += 1
@@ -409,13 +429,17 @@ class MemoryKeyedStore:
             return _new_verdict(
                 Verdict, (True, wait, mark, ((burst - ahead) / cost,), (-(-ahead // scale),))
             )
+        finally:
+            lock.release()
 
     def take(self, key: str, costs: tuple[int, ...]) -> bool:
         """Take ``costs`` if they can go now; never waits. Faster ``reserve(key, costs, 0)``.
 
         Optional in the backend protocol: the limiters' ``try_acquire`` uses it when present.
         """
-        with self._lock:
+        lock = self._lock  # as in reserve
+        lock.acquire()
+        try:
             now_ns = self._now_ns()
             if now_ns >= self._sweep_at:
                 self._sweep(now_ns, _SWEEP_BATCH)
@@ -424,14 +448,23 @@ class MemoryKeyedStore:
             # The arithmetic of Gcra.try_take on a bare tat.
             p = self._params[0]
             now = now_ns * p.scale
-            tats = self._tats
+            tats = self._recent
             tat = tats.get(key)
+            if tat is None and self._older_live:
+                tat = self._revive(key)
             units = costs[0] * p.cost
             if type(units) is not int:
                 check_costs(costs, 1)  # raises: a float would make the tat inexact
             if tat is None:
                 tat = now + units
-                self._insert(key, tat, now_ns)
+                if (
+                    type(key) is str
+                    and len(key) <= self._max_key_length
+                    and len(tats) + self._older_live < self._max_keys
+                ):
+                    tats[key] = tat  # a new key, the common case
+                else:
+                    self._insert(key, tat, now_ns)
             else:
                 if tat < now:
                     tat = now
@@ -440,19 +473,19 @@ class MemoryKeyedStore:
                     self.rejected += 1
                     return False
                 tats[key] = tat
-                tats.move_to_end(key)
             if self._counted:
                 self._count(key, tat, now, units)
             self.granted += 1
             self.granted_tokens += costs[0]
             return True
+        finally:
+            lock.release()
 
     def _reserve_all(
         self, key: str, costs: tuple[int, ...], now_ns: int, max_wait_ns: int | None
     ) -> Verdict:
         """Several limits: the grant time is the latest of theirs; all are taken for it."""
-        tats = self._tats
-        old = tats.get(key)
+        old = self._lookup(key)
         waits = []
         for i, p in enumerate(self._params):
             need = 0
@@ -487,8 +520,7 @@ class MemoryKeyedStore:
         if old is None:
             self._insert(key, value, now_ns)
         else:
-            tats[key] = value
-            tats.move_to_end(key)
+            self._recent[key] = value
         if wait:
             self._book(key, at_ns)
         self.granted += 1
@@ -516,7 +548,9 @@ class MemoryKeyedStore:
         check_costs(costs, len(self._params))
         with self._lock:
             now_ns = self._now_ns()
-            old = self._tats.get(key)
+            if now_ns >= self._sweep_at:
+                self._sweep(now_ns, _SWEEP_BATCH)
+            old = self._lookup(key)
             nows = [now_ns * p.scale for p in self._params]
             new: Any
             if self._single:
@@ -533,8 +567,7 @@ class MemoryKeyedStore:
             if old is None:
                 self._insert(key, new, now_ns)
             else:
-                self._tats[key] = new
-                self._tats.move_to_end(key)
+                self._recent[key] = new
             if self._counted:
                 if self._single:
                     self._count(key, new, now, units)
@@ -588,7 +621,7 @@ class MemoryKeyedStore:
         check_costs(costs, len(self._params))
         with self._lock:
             now_ns = self._now_ns()
-            old = self._tats.get(key)
+            old = self._lookup(key)
             if old is None:
                 return (0.0,) * len(self._params)  # full (or evicted): nothing is outstanding
             olds = (old,) if self._single else old
@@ -620,10 +653,10 @@ class MemoryKeyedStore:
                 new.append(tat)
                 full = full and tat <= now
             if full:
-                del self._tats[key]
+                del self._recent[key]
                 self.dropped += 1
             else:
-                self._tats[key] = new[0] if self._single else tuple(new)
+                self._recent[key] = new[0] if self._single else tuple(new)
             if any(back) and key not in self._counted:
                 self._keep_count(key, counted, now_ns)
             return tuple(back)
@@ -632,7 +665,9 @@ class MemoryKeyedStore:
         """Describe the key's buckets; ``granted``/``wait_ns`` are for one token per limit."""
         with self._lock:
             now_ns = self._now_ns()
-            old = self._tats.get(key)
+            old = self._recent.get(key)
+            if old is None:
+                old = self._older.get(key)  # None: absent, or no longer there
         tats = None if old is None else (old,) if self._single else old
         wait = 0
         if tats is not None:
@@ -673,21 +708,69 @@ class MemoryKeyedStore:
 
     # -- bounding memory ---------------------------------------------------------------------
 
+    def _lookup(self, key: str) -> Any:
+        """Return ``key``'s value (None: not live), moving it to recent if it was older."""
+        value = self._recent.get(key)
+        if value is None and self._older_live:
+            value = self._revive(key)
+        return value
+
+    def _revive(self, key: str) -> Any:
+        """Move ``key`` from the older generation to recent; return its value (None: absent)."""
+        older = self._older
+        value = older.get(key)
+        if value is not None:
+            older[key] = None  # an assignment, not a deletion: the sweep's iterator stays valid
+            self._older_live -= 1
+            self._recent[key] = value
+        return value
+
     def _insert(self, key: str, value: Any, now_ns: int) -> None:
         if type(key) is not str or len(key) > self._max_key_length:
             _check_key(key, self._max_key_length)
-        if len(self._tats) >= self._max_keys:
-            self._sweep(now_ns, 8)
-            if len(self._tats) >= self._max_keys:
-                lost, _ = self._tats.popitem(last=False)  # the least recently used, not full
-                self._booked.pop(lost, None)
-                self._counted.pop(lost, None)
-                self.evicted += 1
-        self._tats[key] = value
-        if self._sweep_at == _NEVER:
-            self._sweep_at = max(
-                min(self._full_at(value), now_ns + self._slack), now_ns + _SWEEP_PAUSE_NS
-            )
+        if len(self._recent) + self._older_live >= self._max_keys:
+            self._make_room(now_ns)
+        self._recent[key] = value
+
+    def _make_room(self, now_ns: int) -> None:
+        """Drop the next older key if it is full; failing that, evict it."""
+        self._sweep(now_ns, 8)
+        if len(self._recent) + self._older_live < self._max_keys:
+            return
+        if not self._older_live:
+            self._rotate()
+        lost, _ = self._next_older()
+        self._older[lost] = None
+        self._older_live -= 1
+        self._booked.pop(lost, None)
+        self._counted.pop(lost, None)
+        self.evicted += 1
+
+    def _rotate(self) -> None:
+        """Make recent the older generation (the emptied one is released) and start anew."""
+        recent = self._recent
+        self._older = recent
+        self._older_items = iter(recent.items())
+        self._older_head = None
+        self._older_live = len(recent)
+        self._recent = {}
+
+    def _next_older(self) -> tuple[str, Any]:
+        """Return the next live older key and its value, in the order they entered it.
+
+        Only while ``_older_live`` (the caller checks); the key stays in place until the
+        caller settles it.
+        """
+        head = self._older_head
+        if head is not None:
+            self._older_head = None
+            value = self._older[head]
+            if value is not None:
+                return head, value
+        for key, value in self._older_items:
+            if value is not None:
+                return key, value
+        raise AssertionError(f"{self._older_live} older keys counted, none found")
 
     def _full_at(self, value: Any) -> int:
         """Return when (ns) a key's buckets are all full again."""
@@ -697,92 +780,94 @@ class MemoryKeyedStore:
         tats: tuple[int, ...] = value
         return max(-(-t // p.scale) for t, p in zip(tats, self._params, strict=True))
 
-    def _sweep(self, now_ns: int, budget: int | None) -> int:
-        """Drop full buckets from the least recently used end; return how many.
+    def _sweep(self, now_ns: int, budget: int) -> int:
+        """Drop full older keys, in order, at most ``budget`` of them; return how many.
 
         Stops at the first key that is not full yet, and notes when it will be. A key in debt
-        (not full for longer than a full bucket's span) is moved out of the way instead, so a
-        large ``charge`` cannot hold up the reclaiming of the keys behind it.
+        (not full for longer than a full bucket's span) is moved to recent instead, so a
+        large ``charge`` cannot hold up the reclaiming of the keys behind it. When no older
+        key is left, recent becomes older.
         """
-        tats = self._tats
-        if len(tats) > self._peak:
-            self._peak = len(tats)
         dropped = 0
         moved = 0
         full_at = self._full_at
         slack = self._slack
-        while tats and (budget is None or dropped + moved < budget):
-            key, value = tats.popitem(last=False)
+        while dropped + moved < budget:
+            if not self._older_live:
+                if not self._recent:
+                    self._older = {}  # release the emptied generation
+                    self._older_items = iter(())
+                    self._sweep_at = now_ns + _SWEEP_PAUSE_NS  # a cheap look, for new keys
+                    break
+                self._rotate()
+            key, value = self._next_older()
             when = full_at(value)
+            if when > now_ns and when - now_ns <= slack:
+                self._older_head = key  # the next key to look at
+                self._sweep_at = max(when, now_ns + _SWEEP_PAUSE_NS)
+                break
+            self._older[key] = None
+            self._older_live -= 1
             if when <= now_ns:
                 dropped += 1
-                continue
-            tats[key] = value
-            if when - now_ns > slack and moved < len(tats):
-                moved += 1  # in debt: leave it at the recent end
-                continue
-            tats.move_to_end(key, last=False)  # the next key to look at
-            self._sweep_at = when if when > now_ns + _SWEEP_PAUSE_NS else now_ns + _SWEEP_PAUSE_NS
-            break
+            else:
+                self._recent[key] = value  # in debt: out of the way, looked at again later
+                moved += 1
         else:
             # Out of budget: look again at once if this round dropped anything, else (only
-            # keys in debt ahead) one full bucket's span from now. Empty: never.
-            self._sweep_at = (now_ns if dropped else now_ns + slack) if tats else _NEVER
+            # keys in debt ahead) one full bucket's span from now.
+            self._sweep_at = now_ns if dropped else now_ns + slack
         self.dropped += dropped
-        if dropped:
-            self._compact()
         return dropped
 
-    def _compact(self) -> None:
-        """Give the memory of dropped keys back: a dict never shrinks as keys leave it.
-
-        Rebuilds the dict (in LRU order) once it holds under a quarter of its peak: linear
-        in the live keys, paid for by the three quarters dropped since.
-        """
-        size = len(self._tats)
-        if self._peak >= 1024 and size * 4 < self._peak:
-            self._tats = OrderedDict(self._tats)
-            self._peak = size
+    def _live(self) -> dict[str, Any]:
+        """Return every live key's value, older keys first (for tests and ``sweep``)."""
+        live = {k: v for k, v in self._older.items() if v is not None}
+        live.update(self._recent)
+        return live
 
     def sweep(self) -> int:
         """Drop every key whose buckets are all full again; return how many were dropped."""
         with self._lock:
             now_ns = self._now_ns()
-            dropped = 0
-            values = self._tats
             full_at = self._full_at
-            if len(values) > self._peak:
-                self._peak = len(values)
-            for key in [k for k, v in values.items() if full_at(v) <= now_ns]:
-                del values[key]
-                dropped += 1
+            before = len(self)
+            # Rebuilt rather than emptied in place (a dict never shrinks as keys leave it), as
+            # one older generation that keeps the order the keys had.
+            self._recent = {k: v for k, v in self._live().items() if full_at(v) > now_ns}
+            self._rotate()
+            dropped = before - self._older_live
             self.dropped += dropped
-            self._compact()
             for stale in [k for k, v in self._counted.items() if full_at(v) <= now_ns]:
                 del self._counted[stale]
-            soonest = min((full_at(v) for v in self._tats.values()), default=_NEVER)
-            self._sweep_at = min(soonest, now_ns + self._slack) if self._tats else _NEVER
+            self._sweep_at = now_ns + _SWEEP_PAUSE_NS  # then the calls look at the first key
             return dropped
 
     def discard(self, key: str) -> None:
         """Forget ``key`` (its buckets start full again); nothing if it is not live."""
         with self._lock:
-            self._tats.pop(key, None)
+            self._recent.pop(key, None)
+            if self._older.get(key) is not None:
+                self._older[key] = None
+                self._older_live -= 1
             self._booked.pop(key, None)
             self._counted.pop(key, None)
 
     def clear(self) -> None:
         """Forget every key (every bucket starts full again)."""
         with self._lock:
-            self._tats = OrderedDict()
+            self._recent = {}
+            self._older = {}
+            self._older_items = iter(())
+            self._older_head = None
+            self._older_live = 0
             self._booked = {}
             self._counted = {}
-            self._sweep_at = _NEVER
-            self._peak = 0
+            self._sweep_at = _PAST
 
     def __repr__(self) -> str:
         return (
-            f"<MemoryKeyedStore [{_describe(self._limits)}] keys={len(self._tats)} "
+            f"<MemoryKeyedStore [{_describe(self._limits)}] keys={len(self)} "
             f"max_keys={self._max_keys}>"
         )
 
@@ -1286,7 +1371,7 @@ class KeyedLimiter(_KeyedBase):
             return (await self.admit(key, tokens, max_wait=_NO_WAIT)).granted
         if self._closed:
             raise self._closed_error()
-        return take(key, self._costs(tokens))
+        return take(key, self._one if tokens == 1 and type(tokens) is int else self._costs(tokens))
 
     async def refund(self, key: str, tokens: Tokens = 1) -> dict[str, float]:
         """Give back ``tokens`` that ``key`` took and did not use; return how many went back.
@@ -1477,7 +1562,7 @@ class SyncKeyedLimiter(_KeyedBase):
             return self.admit(key, tokens, max_wait=0.0).granted
         if self._closed:
             raise self._closed_error()
-        return take(key, self._costs(tokens))
+        return take(key, self._one if tokens == 1 and type(tokens) is int else self._costs(tokens))
 
     def refund(self, key: str, tokens: Tokens = 1) -> dict[str, float]:
         """Give back ``tokens`` that ``key`` did not use; return how many went back.

@@ -350,7 +350,7 @@ async def test_api_keys_are_never_key_names() -> None:
     app = limited("1/minute", 1, key=header_key("Authorization"))
     await call(app, headers={"authorization": "Bearer sk-live-123"})
     store = app.limiter.backend  # type: ignore[attr-defined]
-    (name,) = store._tats
+    (name,) = store._live()
     assert name.startswith("authorization:") and "sk-live" not in name
 
 
@@ -428,7 +428,7 @@ async def test_huge_keys_are_hashed() -> None:
     assert (await call(app, headers={"x-api-key": huge}))[0] == 429
     assert (await call(app, headers={"x-api-key": huge + "!"}))[0] == 200
     store = app.limiter.backend  # type: ignore[attr-defined]
-    assert all(k.startswith("sha256:") and len(k) == 71 for k in store._tats)
+    assert all(k.startswith("sha256:") and len(k) == 71 for k in store._live())
 
 
 # -- limiter failures ----------------------------------------------------------------------------
