@@ -457,12 +457,13 @@ def test_check_a_live_server(server_url: str) -> None:
     assert "verdict: OK" in done.stdout
 
 
-@pytest.mark.skipif(redis_backend_missing() is None, reason="ratekeeper.redis is importable")
-def test_check_a_live_server_without_the_redis_limiter_exits_4(server_url: str) -> None:
-    done = run("check", server_url)
+def test_check_a_live_server_without_the_redis_extra_exits_4(
+    server_url: str, tmp_path: Path
+) -> None:
+    done = run("check", server_url, env=without(tmp_path, "redis"))  # as without the extra
     assert done.returncode == 4, done.stdout + done.stderr
-    assert "ok    connect" in done.stderr  # it did reach the server
-    assert "no Redis limiter" in done.stderr
+    assert "pip install 'ratekeeper[redis]'" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 # -- bench -------------------------------------------------------------------------------------
