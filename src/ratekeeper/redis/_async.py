@@ -52,6 +52,7 @@ from ._common import (
     ServerFailure,
     classify,
     describe_client,
+    pack_command,
     take_replies,
     wire,
 )
@@ -76,6 +77,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 MAX_BATCH = 256
+# redis-py's own methods, as imported (before any later patching of the class).
+_PLAIN = (aioredis.Redis.evalsha, aioredis.Redis.execute_command)
 MAX_IN_FLIGHT = 1  # see "Coalescing" above
 _ONE = 1
 
@@ -96,6 +99,22 @@ class _Dispatcher:
         self.take_script = client.register_script(TAKE_SCRIPT)  # its common case, short
         self.evalsha = client.evalsha
         self.cluster = isinstance(client, RedisCluster)
+        # A plain client's calls go straight to a pooled connection as packed bytes (see
+        # ``direct``). Through redis-py's execute_command go: a cluster (it routes by slot),
+        # a single-connection client (its own lock), and a client whose class overrides
+        # evalsha or execute_command (its override runs, e.g. instrumentation).
+        self.pool: Any = None
+        kind = type(client)
+        if (
+            not self.cluster
+            and not getattr(client, "single_connection_client", False)
+            and (kind.evalsha, kind.execute_command) == _PLAIN
+        ):
+            self.pool = client.connection_pool
+            self.encode = self.pool.get_encoder().encode
+            # redis-py < 5.3 wants a command name (unused); later versions warn if given one.
+            first = next(iter(inspect.signature(self.pool.get_connection).parameters.values()))
+            self.name_args: tuple[str, ...] = ("EVALSHA",) if first.default is first.empty else ()
         self.where = describe_client(client)
         self.timeout = timeout
         self.retry_interval = retry_interval
@@ -253,14 +272,47 @@ class _Dispatcher:
             owner._round_trips += 1
         return replies
 
+    def pack(self, keys: list[str], args: list[Any], script: Any = None) -> bytes | None:
+        """Return the EVALSHA of ``script`` (default: ours) on ``keys``/``args``, packed for
+        ``direct``; None when calls must go through redis-py's execute_command."""
+        if self.pool is None:
+            return None
+        return self._pack(keys, args, self.script if script is None else script)
+
+    def _pack(self, keys: list[str], args: list[Any], script: Any) -> bytes:
+        return pack_command(self.encode, ("EVALSHA", script.sha, len(keys), *keys, *args))
+
+    async def direct(self, packed: bytes) -> Any:
+        """Send a packed command on a pooled connection and return its reply.
+
+        What ``client.evalsha`` does, without the layers between: the client's retry policy
+        (each failed try disconnects, as redis-py's does), the connection's socket timeout
+        and health check, and a connection that is cancelled or fails mid-reply is dropped,
+        not reused (redis-py's Connection does that itself).
+        """
+        pool = self.pool
+        conn = await pool.get_connection(*self.name_args)
+        try:
+            return await conn.retry.call_with_retry(
+                lambda: _exchange(conn, packed), lambda error: conn.disconnect()
+            )
+        finally:
+            await pool.release(conn)
+
     async def execute(
-        self, keys: list[str], args: list[Any], owner: Any = None, script: Any = None
+        self,
+        keys: list[str],
+        args: list[Any],
+        owner: Any = None,
+        script: Any = None,
+        packed: bytes | None = None,
     ) -> list[int]:
         """Run the script (or ``script``: the short one) once, within the timeout; return
         the integers of its reply.
 
         With ``owner``, this is one request sent at once, alone: it is counted as in flight
-        and for its owner. Raises ServerFailure if the call fails.
+        and for its owner. ``packed``: the same call, packed ahead by ``pack``. Raises
+        ServerFailure if the call fails.
         """
         if script is None:
             script = self.script
@@ -280,7 +332,10 @@ class _Dispatcher:
             self.in_flight += 1
         try:
             try:
-                reply: bytes | str = await self.evalsha(script.sha, len(keys), *keys, *args)
+                if self.pool is None:
+                    reply: bytes | str = await self.evalsha(script.sha, len(keys), *keys, *args)
+                else:
+                    reply = await self.direct(packed or self._pack(keys, args, script))
             except NoScriptError:
                 reply = await script(keys, args)
         except asyncio.CancelledError:
@@ -325,6 +380,12 @@ class _Dispatcher:
                 self.overdue.add(task)
                 task.cancel()
         self._arm_watchdog()
+
+
+async def _exchange(conn: Any, packed: bytes) -> Any:
+    """Send one packed command on ``conn`` and return its reply (one try)."""
+    await conn.send_packed_command(packed)
+    return await conn.read_response()
 
 
 def _dispatcher_for(client: Any, timeout: float, retry_interval: float) -> _Dispatcher:
@@ -558,6 +619,10 @@ class RedisTokenBucket(BucketParts, _AsyncLimiter):
         self._wire_try = single_wire(spec, RESERVE, 1, 0)
         self._wire_take = single_take_wire(spec, 1)
         self._wire_wait = single_wire(spec, RESERVE, 1, -1)
+        dispatcher = self._dispatcher
+        self._packed_try = dispatcher.pack(*self._wire_try)
+        self._packed_take = dispatcher.pack(*self._wire_take, dispatcher.take_script)
+        self._packed_wait = dispatcher.pack(*self._wire_wait)
 
     def _request_one(self, max_wait: int) -> Request:
         return Request(RESERVE, self._one, max_wait, self)
@@ -592,7 +657,9 @@ class RedisTokenBucket(BucketParts, _AsyncLimiter):
             try:
                 floors = self._floors  # slots booked ahead: sent, so not prebuilt
                 if not dispatcher.in_flight and not dispatcher.pending and not floors:
-                    reply = await dispatcher.execute(*self._wire_wait, self)
+                    reply = await dispatcher.execute(
+                        *self._wire_wait, self, None, self._packed_wait
+                    )
                     if len(reply) > 6 or reply[2]:  # a limit of its own, or a slot booked
                         reply = take_replies(reply, [self.key], [self._request_one(-1)])[0]
                     else:
@@ -633,9 +700,13 @@ class RedisTokenBucket(BucketParts, _AsyncLimiter):
                     # Fast path: alone on the connection, the request prebuilt, the short
                     # script first (it leaves a key that is not a plain bucket to ours).
                     take = dispatcher.take_script
-                    reply = await dispatcher.execute(*self._wire_take, self, take)
+                    reply = await dispatcher.execute(
+                        *self._wire_take, self, take, self._packed_take
+                    )
                     if not reply:
-                        reply = await dispatcher.execute(*self._wire_try, self)
+                        reply = await dispatcher.execute(
+                            *self._wire_try, self, None, self._packed_try
+                        )
                     if len(reply) > 6:  # the key holds a limit of its own
                         reply = take_replies(reply, [self.key], [self._request_one(0)])[0]
                     else:

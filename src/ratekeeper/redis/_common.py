@@ -726,6 +726,20 @@ def pads(
     return tuple(units)
 
 
+def pack_command(encode: Callable[[Any], bytes], parts: Sequence[Any]) -> bytes:
+    """Return one command as it goes on the wire (RESP: an array of bulk strings).
+
+    ``encode`` is the client's encoder (``pool.get_encoder().encode``), so every part goes
+    out as redis-py itself would send it. The hot paths pack their commands once and send
+    the bytes as they are, call after call.
+    """
+    chunks = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        data = encode(part)
+        chunks.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(chunks)
+
+
 def wire(requests: list[Request]) -> tuple[list[str], list[Any]]:
     """Return ``encode(requests)`` with the floors their owners hold for the keys."""
     floors: dict[str, int] | None = None
