@@ -26,7 +26,9 @@ rounds; ``SECTIONS`` lists them.
    And, for reference, the same apps called in-process with no server at all.
 2. Route limits in FastAPI (``routes``): one endpoint, bare; with a dependency that does
    nothing (the floor of any ``Depends``); with ``@route_limit``; with
-   ``Depends(limiter.depends(...))``; with slowapi's ``@limiter.limit``. The request path
+   ``Depends(limiter.depends(...))``; with fastapi-limiter's ``Depends(RateLimiter(...))``
+   (the like-for-like peer of a dependency); with slowapi's ``@limiter.limit`` (the peer of
+   the decorator). The request path
    (inside the server, the median time from a request entering the app to the endpoint's
    body, minus bare's), the server CPU per request over bare, paired by round (medians,
    quartiles), and in-process timings.
@@ -128,8 +130,18 @@ def build_middleware_app(variant: str, limit: str = LIMIT, watch: Stopwatch | No
     return app if watch is None else watch.outer(app)
 
 
-ROUTE_VARIANTS = ("bare", "noop-depends", "route_limit", "depends", "slowapi-limit")
-"""``noop-depends``: a FastAPI dependency that does nothing, the floor of any ``Depends``."""
+ROUTE_VARIANTS = (
+    "bare",
+    "noop-depends",
+    "route_limit",
+    "depends",
+    "fastapi-limiter",
+    "slowapi-limit",
+)
+"""``noop-depends``: a FastAPI dependency that does nothing, the floor of any ``Depends``;
+``fastapi-limiter``: fastapi-limiter's ``Depends(RateLimiter(...))`` (pyrate-limiter in
+memory), the peer of ``depends``; ``slowapi-limit``: slowapi's decorator, the peer of
+``route_limit`` (and the peer last, as the in-process table expects)."""
 
 
 def build_routes_app(variant: str, limit: str = LIMIT, watch: Stopwatch | None = None) -> Any:
@@ -172,6 +184,14 @@ def build_routes_app(variant: str, limit: str = LIMIT, watch: Stopwatch | None =
             app.get("/")(limiter.route_limit(limit)(hello))
         else:
             app.get("/", dependencies=[Depends(limiter.depends(limit))])(hello)
+    elif variant == "fastapi-limiter":
+        from fastapi_limiter.depends import RateLimiter
+        from pyrate_limiter import Duration, Limiter, Rate
+
+        count, _, period = limit.partition("/")
+        duration = {"minute": Duration.MINUTE, "second": Duration.SECOND}[period]
+        peer = RateLimiter(limiter=Limiter(Rate(int(count), duration)))
+        app.get("/", dependencies=[Depends(peer)])(hello)
     elif variant == "slowapi-limit":
         from slowapi import Limiter, _rate_limit_exceeded_handler
         from slowapi.errors import RateLimitExceeded as SlowAPIExceeded
@@ -498,20 +518,26 @@ def bench_routes(requests: int, rounds: int, connections: int) -> list[Check]:
             f"| {path:.1f} | {path_extra} |"
         )
     peer = added["slowapi-limit"]
+    dep_peer = added["fastapi-limiter"]
     floor = added["noop-depends"]
-    for ours in ("route_limit", "depends"):
+    for ours, theirs in (
+        ("route_limit", "slowapi-limit"),
+        ("depends", "fastapi-limiter"),
+        ("depends", "slowapi-limit"),
+    ):
         print(
             f"\n{ours}: its request path adds {added[ours]:.1f} us ({added[ours] / base * 100:.1f}%"
-            f" of bare's {base:.0f} us of CPU per request), slowapi's @limiter.limit "
-            f"{peer:.1f} us: a ratio of {added[ours] / peer:.2f} (server CPU, paired: "
-            f"{cpu_added[ours]:+.1f} us vs {cpu_added['slowapi-limit']:+.1f} us, "
-            f"{cpu_added[ours] / cpu_added['slowapi-limit']:.2f})",
+            f" of bare's {base:.0f} us of CPU per request), {theirs} {added[theirs]:.1f} us: a "
+            f"ratio of {added[ours] / added[theirs]:.2f} (server CPU, paired: "
+            f"{cpu_added[ours]:+.1f} us vs {cpu_added[theirs]:+.1f} us, "
+            f"{cpu_added[ours] / cpu_added[theirs]:.2f})",
             end="",
         )
     print(
-        f"\n(any FastAPI dependency, even one doing nothing, adds {floor:.1f} us: depends "
-        f"beyond that floor adds {added['depends'] - floor:.1f} us, "
-        f"{(added['depends'] - floor) / peer:.2f} of slowapi's)"
+        f"\n(any FastAPI dependency, even one doing nothing, adds {floor:.1f} us, "
+        f"{floor / peer:.2f} of slowapi's decorator: depends beyond that floor adds "
+        f"{added['depends'] - floor:.1f} us, {(added['depends'] - floor) / peer:.2f} of "
+        f"slowapi's; fastapi-limiter beyond it {dep_peer - floor:.1f} us)"
     )
     bench_in_process("routes")
     return [
@@ -520,6 +546,13 @@ def bench_routes(requests: int, rounds: int, connections: int) -> list[Check]:
             "FastAPI @route_limit's request path vs slowapi's @limiter.limit",
             added["route_limit"],
             peer,
+            headline=True,
+        ),
+        quarter_of_peer(
+            "web",
+            "FastAPI Depends(limiter.depends)'s request path vs fastapi-limiter's Depends",
+            added["depends"],
+            dep_peer,
             headline=True,
         ),
         quarter_of_peer(
@@ -598,6 +631,12 @@ def bench_in_process(section: str, calls: int = 1000, rounds: int = 25) -> None:
     for variant in variants[1:-1]:
         print(
             f"\nin process, {variant} adds {added[variant] / added[peer]:.2f} of what {peer} adds",
+            end="",
+        )
+    if "fastapi-limiter" in added:
+        print(
+            f"\nin process, depends adds {added['depends'] / added['fastapi-limiter']:.2f} of "
+            "what fastapi-limiter (a dependency too) adds",
             end="",
         )
     if "noop-depends" in added:

@@ -66,6 +66,11 @@ def stacked(request: HttpRequest) -> HttpResponse:
     return HttpResponse("stacked")
 
 
+@route_limit("2/minute;3/hour")
+def multi(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("multi")
+
+
 class Items(View):
     @method_decorator(route_limit("2/minute", key="arg:shop"))
     def get(self, request: HttpRequest, shop: str) -> HttpResponse:
@@ -89,6 +94,7 @@ urlpatterns = [
     path("me/", me),
     path("stacked/", stacked),
     path("free/", free),
+    path("multi/", multi),
     path("shops/<slug:shop>/", include((shop_patterns, "shop"))),
 ]
 
@@ -179,6 +185,27 @@ def test_stacked_limits_all_apply_and_a_refusal_takes_nothing(serve: Any) -> Non
     name = f"{__name__}.stacked"
     assert first.headers["ratelimit-policy"] == f'"{name}";q=3;w=180, "burst";q=1;w=60'
     assert first.headers["x-ratelimit-remaining"] == "0"
+
+
+def test_several_rates_in_one_string_all_apply(serve: Any) -> None:
+    ratekeeper = {
+        "HEADERS": "ietf",
+        "DEFAULT": "3/minute;2/hour",
+        "ROUTES": {"heavy/": "1/s;2/day"},
+    }
+    with serve(ratekeeper) as url, httpx.Client(base_url=url) as client:
+        default = client.get("/")
+        # the hour's 2 refuse the default's third; the minute's 2 the view's; 1/s the route's
+        assert codes(client, "/", "/") == [200, 429]
+        view = client.get("/multi/")
+        assert codes(client, "/multi/", "/multi/", "/heavy/", "/heavy/") == [200, 429, 200, 429]
+    assert default.headers["ratelimit-policy"] == (
+        '"default.minute";q=3;w=60, "default.hour";q=2;w=3600'
+    )
+    name = f"{__name__}.multi"
+    assert view.headers["ratelimit-policy"] == f'"{name}.minute";q=2;w=60, "{name}.hour";q=3;w=3600'
+    with pytest.raises(TypeError, match="capacity goes with one rate"):
+        route_limit("1/second;2/day", capacity=5)
 
 
 def test_decorators_work_without_the_middleware(serve: Any) -> None:

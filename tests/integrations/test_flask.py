@@ -95,6 +95,36 @@ def test_stacked_limits_all_apply_and_a_refusal_takes_nothing() -> None:
     assert refused.headers["retry-after"] == "60"
 
 
+def test_several_rates_in_one_string_all_apply() -> None:
+    app = make_app(headers="ietf", default="3/minute;2/hour", routes={"/route": "1/second;2/day"})
+    limiter = RateLimiter(app)
+
+    @app.get("/")
+    def index() -> str:
+        return "ok"
+
+    @app.get("/route")
+    def route() -> str:
+        return "ok"
+
+    @app.get("/view")
+    @limiter.route_limit("2/minute;3/hour")
+    def view() -> str:
+        return "ok"
+
+    answers = get(app, "/", "/", "/", "/view", "/view", "/view", "/route", "/route")
+    # the hour's 2 refuse the default's third; the minute's 2 the view's; the second's 1 the route's
+    assert codes(answers) == [200, 200, 429, 200, 200, 429, 200, 429]
+    assert answers[0].headers["ratelimit-policy"] == (
+        '"default.minute";q=3;w=60, "default.hour";q=2;w=3600'
+    )
+    assert answers[3].headers["ratelimit-policy"] == (
+        '"view.minute";q=2;w=60, "view.hour";q=3;w=3600'
+    )
+    with pytest.raises(TypeError, match="capacity goes with one rate"):
+        limiter.route_limit("1/second;2/day", capacity=5)
+
+
 def test_config_routes_costs_exemptions_and_the_default() -> None:
     app = make_app(
         default=("1/minute", 4),

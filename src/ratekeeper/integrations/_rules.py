@@ -41,28 +41,41 @@ R = TypeVar("R")
 RULE_NAME_HELP = "1-64 letters, digits or '_.:-'"
 
 
-def parse_limit(value: object, what: str) -> Limit:
-    """Return a Limit from ``"5/minute"``, ``("5/minute", 10)`` or a Limit; raise naming it.
+def parse_limits(value: object, what: str) -> tuple[Limit, ...]:
+    """Return the limits of ``"5/minute"``, ``"10/second;100/minute"``, ``("5/minute", 10)``
+    or a Limit; raise naming ``what``.
 
-    Raises ValueError for a bad rate string or capacity, TypeError for another kind of value.
+    A string may hold several rates (``;``, ``,`` or ``|`` between them, as
+    ``Limit.parse_many`` reads them): a request must fit in all of them. Raises ValueError
+    for a bad rate string or capacity, TypeError for another kind of value.
     """
     if isinstance(value, Limit):
-        return value
+        return (value,)
     if isinstance(value, (str, tuple)):
         try:
-            return Limit(value) if isinstance(value, str) else Limit(*value)
+            if isinstance(value, str):
+                return tuple(Limit.parse_many(value).values())
+            return (Limit(*value),)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{what}: {exc}") from None
     raise TypeError(
-        f"{what} must be a rate such as '5/minute', a (rate, capacity) pair or a Limit, "
-        f"not {value!r}"
+        f"{what} must be a rate such as '5/minute' (several: '10/second;100/minute'), a "
+        f"(rate, capacity) pair or a Limit, not {value!r}"
     )
+
+
+def named(name: str, limits: Sequence[Limit]) -> dict[str, Limit]:
+    """Return a rule's limits by policy name: ``name`` for one, ``name.<period>`` for several."""
+    if len(limits) == 1:
+        return {name: limits[0]}
+    periods = [limit.rate.period_name for limit in limits]
+    return {f"{name[: 63 - len(p)]}.{p}": limit for p, limit in zip(periods, limits, strict=True)}
 
 
 class Storage:
     """Make the limiters of one app from a storage URL: ``memory://`` or ``redis://...``.
 
-    Each rule gets its own ``SyncKeyedLimiter`` with one limit named after the rule; on Redis
+    Each rule gets its own ``SyncKeyedLimiter`` with its limits named after the rule; on Redis
     they share one client and a rule's buckets are ``prefix + "{" + key + "}:" + rule name``,
     so every process using the same server and prefix shares each rule's limits. The URL's
     options (``prefix``, ``timeout``, ``on_failure``, ``fallback_share``, ``retry_interval``)
@@ -84,14 +97,12 @@ class Storage:
             else:
                 self._client = _redis_backend()._sync._resolve_client(parsed.url, timeout)[0]
 
-    def limiter(self, name: str, limit: Limit) -> SyncKeyedLimiter:
-        """Return a new limiter for one rule: ``limit`` per key, under the name ``name``."""
+    def limiter(self, name: str, limits: Mapping[str, Limit]) -> SyncKeyedLimiter:
+        """Return a new limiter for one rule: ``limits`` per key, under the name ``name``."""
         if self._client is None:
-            made = SyncKeyedLimiter(limits={name: limit}, name=name)
+            made = SyncKeyedLimiter(limits=limits, name=name)
         else:
-            backend = _redis_backend().SyncRedisKeyedBackend(
-                self._client, {name: limit}, **self._options
-            )
+            backend = _redis_backend().SyncRedisKeyedBackend(self._client, limits, **self._options)
             made = SyncKeyedLimiter(backend=backend, name=name)
         self._limiters.append(made)
         return made
@@ -306,7 +317,7 @@ class LimitSpec:
     Raises ValueError/TypeError naming ``what`` for a bad rate, key, cost or name.
     """
 
-    __slots__ = ("cost", "key", "limit", "name")
+    __slots__ = ("cost", "key", "limits", "name")
 
     def __init__(
         self,
@@ -322,13 +333,17 @@ class LimitSpec:
         if capacity is not None:
             if not isinstance(rate, str):
                 raise TypeError(f"{what}: capacity goes with a rate string, not {rate!r}")
+            if len(parse_limits(rate, what)) > 1:
+                raise TypeError(f"{what}: capacity goes with one rate, not {rate!r}")
             rate = (rate, capacity)
-        self.limit = parse_limit(rate, what)
+        self.limits = parse_limits(rate, what)
         if key is not None:
             key_function(key, reader, what=f"{what}: key")  # a bad spec fails now
         self.key = key
         self.cost: Any = (
-            cost if callable(cost) else check_cost(cost, {"limit": self.limit}, f"{what}: cost")
+            cost
+            if callable(cost)
+            else check_cost(cost, named("limit", self.limits), f"{what}: cost")
         )
         if name is not None and (not isinstance(name, str) or not _NAME_RE.fullmatch(name)):
             raise ValueError(f"{what}: name must be {RULE_NAME_HELP}, got {name!r}")
@@ -413,7 +428,7 @@ class Config(Generic[R]):
             "logger": logger,
         }
         default = config["DEFAULT"]
-        self.default = None if default is None else parse_limit(default, label("DEFAULT"))
+        self.default = None if default is None else parse_limits(default, label("DEFAULT"))
         self.routes = {
             str(route): LimitSpec.entry(entry, f"{label('ROUTES')}[{route!r}]", reader)
             for route, entry in _mapping(config["ROUTES"], label("ROUTES")).items()
@@ -423,7 +438,7 @@ class Config(Generic[R]):
             what = f"{label('COSTS')}[{route!r}]"
             if self.default is None:
                 raise ValueError(f"{what}: costs apply to {label('DEFAULT')}, which is not set")
-            self.costs[str(route)] = check_cost(cost, {"default": self.default}, what)
+            self.costs[str(route)] = check_cost(cost, named("default", self.default), what)
         self.exempt = set(_strings(config["EXEMPT"], label("EXEMPT")))
         for name, allowed in (
             ("ON_ERROR", ("deny", "allow")),
@@ -442,7 +457,7 @@ class Config(Generic[R]):
         except ValueError as exc:
             raise ValueError(f"{label('HEADERS')}: {exc}") from None
         self.storage = Storage(_string(config["STORAGE"], label("STORAGE")))
-        self._shared: dict[str, tuple[Limit, SyncKeyedLimiter]] = {}
+        self._shared: dict[str, tuple[tuple[Limit, ...], SyncKeyedLimiter]] = {}
         self._lock = threading.Lock()
         self.default_rules: tuple[Rule[R], ...] = ()
         if self.default is not None:
@@ -452,29 +467,27 @@ class Config(Generic[R]):
         """Return the key function of a spec, with this configuration's proxies and secret."""
         return key_function(spec, self.reader, trusted=self.trusted, secret=self.secret, what=what)
 
-    def gate(self, limit: Limit, name: str = "default", **options: Any) -> Gate:
-        """Return a Gate for one limit with this configuration's options (and ``options``)."""
-        return Gate({name: limit}, key=options.pop("key", self.key), **options, **self.options)
-
-    def rule(self, name: str, limit: Limit, key: object, cost: object) -> Rule[R]:
+    def rule(self, name: str, limits: tuple[Limit, ...], key: object, cost: object) -> Rule[R]:
         """Return a rule; rules of one name share one limiter, and must give it one rate.
 
-        Raises ValueError when ``name`` was given another limit before.
+        Raises ValueError when ``name`` was given other limits before.
         """
+        by_name = named(name, limits)
         with self._lock:
             if name in self._shared:
                 known, limiter = self._shared[name]
-                if known != limit:
+                if known != limits:
                     raise ValueError(
                         f"the limit named {name!r} is given twice with different rates: "
-                        f"{known} and {limit}; a shared limit has one rate"
+                        f"{';'.join(map(str, known))} and {';'.join(map(str, limits))}; a "
+                        "shared limit has one rate"
                     )
             else:
-                limiter = self.storage.limiter(name, limit)
-                self._shared[name] = (limit, limiter)
+                limiter = self.storage.limiter(name, by_name)
+                self._shared[name] = (limits, limiter)
         keyed = self.key if key is None else self.key_function(key)
         costs = {"costs": cost} if callable(cost) else {"default_cost": cost}
-        return Rule(limiter, self.gate(limit, name, key=keyed, **costs))
+        return Rule(limiter, Gate(by_name, key=keyed, **costs, **self.options))
 
     def rules(self, base: str, specs: Sequence[LimitSpec]) -> tuple[Rule[R], ...]:
         """Return the rules of a view or route: each spec's, named ``base`` (then base-2...)
@@ -482,7 +495,7 @@ class Config(Generic[R]):
         made = []
         for n, spec in enumerate(specs, 1):
             name = spec.name or (base if n == 1 else f"{base[:60]}-{n}")
-            made.append(self.rule(name, spec.limit, spec.key, spec.cost))
+            made.append(self.rule(name, spec.limits, spec.key, spec.cost))
         return tuple(made)
 
     def cost_rules(self, cost: Cost) -> tuple[Rule[R], ...]:

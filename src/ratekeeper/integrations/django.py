@@ -258,8 +258,9 @@ class RateLimitMiddleware:
         ``"memory://"`` (default; per process) or a Redis URL (``"redis://host:6379/0"``,
         options as for ``ratekeeper.sync_limiter``): limits shared by every process.
     ``DEFAULT``
-        the limit of every view without its own (``"100/minute"``, or ``(rate,
-        capacity)``): one bucket per key shared by those views, named ``"default"``. None
+        the limit of every view without its own (``"100/minute"``, several at once
+        ``"10/second;100/minute"``, or ``(rate, capacity)``): one bucket per key shared by
+        those views, named ``"default"`` (``"default.second"``... for several). None
         (default): only ``ROUTES`` and decorated views are limited.
     ``KEY``
         ``"ip"`` (default), ``"header:X-API-Key"`` (the value hashed, else the address),
@@ -336,10 +337,12 @@ def route_limit(
 
     ``@route_limit("10/minute")``: counted per view and key; the policy name in the headers
     is the view's dotted name. ``rate``: ``"10/minute"`` (bursts of 10; ``capacity`` for
-    another burst size), ``("10/minute", 20)`` or a ``Limit``. ``cost``: tokens per request
-    (an int, or a function of the request). ``key``: as ``KEY`` in the settings (default:
-    that one). Several limits on one view all apply, all or nothing. Decorates a function
-    view, a class-based view (its ``dispatch``), or a method through ``method_decorator``.
+    another burst size), several that all apply ``"10/second;100/minute"`` (policies
+    ``<name>.second``, ``<name>.minute``), ``("10/minute", 20)`` or a ``Limit``.
+    ``cost``: tokens per request (an int, or a function of the request). ``key``: as
+    ``KEY`` in the settings (default: that one). Several limits on one view all apply, all
+    or nothing. Decorates a function view, a class-based view (its ``dispatch``), or a
+    method through ``method_decorator``.
     Works without the middleware; takes the storage and options from
     ``settings.RATEKEEPER``. Raises ValueError/TypeError at once for a bad rate, capacity,
     cost or key.

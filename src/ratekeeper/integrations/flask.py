@@ -226,8 +226,9 @@ class RateLimiter:
         ``"memory://"`` (default; per process) or a Redis URL (``redis://host:6379/0``,
         options as for ``ratekeeper.sync_limiter``): limits shared by every process.
     ``RATEKEEPER_DEFAULT``
-        the limit of every endpoint without its own (``"100/minute"``, or ``(rate,
-        capacity)``): one bucket per key shared by those endpoints, named ``"default"``.
+        the limit of every endpoint without its own (``"100/minute"``, several at once
+        ``"10/second;100/minute"``, or ``(rate, capacity)``): one bucket per key shared by
+        those endpoints, named ``"default"`` (``"default.second"``... for several).
         None (default): only decorated endpoints are limited.
     ``RATEKEEPER_KEY``
         how requests are keyed: ``"ip"`` (default), ``"header:X-API-Key"`` (the value
@@ -319,7 +320,8 @@ class RateLimiter:
 
         ``@limiter.route_limit("10/minute")``: counted per endpoint (its URL rule, whatever
         the path) and key; the policy name in the headers is the endpoint's. ``rate``:
-        ``"10/minute"`` (bursts of 10; ``capacity`` for another burst size),
+        ``"10/minute"`` (bursts of 10; ``capacity`` for another burst size), several that
+        all apply ``"10/second;100/minute"`` (policies ``<name>.second``, ``<name>.minute``),
         ``("10/minute", 20)`` or a ``Limit``. ``cost``: tokens per request (an int, or a
         function of the request). ``key``: as ``RATEKEEPER_KEY`` (default: that one).
         Several limits on one view all apply, all or nothing. Works above or below

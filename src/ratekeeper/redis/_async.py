@@ -47,11 +47,13 @@ from ._common import (
     BucketParts,
     CompositeParts,
     Core,
+    Direct,
     RedisStatistics,
     ReservationBase,
     ServerFailure,
     classify,
     describe_client,
+    direct_for,
     take_replies,
     wire,
 )
@@ -96,6 +98,7 @@ class _Dispatcher:
         self.take_script = client.register_script(TAKE_SCRIPT)  # its common case, short
         self.evalsha = client.evalsha
         self.cluster = isinstance(client, RedisCluster)
+        self.fast = direct_for(client)  # None: calls go through redis-py's execute_command
         self.where = describe_client(client)
         self.timeout = timeout
         self.retry_interval = retry_interval
@@ -253,14 +256,39 @@ class _Dispatcher:
             owner._round_trips += 1
         return replies
 
+    def pack(self, keys: list[str], args: list[Any], script: Any = None) -> bytes | None:
+        """Return the EVALSHA of ``script`` (default: ours) on ``keys``/``args``, packed for
+        ``direct``; None when calls must go through redis-py's execute_command."""
+        fast = self.fast
+        return None if fast is None else fast.pack(script or self.script, keys, args)
+
+    async def direct(self, fast: Direct, packed: bytes) -> Any:
+        """Send a packed command on a connection of the pool and return its reply (see
+        Direct), with the client's retry policy: each failed try disconnects, as redis-py's
+        does."""
+        pool = fast.pool
+        conn = await pool.get_connection(*fast.name_args)
+        try:
+            return await conn.retry.call_with_retry(
+                lambda: _exchange(conn, packed), lambda error: conn.disconnect()
+            )
+        finally:
+            await pool.release(conn)
+
     async def execute(
-        self, keys: list[str], args: list[Any], owner: Any = None, script: Any = None
+        self,
+        keys: list[str],
+        args: list[Any],
+        owner: Any = None,
+        script: Any = None,
+        packed: bytes | None = None,
     ) -> list[int]:
         """Run the script (or ``script``: the short one) once, within the timeout; return
         the integers of its reply.
 
         With ``owner``, this is one request sent at once, alone: it is counted as in flight
-        and for its owner. Raises ServerFailure if the call fails.
+        and for its owner. ``packed``: the same call, packed ahead by ``pack``. Raises
+        ServerFailure if the call fails.
         """
         if script is None:
             script = self.script
@@ -280,7 +308,11 @@ class _Dispatcher:
             self.in_flight += 1
         try:
             try:
-                reply: bytes | str = await self.evalsha(script.sha, len(keys), *keys, *args)
+                fast = self.fast
+                if fast is None:
+                    reply: bytes | str = await self.evalsha(script.sha, len(keys), *keys, *args)
+                else:
+                    reply = await self.direct(fast, packed or fast.pack(script, keys, args))
             except NoScriptError:
                 reply = await script(keys, args)
         except asyncio.CancelledError:
@@ -325,6 +357,12 @@ class _Dispatcher:
                 self.overdue.add(task)
                 task.cancel()
         self._arm_watchdog()
+
+
+async def _exchange(conn: Any, packed: bytes) -> Any:
+    """Send one packed command on ``conn`` and return its reply (one try)."""
+    await conn.send_packed_command(packed)
+    return await conn.read_response()
 
 
 def _dispatcher_for(client: Any, timeout: float, retry_interval: float) -> _Dispatcher:
@@ -558,6 +596,10 @@ class RedisTokenBucket(BucketParts, _AsyncLimiter):
         self._wire_try = single_wire(spec, RESERVE, 1, 0)
         self._wire_take = single_take_wire(spec, 1)
         self._wire_wait = single_wire(spec, RESERVE, 1, -1)
+        dispatcher = self._dispatcher
+        self._packed_try = dispatcher.pack(*self._wire_try)
+        self._packed_take = dispatcher.pack(*self._wire_take, dispatcher.take_script)
+        self._packed_wait = dispatcher.pack(*self._wire_wait)
 
     def _request_one(self, max_wait: int) -> Request:
         return Request(RESERVE, self._one, max_wait, self)
@@ -592,7 +634,9 @@ class RedisTokenBucket(BucketParts, _AsyncLimiter):
             try:
                 floors = self._floors  # slots booked ahead: sent, so not prebuilt
                 if not dispatcher.in_flight and not dispatcher.pending and not floors:
-                    reply = await dispatcher.execute(*self._wire_wait, self)
+                    reply = await dispatcher.execute(
+                        *self._wire_wait, self, None, self._packed_wait
+                    )
                     if len(reply) > 6 or reply[2]:  # a limit of its own, or a slot booked
                         reply = take_replies(reply, [self.key], [self._request_one(-1)])[0]
                     else:
@@ -633,10 +677,15 @@ class RedisTokenBucket(BucketParts, _AsyncLimiter):
                     # Fast path: alone on the connection, the request prebuilt, the short
                     # script first (it leaves a key that is not a plain bucket to ours).
                     take = dispatcher.take_script
-                    reply = await dispatcher.execute(*self._wire_take, self, take)
+                    reply = await dispatcher.execute(
+                        *self._wire_take, self, take, self._packed_take
+                    )
                     if not reply:
-                        reply = await dispatcher.execute(*self._wire_try, self)
-                    if len(reply) > 6:  # the key holds a limit of its own
+                        reply = await dispatcher.execute(
+                            *self._wire_try, self, None, self._packed_try
+                        )
+                    if len(reply) > 6 or reply[5] > self._specs[0].burst:
+                        # The key holds a limit of its own, or slots are booked ahead.
                         reply = take_replies(reply, [self.key], [self._request_one(0)])[0]
                     else:
                         del reply[0]
