@@ -132,7 +132,8 @@ class Rule(Generic[R]):
         return f"<Rule {self.name} {self.limiter!r}>"
 
 
-Granted = list[tuple[Rule[Any], str, Cost, Verdict]]
+Granted = list[tuple[Rule[Any], str, Cost, "Verdict | None"]]
+"""What a request was granted: (rule, key, cost, its Verdict, or None when no headers need it)."""
 
 
 def check(
@@ -155,6 +156,11 @@ def check(
             return ticket, []
         key, cost = ticket
         try:
+            # With no headers on accepted responses, a grant needs no Verdict: the limiter's
+            # bool is enough (a refusal asks again, for the Verdict that says how long).
+            if not max_wait and not gate.headers_on_accept and rule.limiter.try_acquire(key, cost):
+                granted.append((rule, key, cost, None))
+                continue
             verdict = rule.limiter.admit(key, cost, max_wait=max_wait)
         except Exception as exc:
             refusal = gate.failed("the limiter", exc, method, path)
@@ -187,6 +193,8 @@ def accepted_headers(granted: Granted) -> list[tuple[str, str]]:
     joined: dict[str, list[str]] = {}
     tightest: tuple[int, list[tuple[str, str]]] | None = None
     for rule, _, _, verdict in granted:
+        if verdict is None:
+            continue
         headers = rule.gate.accepted_headers(verdict)
         x_headers = []
         for name, value in headers:
