@@ -50,6 +50,8 @@ A = TypeVar("A")  # tokens as refund() and available() report them: float, or pe
 # The fast path recognises the default arguments by identity: cheaper than validating them.
 _ONE = 1
 _ZERO = 0
+# The fast path's gate when it must not grant: below every ``tat - now``.
+_SHUT = float("-inf")
 
 
 def check_priority(priority: object) -> int:
@@ -559,11 +561,10 @@ class TokenBucket(_AsyncLimiter[float], Scheduler):
             clock.now_ns(),
             initial,
         )
-        # The fast path grants when ``tat - now <= _gate``: the burst while nobody waits, the
-        # limiter is open and no event listener is set; -1 otherwise (the full path runs).
-        self._gate = self._burst
         self._spare: list[_AsyncWaiter] = []
+        self._gate: int | float = _SHUT  # the fast path's, see acquire
         self._init_adapter(clock, name, on_event)
+        self._listener_changed()
 
     async def acquire(
         self, tokens: int = 1, *, timeout: float | None = None, priority: int = 0
@@ -575,20 +576,19 @@ class TokenBucket(_AsyncLimiter[float], Scheduler):
         after close(), ValueError/TypeError for bad arguments. Cancellation consumes nothing.
         """
         if tokens is _ONE and timeout is None and priority is _ZERO:
-            # Fast path: one token, nobody waiting. Same arithmetic as Gcra.try_take, inlined
-            # because a method call would double the cost (checked by a differential test).
+            # Fast path: one token, nobody waiting. Gcra.try_take(now_ns, 1), inlined because
+            # a method call would double the cost, and reduced (checked by a differential
+            # test): max(tat, now) + cost - now <= burst is tat - now <= burst - cost, as one
+            # token always fits an empty bucket. ``_gate`` is burst - cost, or -inf while
+            # anyone waits, the limiter is closed or a listener is set.
             now_ns = self._now_ns()
-            gate = self._gate
-            if gate >= 0:  # nobody waiting, open, no listener
-                now = now_ns * self._scale
-                tat = self._tat
-                if tat < now:
-                    tat = now
-                tat += self._cost
-                if tat - now <= gate:
-                    self._tat = tat
-                    self._granted += 1
-                    return True
+            scale = self._scale
+            now = now_ns if scale == 1 else now_ns * scale  # 1 for most rates: skip a bignum *
+            tat = self._tat
+            if tat - now <= self._gate:
+                self._tat = (now if tat < now else tat) + self._cost
+                self._granted += 1
+                return True
             # The defaults need no validation, and the clock was just read.
             if self._closed:
                 raise LimiterClosed(f"{self!r} is closed")
@@ -659,8 +659,9 @@ class TokenBucket(_AsyncLimiter[float], Scheduler):
         return _AsyncLimiter.try_acquire_nowait(self, tokens, priority=priority)
 
     def _listener_changed(self) -> None:
+        # Also called after every change of rate or capacity (through _replan).
         open_ = not self._waiting and not self._closed and self._listener is None
-        self._gate = self._burst if open_ else -1
+        self._gate = self._burst - self._cost if open_ else _SHUT
 
     async def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
         """Change the rate (and capacity). Shorthand for ``set_rate_nowait``."""
