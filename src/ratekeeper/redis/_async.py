@@ -22,6 +22,7 @@ have been consumed (never more than it asked for).
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import inspect
 import time
@@ -132,6 +133,8 @@ class _Dispatcher:
             pool.reset()  # drops the inherited connections without closing the parent's
             if isinstance(getattr(pool, "_lock", None), asyncio.Lock):
                 pool._lock = asyncio.Lock()  # it may be bound to the parent's loop
+        elif self.cluster:
+            _reset_cluster(self.client)
 
     async def call(self, request: Request) -> list[int]:
         """Return the script's reply to ``request``; raise ServerFailure if the call failed."""
@@ -365,6 +368,19 @@ async def _exchange(conn: Any, packed: bytes) -> Any:
     return await conn.read_response()
 
 
+def _reset_cluster(client: RedisCluster) -> None:
+    """Drop an asyncio cluster client's inherited connections and its locks (bound to the
+    parent's loop), in a forked child; nothing is closed, as ``ConnectionPool.reset`` does.
+    The slot map is kept: the nodes are the same."""
+    client._lock = None  # made again when first needed
+    manager = client.nodes_manager
+    manager._initialize_lock = asyncio.Lock()
+    for node in {*manager.nodes_cache.values(), *manager.startup_nodes.values()}:
+        node._connections = []
+        node._free = collections.deque(maxlen=node.max_connections)
+        node._background_tasks = set()
+
+
 def _dispatcher_for(client: Any, timeout: float, retry_interval: float) -> _Dispatcher:
     """Return the client's dispatcher for these settings (kept on the client: same lifetime)."""
     per_client: dict[tuple[float, float], _Dispatcher] | None = getattr(
@@ -594,12 +610,15 @@ class RedisTokenBucket(BucketParts, _AsyncLimiter):
         spec = self._specs[0]
         self._one = ((spec, 1, NO_MARK, 0),)
         self._wire_try = single_wire(spec, RESERVE, 1, 0)
-        self._wire_take = single_take_wire(spec, 1)
+        self._wire_take = single_take_wire(spec, 1, 0)
         self._wire_wait = single_wire(spec, RESERVE, 1, -1)
+        self._wire_take_wait = single_take_wire(spec, 1, -1)
         dispatcher = self._dispatcher
+        take = dispatcher.take_script
         self._packed_try = dispatcher.pack(*self._wire_try)
-        self._packed_take = dispatcher.pack(*self._wire_take, dispatcher.take_script)
+        self._packed_take = dispatcher.pack(*self._wire_take, take)
         self._packed_wait = dispatcher.pack(*self._wire_wait)
+        self._packed_take_wait = dispatcher.pack(*self._wire_take_wait, take)
 
     def _request_one(self, max_wait: int) -> Request:
         return Request(RESERVE, self._one, max_wait, self)
@@ -634,9 +653,15 @@ class RedisTokenBucket(BucketParts, _AsyncLimiter):
             try:
                 floors = self._floors  # slots booked ahead: sent, so not prebuilt
                 if not dispatcher.in_flight and not dispatcher.pending and not floors:
+                    # Alone on the connection: the short script first, as in try_acquire.
+                    take = dispatcher.take_script
                     reply = await dispatcher.execute(
-                        *self._wire_wait, self, None, self._packed_wait
+                        *self._wire_take_wait, self, take, self._packed_take_wait
                     )
+                    if not reply:
+                        reply = await dispatcher.execute(
+                            *self._wire_wait, self, None, self._packed_wait
+                        )
                     if len(reply) > 6 or reply[2]:  # a limit of its own, or a slot booked
                         reply = take_replies(reply, [self.key], [self._request_one(-1)])[0]
                     else:
