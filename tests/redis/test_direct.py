@@ -9,7 +9,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from ratekeeper.redis import RedisTokenBucket
+from ratekeeper.redis import RedisTokenBucket, SyncRedisTokenBucket
 from ratekeeper.redis._common import pack_command
 
 from .conftest import Server
@@ -39,6 +39,38 @@ async def test_a_client_class_that_overrides_evalsha_has_its_override_called(
     assert await bucket.try_acquire() and await bucket.acquire()
     assert seen == [bucket.key, bucket.key]
     await client.aclose()
+
+
+def test_a_sync_client_class_that_overrides_evalsha_has_its_override_called(
+    redis_url: str, key: str
+) -> None:
+    seen: list[Any] = []
+
+    class Traced(redis.Redis):
+        def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+            seen.append(keys_and_args[0])
+            return super().evalsha(sha, numkeys, *keys_and_args)
+
+    client = Traced.from_url(redis_url, socket_timeout=5)
+    bucket = SyncRedisTokenBucket(client, key, "5/s", 5)
+    assert bucket.try_acquire() and bucket.acquire()  # the scripts are loaded
+    seen.clear()
+    assert bucket.try_acquire() and bucket.acquire()
+    assert seen == [bucket.key, bucket.key]
+    client.close()
+
+
+def test_a_sync_call_goes_on_after_script_flush_and_a_dropped_connection(
+    redis_url: str, key: str
+) -> None:
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    bucket = SyncRedisTokenBucket(client, key, "1/minute", 2)
+    assert bucket.try_acquire()
+    client.script_flush()
+    client.connection_pool.disconnect()  # the next call reconnects
+    assert [bucket.try_acquire(), bucket.try_acquire()] == [True, False]
+    assert bucket.statistics().backend_errors == 0
+    client.close()
 
 
 async def test_race_a_call_cancelled_before_its_reply_leaves_no_reply_for_the_next(

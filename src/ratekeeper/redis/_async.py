@@ -47,12 +47,13 @@ from ._common import (
     BucketParts,
     CompositeParts,
     Core,
+    Direct,
     RedisStatistics,
     ReservationBase,
     ServerFailure,
     classify,
     describe_client,
-    pack_command,
+    direct_for,
     take_replies,
     wire,
 )
@@ -77,8 +78,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 MAX_BATCH = 256
-# redis-py's own methods, as imported (before any later patching of the class).
-_PLAIN = (aioredis.Redis.evalsha, aioredis.Redis.execute_command)
 MAX_IN_FLIGHT = 1  # see "Coalescing" above
 _ONE = 1
 
@@ -99,22 +98,7 @@ class _Dispatcher:
         self.take_script = client.register_script(TAKE_SCRIPT)  # its common case, short
         self.evalsha = client.evalsha
         self.cluster = isinstance(client, RedisCluster)
-        # A plain client's calls go straight to a pooled connection as packed bytes (see
-        # ``direct``). Through redis-py's execute_command go: a cluster (it routes by slot),
-        # a single-connection client (its own lock), and a client whose class overrides
-        # evalsha or execute_command (its override runs, e.g. instrumentation).
-        self.pool: Any = None
-        kind = type(client)
-        if (
-            not self.cluster
-            and not getattr(client, "single_connection_client", False)
-            and (kind.evalsha, kind.execute_command) == _PLAIN
-        ):
-            self.pool = client.connection_pool
-            self.encode = self.pool.get_encoder().encode
-            # redis-py < 5.3 wants a command name (unused); later versions warn if given one.
-            first = next(iter(inspect.signature(self.pool.get_connection).parameters.values()))
-            self.name_args: tuple[str, ...] = ("EVALSHA",) if first.default is first.empty else ()
+        self.fast = direct_for(client)  # None: calls go through redis-py's execute_command
         self.where = describe_client(client)
         self.timeout = timeout
         self.retry_interval = retry_interval
@@ -275,23 +259,15 @@ class _Dispatcher:
     def pack(self, keys: list[str], args: list[Any], script: Any = None) -> bytes | None:
         """Return the EVALSHA of ``script`` (default: ours) on ``keys``/``args``, packed for
         ``direct``; None when calls must go through redis-py's execute_command."""
-        if self.pool is None:
-            return None
-        return self._pack(keys, args, self.script if script is None else script)
+        fast = self.fast
+        return None if fast is None else fast.pack(script or self.script, keys, args)
 
-    def _pack(self, keys: list[str], args: list[Any], script: Any) -> bytes:
-        return pack_command(self.encode, ("EVALSHA", script.sha, len(keys), *keys, *args))
-
-    async def direct(self, packed: bytes) -> Any:
-        """Send a packed command on a pooled connection and return its reply.
-
-        What ``client.evalsha`` does, without the layers between: the client's retry policy
-        (each failed try disconnects, as redis-py's does), the connection's socket timeout
-        and health check, and a connection that is cancelled or fails mid-reply is dropped,
-        not reused (redis-py's Connection does that itself).
-        """
-        pool = self.pool
-        conn = await pool.get_connection(*self.name_args)
+    async def direct(self, fast: Direct, packed: bytes) -> Any:
+        """Send a packed command on a connection of the pool and return its reply (see
+        Direct), with the client's retry policy: each failed try disconnects, as redis-py's
+        does."""
+        pool = fast.pool
+        conn = await pool.get_connection(*fast.name_args)
         try:
             return await conn.retry.call_with_retry(
                 lambda: _exchange(conn, packed), lambda error: conn.disconnect()
@@ -332,10 +308,11 @@ class _Dispatcher:
             self.in_flight += 1
         try:
             try:
-                if self.pool is None:
+                fast = self.fast
+                if fast is None:
                     reply: bytes | str = await self.evalsha(script.sha, len(keys), *keys, *args)
                 else:
-                    reply = await self.direct(packed or self._pack(keys, args, script))
+                    reply = await self.direct(fast, packed or fast.pack(script, keys, args))
             except NoScriptError:
                 reply = await script(keys, args)
         except asyncio.CancelledError:

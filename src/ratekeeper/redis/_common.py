@@ -8,12 +8,15 @@ methods below, so both make the same decisions and raise the same errors.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import redis
+import redis.asyncio
 import redis.exceptions as rex
 
 from .._errors import AcquireTimeout, BackendUnavailable, LimiterClosed
@@ -724,6 +727,52 @@ def pads(
         rest = math.ceil((1 - share) * retry_interval * NS_PER_SECOND) * spec.scale
         units.append(min(taken + rest, MAX_AHEAD))
     return tuple(units)
+
+
+# redis-py's own methods, as imported (before any later patching of the classes).
+_PLAIN: dict[Any, tuple[Any, Any]] = {
+    kind: (kind.evalsha, kind.execute_command) for kind in (redis.Redis, redis.asyncio.Redis)
+}
+
+
+class Direct:
+    """A plain client's script calls, packed here and sent on a connection of its pool.
+
+    Per call, redis-py's execute_command encodes every argument and goes through layers
+    (the evalsha wrapper, observability hooks) that cost more than a short script at the
+    server; a limiter's hot commands never change, so they are packed once. The front ends
+    send them with what execute_command keeps: the connection's retry policy, socket timeout
+    and health check, and a connection that fails or is cancelled mid-reply is dropped.
+    """
+
+    __slots__ = ("encode", "name_args", "pool")
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.encode = pool.get_encoder().encode
+        # redis-py < 5.3 wants a command name (unused); later versions warn if given one.
+        first = next(iter(inspect.signature(pool.get_connection).parameters.values()))
+        self.name_args: tuple[str, ...] = ("EVALSHA",) if first.default is first.empty else ()
+
+    def pack(self, script: Any, keys: list[str], args: list[Any]) -> bytes:
+        """Return EVALSHA of ``script`` (a registered Script) on ``keys`` and ``args``."""
+        return pack_command(self.encode, ("EVALSHA", script.sha, len(keys), *keys, *args))
+
+
+def direct_for(client: Any) -> Direct | None:
+    """Return the client's Direct path, or None where its calls must go through redis-py's
+    execute_command: a cluster (it routes by slot), a single-connection client (it has a
+    lock of its own), a client whose class overrides evalsha or execute_command (the
+    override must run: a test's clock, instrumentation)."""
+    kind = type(client)
+    for base, plain in _PLAIN.items():
+        if isinstance(client, base):
+            if (kind.evalsha, kind.execute_command) != plain:
+                return None
+            if getattr(client, "single_connection_client", False):
+                return None
+            return Direct(client.connection_pool)
+    return None
 
 
 def pack_command(encode: Callable[[Any], bytes], parts: Sequence[Any]) -> bytes:

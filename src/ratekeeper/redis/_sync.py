@@ -22,6 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import key_slot  # type: ignore[attr-defined]
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from .._asyncio import check_timeout
@@ -41,6 +42,7 @@ from ._common import (
     ServerFailure,
     classify,
     describe_client,
+    direct_for,
     take_replies,
     wire,
 )
@@ -104,6 +106,7 @@ class _SyncDispatcher:
         self.script = client.register_script(SCRIPT)
         self.take_script = client.register_script(TAKE_SCRIPT)  # its common case, short
         self.cluster = isinstance(client, redis.RedisCluster)
+        self.fast = direct_for(client)  # None: calls go through redis-py's execute_command
         self.where = describe_client(client)
         self.retry_interval = retry_interval
         self.lock = threading.Lock()
@@ -220,6 +223,24 @@ class _SyncDispatcher:
                 request.future.event.set()
             self.hand_off()
 
+    def run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run ``script`` once and return its reply: straight on a connection of the pool
+        for a plain client (see Direct), else by redis-py; loaded again on NOSCRIPT."""
+        fast = self.fast
+        if fast is None:
+            return script(keys, args)
+        packed = fast.pack(script, keys, args)
+        pool = fast.pool
+        conn = pool.get_connection(*fast.name_args)
+        try:
+            return conn.retry.call_with_retry(
+                lambda: _exchange(conn, packed), lambda error: conn.disconnect()
+            )
+        except NoScriptError:
+            return script(keys, args)
+        finally:
+            pool.release(conn)
+
     def send(self, batch: list[Request]) -> list[list[int]]:
         """Make one script call (one per hash slot on a cluster) deciding ``batch``."""
         if self.down_until and time.monotonic() < self.down_until:
@@ -243,12 +264,12 @@ class _SyncDispatcher:
                 take = take_wire(group[0]) if short else None
                 # The short script's case: it answers, or leaves it to ours (an empty reply).
                 # Not with slots booked ahead to send: only ours starts a lost key at them.
-                values = [] if take is None else parse(self.take_script(*take))
+                values = [] if take is None else parse(self.run(self.take_script, *take))
                 if take is not None and values:
                     keys = take[0]
                 else:
                     keys, args = wire(group)
-                    values = parse(self.script(keys, args))
+                    values = parse(self.run(self.script, keys, args))
                 replies.update(zip(map(id, group), take_replies(values, keys, group), strict=True))
         except Exception as exc:
             failure = classify(exc, self.where)
@@ -265,6 +286,12 @@ class _SyncDispatcher:
                 owner._requests += n
                 owner._round_trips += 1
         return [replies[id(r)] for r in batch]
+
+
+def _exchange(conn: Any, packed: bytes) -> Any:
+    """Send one packed command on ``conn`` and return its reply (one try)."""
+    conn.send_packed_command((packed,))
+    return conn.read_response()
 
 
 def _dispatcher_for(client: Any, retry_interval: float) -> _SyncDispatcher:
