@@ -1018,7 +1018,7 @@ class Bench:
                 f"{med(impl, 'dev_p50_us'):.1f}",
                 f"{med(impl, 'dev_p99_us'):.1f}",
                 f"{med(impl, 'short_share') * 100:.1f}%",
-                f"{med(impl, 'envelope_excess_tokens'):.2f}",
+                f"{med(impl, 'envelope_excess_tokens'):.3f}",
                 f"{med(impl, 'cpu_share') * 100:.1f}%",
             )
             for impl in impls
@@ -1057,7 +1057,7 @@ class Bench:
                 "precision",
                 "envelope excess (worst run)",
                 excess,
-                f"{excess:.2f} tokens",
+                f"{excess:.3f} tokens",
                 target="< 1 token",
                 ok=excess < 1.0,
                 headline=True,

@@ -263,11 +263,12 @@ STATE_LOSS = {"flushall", "evict"}
 
 
 def admission_bound(scenario: Scenario) -> float:
-    """The over-admission allowed: one capacity; after state loss, plus the slots that the
-    other processes' sleepers hold and that they have not yet re-asserted (each process's
-    callers hold at most one each)."""
+    """The over-admission allowed: one capacity. After state loss, the bucket is put back
+    as the first process to call saw it last; beyond that, at most the slots the other
+    processes' callers (one each) booked after that process's last reply: with the key
+    saturated, as here, at most (processes - 1) x tasks, below one capacity here."""
     if scenario.fault in STATE_LOSS:
-        return scenario.capacity + (scenario.processes - 1) * scenario.tasks
+        return max(scenario.capacity, (scenario.processes - 1) * scenario.tasks)
     return scenario.capacity
 
 

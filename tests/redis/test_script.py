@@ -73,7 +73,7 @@ class Script:
         self,
         requests: list[Request],
         now_us: int | None,
-        floors: dict[str, int] | None = None,
+        floors: dict[str, tuple[int, int]] | None = None,
         *,
         short: bool = False,
     ) -> list[list[int]]:
@@ -269,7 +269,7 @@ def _run_trace(
     spec = make_spec(key, "", rate, capacity)
     gcra: Gcra | None = None
     marks: list[tuple[int, tuple[int, int]]] = []  # (Gcra mark, script mark) of grants
-    floor: dict[str, int] = {}
+    floor: dict[str, tuple[int, int]] = {}
     now = T0
     # Steps at the same instant go in one call when batched: the script must decide a batch
     # exactly as the same requests one call each.
@@ -313,7 +313,7 @@ def _run_trace(
                     if status == 1:
                         marks.append((value, (epoch, count)))
                         if op == "reserve" and wait:
-                            floor[key] = max(floor.get(key, 0), at * 1000 + wait)
+                            floor[key] = max(floor.get(key, (0, 0)), (at * 1000 + wait, epoch))
                 assert status in (0, 1)
                 assert got == (granted, wait_ns, value), (op, reply)
         assert gcra is not None
@@ -348,28 +348,46 @@ def test_random_traces_decide_as_gcra_with_the_booked_floors_sent(
 
 
 @pytest.mark.parametrize("rate", [Rate(5), Rate(12.345), Rate(3, per=7)])
-def test_a_vanished_key_starts_no_earlier_than_the_callers_booked_slot(
+def test_a_vanished_key_is_put_back_empty_at_the_latest_booked_slot(
     script: Script, sync_client: redis.Redis, key: str, rate: Rate
 ) -> None:
-    """After state loss, a caller's request carries its latest booked slot: the new bucket
-    starts there (as Gcra with its tat at the slot), not full on top of its sleepers."""
+    """After state loss, a caller's request carries the latest slot it knows booked (and
+    the key's epoch then): the new bucket is the old one as it was then, empty at that slot
+    (Gcra with its tat a burst past it), so neither the sleepers nor a fresh burst come on
+    top of what was granted."""
     spec = make_spec(key, "", rate, 3)
     replies = script.call([reserve(spec, 1, None) for _ in range(6)], T0)
     slot = T0 * 1000 + replies[-1][1]  # the last sleeper's slot
+    epoch = replies[-1][2]
     assert replies[-1][1] > 0
+    model = Gcra(rate, 3, T0 * 1000)
+    for _ in range(6):
+        model.reserve_at(T0 * 1000, 1, None)
+    lost_tat = model._tat
     for later_us in (0, 1_000, replies[-1][1] // 2000):
         sync_client.delete(key)  # FLUSHALL, eviction, a restart without persistence...
         now_ns = (T0 + later_us) * 1000
         model = Gcra(rate, 3, now_ns)
-        model._tat = max(model._tat, slot * model._scale)  # the bucket as the floor says
+        # The bucket as it was before the loss (within the 1 ns the slot was rounded up).
+        model._tat = slot * model._scale + spec.burst
+        assert lost_tat <= model._tat < lost_tat + model._scale
         expected = [model.reserve_at(now_ns, 1, None).wait_ns for _ in range(4)]
-        got = script.call([reserve(spec, 1, None) for _ in range(4)], T0 + later_us, {key: slot})
+        floors = {key: (slot, epoch)}
+        got = script.call([reserve(spec, 1, None) for _ in range(4)], T0 + later_us, floors)
         assert [r[1] for r in got] == expected
-        if later_us == 0:  # nobody is granted on top of the sleepers, as before the loss
-            assert expected[0] > 0
+        if later_us == 0:  # the next slot: one interval after the last one booked
+            assert abs(now_ns + got[0][1] - slot - rate.ns_per_token) <= 1
+    # While the key keeps its epoch, a floor is a no-op: the key knows better (a refund
+    # may have taken it below what a caller last saw).
+    [state] = script.call([Request(STATE, ((spec, 0, 0, 0),))], T0 + 5, None)
+    [again] = script.call([Request(STATE, ((spec, 0, 0, 0),))], T0 + 5, {key: (slot * 2, state[2])})
+    assert again[4] == state[4]
+    # A key recreated since (another epoch) is lifted to the floor.
     sync_client.delete(key)
     [fresh] = script.call([reserve(spec, 1, None)], T0)  # no floor: a full bucket, as before
     assert fresh[1] == 0
+    [lifted] = script.call([reserve(spec, 1, None)], T0, {key: (slot, epoch - 1)})
+    assert lifted[1] > 0 and T0 * 1000 + lifted[1] > slot
 
 
 @SETTINGS

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -165,6 +166,66 @@ def run(
 
 
 # -- the limiters, on the server's clock ----------------------------------------------------
+
+
+def test_the_key_expires_within_a_quarter_window_after_its_newest_token_leaves(
+    sync_client: redis.Redis, redis_url: str
+) -> None:
+    """The script sets the TTL only when the newest token moves to another quarter window:
+    the key must never expire while its newest token is in the window, nor linger more
+    than a quarter window after it has left. Checked after each call, on the server's clock
+    (TIME, PTTL and the newest token read in one transaction)."""
+    limiter = SyncRedisSlidingWindow(redis_url, "test:window:ttl", "4 per 0.2 seconds")
+    limiter.refund(100)
+    span_us = 200_000
+    checked = 0
+    for i in range(60):
+        if i % 7 == 3:
+            limiter.acquire()  # sometimes booked ahead: a newest token in the future
+        else:
+            limiter.try_acquire()
+        pipe = sync_client.pipeline(transaction=True)
+        pipe.lrange(limiter.key, 0, 1).pttl(limiter.key).time()
+        top, ttl_ms, (seconds, micros) = pipe.execute()
+        now_us = seconds * 1_000_000 + micros
+        if top:
+            expires_us = now_us + ttl_ms * 1000
+            # The newest plain token, after the debt's run "t*c" if that is first.
+            newest = max(int(element.split(b"*")[0]) for element in top)
+            assert newest + span_us <= expires_us + 1000  # PTTL counts whole ms
+            assert expires_us <= newest + span_us + span_us // 4 + 3000
+            checked += 1
+        time.sleep(0.011)
+    limiter.close()
+    assert checked >= 50
+
+
+def test_the_script_is_loaded_again_after_script_flush(
+    sync_client: redis.Redis, redis_url: str
+) -> None:
+    limiter = SyncRedisSlidingWindow(redis_url, "test:window:flush", "3/s")
+    limiter.refund(10)
+    assert limiter.try_acquire()
+    sync_client.script_flush()
+    assert limiter.try_acquire()
+    assert limiter.statistics().backend_errors == 0
+    limiter.close()
+
+
+async def test_the_async_script_is_loaded_again_after_script_flush(
+    async_client: Any, redis_url: str
+) -> None:
+    limiter = RedisSlidingWindow(redis_url, "test:window:flush-async", "3/s")
+    await limiter.refund(10)
+    assert await limiter.try_acquire()
+    await async_client.script_flush()
+    reservation = await limiter.reserve()
+    reservation.cancel()  # its refund is sent by the next call, on a flushed server too
+    await async_client.script_flush()
+    assert await limiter.try_acquire()
+    stats = limiter.statistics()
+    assert (stats.backend_errors, stats.refunded_tokens) == (0, 1)
+    await limiter.aclose()
 
 
 async def test_concurrent_callers_never_put_more_than_n_in_any_window(redis_url: str) -> None:

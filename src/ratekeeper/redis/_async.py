@@ -684,7 +684,8 @@ class RedisTokenBucket(BucketParts, _AsyncLimiter):
                         reply = await dispatcher.execute(
                             *self._wire_try, self, None, self._packed_try
                         )
-                    if len(reply) > 6:  # the key holds a limit of its own
+                    if len(reply) > 6 or reply[5] > self._specs[0].burst:
+                        # The key holds a limit of its own, or slots are booked ahead.
                         reply = take_replies(reply, [self.key], [self._request_one(0)])[0]
                     else:
                         del reply[0]

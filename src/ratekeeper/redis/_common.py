@@ -248,29 +248,37 @@ class Core:
         self._fallback_grants = 0
         self._requests = 0
         self._round_trips = 0
-        # key -> (the latest slot this limiter booked there: server ns, and until when
-        # (monotonic ns) it lies ahead); sent with each request so that a key that lost
-        # its state never starts before it (see gcra.lua).
-        self._floors: dict[str, tuple[int, int]] = {}
+        # key -> (the latest slot this limiter knows to be booked there, by anyone: server
+        # ns; until when (monotonic ns) it lies ahead; the key's epoch then). Sent with each
+        # request, so that a key that lost its state is put back empty at it (see gcra.lua).
+        self._floors: dict[str, tuple[int, int, int]] = {}
 
     # -- booked slots, against state loss ----------------------------------------------
 
-    def _book(self, items: tuple[tuple[Spec, int, int, int], ...], now_us: int, wait: int) -> None:
-        """Remember a slot booked ``wait`` ns after the server's ``now_us`` on the keys."""
+    def _saw(self, spec: Spec, epoch: int, now_us: int, ahead: int) -> None:
+        """Remember the latest slot a reply shows booked on ``spec``'s key, if any.
+
+        A bucket more than a burst ahead has its latest slot booked at ``ahead - burst``
+        (a sleeper's, this process's or another's; or a debt, the same to a new bucket).
+        """
+        booked = ahead - spec.burst
+        if booked <= 0:
+            return
+        wait = booked // spec.scale
         slot = now_us * 1000 + wait
-        until = time.monotonic_ns() + wait + _FLOOR_MARGIN_NS
         floors = self._floors
+        old = floors.get(spec.key)
+        if old is not None and old[0] >= slot and old[2] == epoch:
+            return
         if len(floors) >= _MAX_FLOORS:
             now = time.monotonic_ns()
-            for key in [k for k, (_, end) in floors.items() if end < now]:
+            for key in [k for k, (_, end, _) in floors.items() if end < now]:
                 del floors[key]
-        for spec, _, _, _ in items:
-            old = floors.get(spec.key)
-            if old is None or old[0] < slot:
-                floors[spec.key] = (slot, until)
+        floors[spec.key] = (slot, time.monotonic_ns() + wait + _FLOOR_MARGIN_NS, epoch)
 
-    def _floors_of(self, request: Request, into: dict[str, int]) -> None:
-        """Add the floors of ``request``'s keys still ahead to ``into`` (the latest wins)."""
+    def _floors_of(self, request: Request, into: dict[str, tuple[int, int]]) -> None:
+        """Add the floors (slot, epoch) of ``request``'s keys still ahead to ``into`` (the
+        latest slot wins)."""
         floors = self._floors
         now = time.monotonic_ns()
         for spec, _, _, _ in request.items:
@@ -278,8 +286,10 @@ class Core:
             if floor is not None:
                 if floor[1] < now:
                     del floors[spec.key]
-                elif into.get(spec.key, 0) < floor[0]:
-                    into[spec.key] = floor[0]
+                else:
+                    sent = into.get(spec.key)
+                    if sent is None or sent[0] < floor[0]:
+                        into[spec.key] = (floor[0], floor[2])
 
     # -- amounts ---------------------------------------------------------------------------
 
@@ -605,8 +615,8 @@ class Core:
         self, specs: tuple[Spec, ...], limits: Sequence[tuple[Rate, int]]
     ) -> tuple[int, ...]:
         """Return the tokens to charge a new local bucket per limit: none if this process
-        booked no slot on its key lately (the bucket was not saturated), else enough to
-        empty it at the last slot booked (its sleepers still take their tokens)."""
+        knows of no slot booked ahead on its key (the bucket was not saturated), else
+        enough to empty it at the latest one (the sleepers still take their tokens)."""
         now = time.monotonic_ns()
         behind = []
         for spec, (rate, capacity) in zip(specs, limits, strict=True):
@@ -618,8 +628,8 @@ class Core:
 
     def _fallback(self) -> LocalLimits:
         """Return the local limiter, made at the first failure, at ``fallback_share`` of
-        the limit: full, unless this process booked slots lately (the bucket at the server
-        was saturated), then empty at the last slot it booked (its sleepers still take
+        the limit: full, unless this process knows of slots booked ahead (the bucket at
+        the server was saturated), then empty at the latest one (the sleepers still take
         their tokens)."""
         local = self._local
         if local is None:
@@ -791,7 +801,7 @@ def pack_command(encode: Callable[[Any], bytes], parts: Sequence[Any]) -> bytes:
 
 def wire(requests: list[Request]) -> tuple[list[str], list[Any]]:
     """Return ``encode(requests)`` with the floors their owners hold for the keys."""
-    floors: dict[str, int] | None = None
+    floors: dict[str, tuple[int, int]] | None = None
     for request in requests:
         owner = request.owner
         if owner is not None and owner._floors:
@@ -804,13 +814,20 @@ def wire(requests: list[Request]) -> tuple[list[str], list[Any]]:
 def take_replies(values: list[int], keys: list[str], requests: list[Request]) -> list[list[int]]:
     """Return one reply per request from the script's integers, after handing the keys'
     own limits (the reply's trailer) to the owners of the requests naming them, and the
-    slots booked ahead (a grant with a wait) to their owners' floors."""
+    slots the replies show booked ahead to their owners' floors."""
     replies, trailer = cut(values, requests)
     if trailer:
         adopt_limits(trailer, keys, requests)
+        return replies  # in the keys' own limits: the next replies give the floors
+    now_us = values[0]
     for request, reply in zip(requests, replies, strict=True):
-        if request.op == RESERVE and reply[1] > 0 and reply[0] == DONE and request.owner:
-            request.owner._book(request.items, values[0], reply[1])
+        owner = request.owner
+        if owner is not None and reply[0] != WRONGTYPE:
+            j = 4
+            for spec, _, _, _ in request.items:
+                if reply[j] > spec.burst:
+                    owner._saw(spec, reply[j - 2], now_us, reply[j])
+                j += 3
     return replies
 
 

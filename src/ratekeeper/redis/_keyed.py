@@ -341,7 +341,7 @@ class _KeyedCore(Core):
                 ) from failure
         if key not in self._outage_keys:
             # The first local decision on the key: its bucket starts no earlier than the
-            # last slot this process booked there (its sleepers still take their tokens).
+            # latest slot this process knows booked there (the sleepers take their tokens).
             self._outage_keys.add(key)
             limits = [(limit.rate, limit.capacity) for limit in store.limits.values()]
             behind = self._behind(self._specs_for(key), limits)

@@ -194,16 +194,18 @@ class Request:
 
 
 def encode(
-    requests: list[Request], now_us: int | None = None, floors: Mapping[str, int] | None = None
+    requests: list[Request],
+    now_us: int | None = None,
+    floors: Mapping[str, tuple[int, int]] | None = None,
 ) -> tuple[list[str], list[Any]]:
     """Return (KEYS, ARGV) for one script call deciding ``requests`` in order.
 
     Each key is sent once, with the parameters of the first request naming it (one key
     must mean one limit); if later ones name it with others, the script is asked to report
     the limit the key holds, so that every owner in the batch can adopt it. ``now_us``
-    replaces the server's TIME: for tests only. ``floors``: per key, the latest slot (server
-    time, ns) the sender's process has booked there; a key that lost its state starts no
-    earlier (see the script).
+    replaces the server's TIME: for tests only. ``floors``: per key, (the latest slot (server
+    time, ns) the sender's process knows to be booked there, the key's epoch then); a key
+    that lost its state since is put back empty at that slot (see the script).
     """
     index: dict[str, int] = {}
     keys: list[str] = []
@@ -240,8 +242,8 @@ def encode(
     args = ["" if now_us is None else str(now_us), " ".join(conf), " ".join(body)]
     if floors:
         sent = [
-            f"{i} {ns // 1000} {ns % 1000}"
-            for key, ns in floors.items()
+            f"{i} {ns // 1000} {ns % 1000} {epoch}"
+            for key, (ns, epoch) in floors.items()
             if (i := index.get(key)) is not None
         ]
         if sent:

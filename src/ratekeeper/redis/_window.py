@@ -28,7 +28,7 @@ from importlib import resources
 from types import TracebackType
 from typing import Any, ClassVar, ParamSpec, TypeVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from .._asyncio import check_timeout
 from .._errors import AcquireTimeout, BackendUnavailable, LimiterClosed
@@ -61,6 +61,8 @@ FIXED_SCRIPT: str = resources.files(__package__).joinpath("fixed.lua").read_text
 """The fixed window's Lua source (the same operations and replies, aligned by the server)."""
 
 _NO_MARK = -1
+# The script's ops, and its argument "" (read the time at the server), as the bytes sent.
+_RESERVE, _CHARGE, _REFUND, _STATE, _SERVER_TIME = b"R", b"C", b"F", b"S", b""
 _ONE = 1  # the default token count, recognised by identity on the hot path
 _FAILURES = (RedisError, OSError, TimeoutError)
 
@@ -83,6 +85,7 @@ class WindowCore:
         name: str | None = None,
     ) -> None:
         self.key = prefix + check_key(key, prefix)
+        self._key = self.key.encode()
         self._configure(Rate.of(rate), capacity)
         self._timeout = check_seconds(timeout, "timeout", allow_zero=False)
         self.name = name
@@ -94,7 +97,10 @@ class WindowCore:
         self._backend_errors = self._requests = 0
         self._made = 0  # reservations made (their order among grants of one server time)
         self._client, self._owned = self._resolve(client, self._timeout)
+        # register_script keeps the source to load it again on NOSCRIPT (after a restart or a
+        # SCRIPT FLUSH); the calls themselves go straight to EVALSHA (see _eval).
         self._script = self._client.register_script(self._source)
+        self._sha = self._script.sha
         self._init_front()
 
     def _init_front(self) -> None:
@@ -106,10 +112,11 @@ class WindowCore:
         if span_us >= 2**52:
             raise ValueError(f"a window of {span_us} us is too long for the server's arithmetic")
         self._rate, self._capacity, self._span_us = rate, capacity, span_us
-        self._limit = [str(capacity), str(span_us), *self._alignment()]
-        self._try_one = ["", *self._limit, "R", "1", "0"]  # built once
+        # The arguments as the bytes sent: the client passes bytes through unencoded.
+        self._limit = [b"%d" % capacity, b"%d" % span_us, *self._alignment()]
+        self._try_one: list[bytes | int] = [_SERVER_TIME, *self._limit, _RESERVE, b"1", b"0"]
 
-    def _alignment(self) -> list[str]:
+    def _alignment(self) -> list[bytes]:
         """Return the script's arguments after N and T (hook: none for a sliding window)."""
         return []
 
@@ -135,18 +142,18 @@ class WindowCore:
 
     # -- the script's arguments and replies ------------------------------------------------
 
-    def _args(self, op: str, *numbers: int) -> list[str]:
+    def _args(self, op: bytes, *numbers: int) -> list[bytes | int]:
         if self._closed:
             raise LimiterClosed(f"{self!r} is closed")
         self._requests += 1
-        return ["", *self._limit, op, *map(str, numbers)]
+        return [_SERVER_TIME, *self._limit, op, *numbers]
 
-    def _try_args(self, tokens: int) -> list[str]:
+    def _try_args(self, tokens: int) -> list[bytes | int]:
         """Return the arguments of a try: a reservation that may not wait."""
         if tokens is _ONE and not self._closed:
             self._requests += 1
-            return self._try_one
-        return self._args("R", check_tokens(tokens, limit=self._capacity), 0)
+            return self._try_one  # built once
+        return self._args(_RESERVE, check_tokens(tokens, limit=self._capacity), 0)
 
     def _tried(self, reply: list[int], tokens: int) -> bool:
         """Count a try's reply; return whether it was granted."""
@@ -157,11 +164,11 @@ class WindowCore:
         self._rejected += 1
         return False
 
-    def _reserve_args(self, tokens: int, timeout: float | None) -> tuple[int, list[str]]:
+    def _reserve_args(self, tokens: int, timeout: float | None) -> tuple[int, list[bytes | int]]:
         tokens = check_tokens(tokens, limit=self._capacity)
         max_wait = check_timeout(timeout)
         max_us = -1 if max_wait is None else max_wait // 1000
-        return tokens, self._args("R", tokens, max_us)
+        return tokens, self._args(_RESERVE, tokens, max_us)
 
     def _granted_at(self, reply: list[int], tokens: int, timeout: float | None) -> tuple[int, int]:
         """Count a reservation's reply; return (wait ns, mark), or raise AcquireTimeout."""
@@ -290,11 +297,18 @@ class _AsyncWindow(WindowCore):
         self._turn_future: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def _call(self, args: list[str]) -> list[int]:
+    async def _eval(self, args: list[bytes | int]) -> bytes | str:
+        try:
+            reply: bytes | str = await self._client.evalsha(self._sha, 1, self._key, *args)
+        except NoScriptError:
+            reply = await self._script(keys=[self._key], args=args)  # loads it again
+        return reply
+
+    async def _call(self, args: list[bytes | int]) -> list[int]:
         if self._pending:
             await self._send_refunds()
         try:
-            return _parse(await self._script(keys=[self.key], args=args))
+            return _parse(await self._eval(args))
         except _FAILURES as exc:
             raise self._failure(exc) from exc
 
@@ -302,9 +316,7 @@ class _AsyncWindow(WindowCore):
         while self._pending:
             tokens, mark = self._pending.pop(0)
             try:
-                self._refunded_by(
-                    _parse(await self._script(keys=[self.key], args=self._args("F", tokens, mark)))
-                )
+                self._refunded_by(_parse(await self._eval(self._args(_REFUND, tokens, mark))))
             except (*_FAILURES, LimiterClosed):
                 self._backend_errors += 1  # the tokens stay counted: the safe side
 
@@ -392,23 +404,23 @@ class _AsyncWindow(WindowCore):
         fixed window's off the current count); return how many went back. The caller
         vouches that they were taken and not used."""
         tokens = check_tokens(tokens)
-        return self._refunded_by(await self._call(self._args("F", tokens, _NO_MARK)))
+        return self._refunded_by(await self._call(self._args(_REFUND, tokens, _NO_MARK)))
 
     async def charge(self, tokens: int) -> None:
         """Record ``tokens`` now, past the capacity if need be (later callers wait it off)."""
         tokens = check_tokens(tokens)
-        await self._call(self._args("C", tokens))
+        await self._call(self._args(_CHARGE, tokens))
         self._granted_tokens += tokens
 
     async def available(self) -> float:
         """Return the tokens the window has room for now (negative while in debt)."""
-        reply = await self._call(self._args("S"))
+        reply = await self._call(self._args(_STATE))
         return float(self._capacity - reply[1])
 
     async def full_in(self) -> float:
         """Return seconds until the window is empty (a fixed window: until one starts
         empty)."""
-        reply = await self._call(self._args("S"))
+        reply = await self._call(self._args(_STATE))
         return reply[2] / 1e6
 
     async def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
@@ -546,16 +558,23 @@ class _SyncWindow(WindowCore):
         self._wake = threading.Condition(self._lock)
         self._sleeping: dict[int, tuple[int, int]] = {}  # id(reservation) -> its order
 
-    def _call(self, args: list[str]) -> list[int]:
+    def _eval(self, args: list[bytes | int]) -> bytes | str:
         try:
-            return _parse(self._script(keys=[self.key], args=args))
+            reply: bytes | str = self._client.evalsha(self._sha, 1, self._key, *args)
+        except NoScriptError:
+            reply = self._script(keys=[self._key], args=args)  # loads it again
+        return reply
+
+    def _call(self, args: list[bytes | int]) -> list[int]:
+        try:
+            return _parse(self._eval(args))
         except _FAILURES as exc:
             with self._lock:
                 raise self._failure(exc) from exc
 
     def _give_back(self, tokens: int, mark: int) -> None:
         try:
-            reply = self._call(self._args("F", tokens, mark))
+            reply = self._call(self._args(_REFUND, tokens, mark))
         except (BackendUnavailable, LimiterClosed):
             return  # counted; the tokens stay counted: the safe side
         with self._lock:
@@ -610,25 +629,25 @@ class _SyncWindow(WindowCore):
 
     def refund(self, tokens: int) -> float:
         """Give back ``tokens`` still in the window, the oldest first (see the async twin)."""
-        reply = self._call(self._args("F", check_tokens(tokens), _NO_MARK))
+        reply = self._call(self._args(_REFUND, check_tokens(tokens), _NO_MARK))
         with self._lock:
             return self._refunded_by(reply)
 
     def charge(self, tokens: int) -> None:
         """Record ``tokens`` now, past the capacity if need be."""
         tokens = check_tokens(tokens)
-        self._call(self._args("C", tokens))
+        self._call(self._args(_CHARGE, tokens))
         with self._lock:
             self._granted_tokens += tokens
 
     def available(self) -> float:
         """Return the tokens the window has room for now (negative while in debt)."""
-        return float(self._capacity - self._call(self._args("S"))[1])
+        return float(self._capacity - self._call(self._args(_STATE))[1])
 
     def full_in(self) -> float:
         """Return seconds until the window is empty (a fixed window: until one starts
         empty)."""
-        return self._call(self._args("S"))[2] / 1e6
+        return self._call(self._args(_STATE))[2] / 1e6
 
     def set_rate(self, rate: RateLike, capacity: int | None = None) -> None:
         """Change the limit this process sends (see RedisSlidingWindow.set_rate)."""
@@ -731,9 +750,9 @@ class RedisSlidingWindow(_AsyncWindow):
 
     ``client``: a ``redis.asyncio.Redis``, or a URL (then the limiter owns the client;
     ``aclose()`` closes it). The list stored at ``prefix + key`` holds at most
-    ``capacity + 1`` elements and expires when the window is empty. A server failure raises
-    ``BackendUnavailable``. Raises ValueError/TypeError at once for a bad rate, capacity,
-    key or URL.
+    ``capacity + 1`` elements and expires at most a quarter window after the window is
+    empty. A server failure raises ``BackendUnavailable``. Raises ValueError/TypeError at
+    once for a bad rate, capacity, key or URL.
     """
 
 
@@ -763,8 +782,8 @@ class _Fixed(WindowCore):
         self._offset_us = -(-offset_ns // 1000) if offset_ns < 0 else offset_ns // 1000
         super().__init__(client, key, rate, capacity, prefix=prefix, timeout=timeout, name=name)
 
-    def _alignment(self) -> list[str]:
-        return [str(self._offset_us)]
+    def _alignment(self) -> list[bytes]:
+        return [b"%d" % self._offset_us]
 
 
 class RedisFixedWindow(_Fixed, _AsyncWindow):

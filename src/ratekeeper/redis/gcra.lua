@@ -33,13 +33,16 @@
 --   K  set limit m x (key index, cost, scale, capacity): the balance carries over, as
 --                Gcra.reconfigure (tokens available stay so, capped at the new capacity;
 --                debt stays debt; a capacity raise adds to g, so old marks give back no more)
--- ARGV[4] (optional) floors, space-separated: m x (key index, us, ns): the latest slot
---         (server time us * 1000 + ns) that the caller's process booked on that key. A
---         bucket is never taken to be further behind than that: a key that vanished
---         (FLUSHALL, eviction, a restart without persistence, a failover to a replica that
---         lagged) starts no earlier than the slots its sleepers hold, so they are not added
---         on top of a full bucket. Otherwise a no-op: a bucket is always at or past its
---         booked slots (refunds stop there).
+-- ARGV[4] (optional) floors, space-separated: m x (key index, us, ns, epoch): the latest
+--         slot (server time us * 1000 + ns) that the caller's process knows to be booked on
+--         that key (by itself or, as a reply told it, by anyone), and the key's epoch then.
+--         While the key keeps that epoch the floor is a no-op (the key knows better: a
+--         bucket is always at or past its booked slots). A key that is missing, or that
+--         holds another epoch (it was recreated since), lost its state (FLUSHALL, eviction,
+--         a restart without persistence, a failover to a replica that lagged) while slots
+--         were booked: it is put back empty at the floor (ahead >= floor + burst), as the
+--         bucket was when the caller last saw it, so that neither the booked slots nor a
+--         fresh burst come on top of what was granted before the loss.
 -- (Two strings rather than many arguments, and one string back: clients encode and parse
 -- a batch of hundreds of decisions as fast as one.)
 --
@@ -155,12 +158,12 @@ local function set_limit(i, c, sc, k)
   differs[i] = fmt(c) ~= conf[base] or fmt(sc) ~= conf[base + 1] or fmt(k) ~= conf[base + 2]
 end
 local arg = words(ARGV[3])
-local floor_us, floor_ns = {}, {}
+local floor_us, floor_ns, floor_e = {}, {}, {}
 if ARGV[4] then
   local f = words(ARGV[4])
-  for k = 1, #f, 3 do
+  for k = 1, #f, 4 do
     local i = tonumber(f[k])
-    floor_us[i], floor_ns[i] = tonumber(f[k + 1]), tonumber(f[k + 2])
+    floor_us[i], floor_ns[i], floor_e[i] = tonumber(f[k + 1]), tonumber(f[k + 2]), tonumber(f[k + 3])
   end
 end
 
@@ -212,18 +215,22 @@ local function load(i)
     end
     s = { e = tonumber(e), g = tonumber(g), ahead = since(tonumber(a)), booked = booked }
   else
-    s = { e = now_us, g = 0, ahead = 0, booked = 0 }
+    s = { e = now_us, g = 0, ahead = 0, booked = 0, new = true }
   end
   local fu = floor_us[i]
-  if fu and not s.bad and fu >= now_us then
-    -- The caller's latest booked slot, in units ahead of now (capped where exactness ends).
+  if fu and not s.bad and fu >= now_us and (s.new or s.e ~= floor_e[i]) then
+    -- State lost since the caller saw the slot: the bucket again empty at that slot.
     local ns = (fu - now_us) * 1000 + floor_ns[i]
     local at = MAX_AHEAD
-    if ns <= MAX_AHEAD / scale[i] then
+    if ns <= (MAX_AHEAD - burst[i]) / scale[i] then
       at = ns * scale[i]
     end
-    if at > s.ahead then
-      s.ahead = at
+    local ahead = at + burst[i]
+    if ahead > MAX_AHEAD then
+      ahead = MAX_AHEAD
+    end
+    if ahead > s.ahead then
+      s.ahead = ahead
       s.dirty = true
     end
     if at > s.booked then

@@ -5,10 +5,12 @@
 -- contains t; tokens granted at t may go again at t + T.
 --
 -- KEYS[1] the window: a list of the times (us) of its tokens, newest first, one element per
---         token; its last element may instead be "t*c": c tokens counted at t, older than
+--         token; its first element may instead be "t*c": c tokens counted at t, older than
 --         all the others (a debt past N, kept as one count at the newest of its times, which
---         is never earlier than their own). At most N + 1 elements. The key expires when
---         its newest token leaves the window; a missing key is an empty window.
+--         is never earlier than their own). At most N + 1 elements. Times that have left the
+--         window may stay in the list until a call counts them (they decide nothing). The
+--         key expires at the latest a quarter of a window after its newest token has left
+--         the window; a missing key is an empty window.
 -- ARGV[1] "" to read the time with TIME, or a time in us (tests only)
 -- ARGV[2] N, the capacity (tokens)
 -- ARGV[3] T, the window (us)
@@ -30,36 +32,103 @@ if redis.replicate_commands then
 end
 
 local key = KEYS[1]
-local now
+local now, now_s
 if ARGV[1] == "" then
   local time = redis.call("TIME")
   now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+  now_s = time[1] .. string.sub("00000" .. time[2], -6) -- as "%.0f" writes it, without it
 else
-  now = tonumber(ARGV[1])
+  now_s = ARGV[1]
+  now = tonumber(now_s)
 end
 local cap = tonumber(ARGV[2])
 local span = tonumber(ARGV[3])
 local op = ARGV[4]
 
+-- The expiry: the key lives until the end of the quarter window (us, counted from 0) that
+-- holds its newest token, plus a window. So a new newest token in the same quarter needs no
+-- PEXPIRE; the key outlives its tokens by at most a quarter window.
+local quarter = math.floor(span / 4) + 1
+
+local function expire_after(newest)
+  local ends = (math.floor(newest / quarter) + 1) * quarter + span
+  redis.call("PEXPIRE", key, math.floor((ends - now) / 1000) + 1)
+end
+
+-- The common case first, inline (the fewest commands, no formatting): a reserve of n <= N
+-- tokens on a window with no debt's run (the head is a plain time). The slot that decides is
+-- the n-th of the N newest tokens (the element at N - n); the newest bounds the grant from
+-- below. It records the grant here when that slot is free or has left the window at now:
+-- then the tokens go at max(now, newest), and the slot and every older element (all out of
+-- the window) drop with one LTRIM. A grant that must wait for its slot is left to the
+-- general code below (it may fold tokens into a run), as is everything else.
+if op == "R" then
+  local n = tonumber(ARGV[5])
+  if n <= cap and n <= 1000 then
+    local head = redis.call("LINDEX", key, 0)
+    if not (head and string.find(head, "*", 1, true)) then
+      local newest, slot = nil, nil
+      if head then
+        newest = tonumber(head)
+        if n == cap then
+          slot = newest
+        else
+          slot = redis.call("LINDEX", key, cap - n)
+          slot = slot and tonumber(slot)
+        end
+      end
+      local due, value = now, now_s
+      if newest and newest > now then
+        due, value = newest, head
+      end
+      local gone = not slot or slot + span <= now
+      if not gone and slot + span > due then
+        due = slot + span
+      end
+      local wait = due - now
+      local max_wait = tonumber(ARGV[6])
+      if max_wait >= 0 and wait > max_wait then
+        return now_s .. " 0 " .. string.format("%.0f", wait) .. " 0"
+      end
+      if gone then
+        if n == 1 then
+          redis.call("LPUSH", key, value)
+        else
+          local values = {}
+          for i = 1, n do
+            values[i] = value
+          end
+          redis.call("LPUSH", key, unpack(values))
+        end
+        if slot then
+          redis.call("LTRIM", key, 0, cap - 1)
+        end
+        if not newest or math.floor(newest / quarter) ~= math.floor(due / quarter) then
+          expire_after(due)
+        end
+        return now_s .. " 1 " .. (wait == 0 and "0" or string.format("%.0f", wait)) .. " " .. value
+      end
+    end
+  end
+end
+
 local function int(x)
   return string.format("%.0f", x)
 end
 
--- The tail: a run "t*c" of the debt, or a plain token.
+-- The head: a run "t*c" of the debt, or the newest plain token.
 local len = redis.call("LLEN", key)
-local run_t, run_c = nil, 0
-local oldest = nil -- the oldest plain token's time, while it is known
+local run_t, run_c, off = nil, 0, 0 -- off: 1 while the run is the list's first element
 if len > 0 then
-  local tail = redis.call("LINDEX", key, -1)
-  local star = string.find(tail, "*", 1, true)
+  local head = redis.call("LINDEX", key, 0)
+  local star = string.find(head, "*", 1, true)
   if star then
-    run_t = tonumber(string.sub(tail, 1, star - 1))
-    run_c = tonumber(string.sub(tail, star + 1))
-  else
-    oldest = tonumber(tail)
+    run_t = tonumber(string.sub(head, 1, star - 1))
+    run_c = tonumber(string.sub(head, star + 1))
+    off = 1
   end
 end
-local plain = len - (run_t and 1 or 0)
+local plain = len - off
 local newest = nil -- the newest token's time, read once (false: none)
 
 -- The time of the token p places from the newest (0: the newest), or nil.
@@ -68,7 +137,7 @@ local function at(p)
     return newest or nil
   end
   if p < plain then
-    return tonumber(redis.call("LINDEX", key, p))
+    return tonumber(redis.call("LINDEX", key, off + p))
   end
   if p < plain + run_c then
     return run_t
@@ -81,13 +150,23 @@ local function newer_than(start)
   local lo, hi = 0, plain
   while lo < hi do
     local mid = math.floor((lo + hi) / 2)
-    if tonumber(redis.call("LINDEX", key, mid)) > start then
+    if tonumber(redis.call("LINDEX", key, off + mid)) > start then
       lo = mid + 1
     else
       hi = mid
     end
   end
   return lo
+end
+
+local function write_run()
+  redis.call("LSET", key, 0, int(run_t) .. "*" .. int(run_c))
+end
+
+local function drop_run()
+  redis.call("LPOP", key)
+  run_t, run_c, off = nil, 0, 0
+  newest = nil
 end
 
 -- Drop the tokens that have slid out of the window that ends at `t`.
@@ -97,21 +176,11 @@ local function prune(t)
     if run_t > start then
       return -- every plain token is newer than the run
     end
-    redis.call("RPOP", key)
-    run_t, run_c = nil, 0
-    len = len - 1
-    newest = nil
+    drop_run()
   end
-  if plain == 0 then
+  if plain == 0 or tonumber(redis.call("LINDEX", key, -1)) > start then
     return
   end
-  if oldest == nil then
-    oldest = tonumber(redis.call("LINDEX", key, plain - 1))
-  end
-  if oldest > start then
-    return
-  end
-  oldest = nil
   local keep = newer_than(start)
   if keep == 0 then
     redis.call("DEL", key)
@@ -119,15 +188,7 @@ local function prune(t)
     redis.call("LTRIM", key, 0, keep - 1)
   end
   plain = keep
-  len = keep
   newest = nil
-end
-
-local function expire()
-  local last = at(0)
-  if last then
-    redis.call("PEXPIRE", key, math.floor((last + span - now) / 1000) + 1)
-  end
 end
 
 -- When (us) the next `tokens` can all have gone, none before now.
@@ -153,6 +214,10 @@ local function commit(t, n)
     t = last
   end
   prune(now) -- at now, never at a booking's time: a withdrawn booking must not hide a token
+  if run_t then
+    redis.call("LPOP", key) -- the run goes back on top below
+    off = 0
+  end
   local value = int(t)
   local chunk = {}
   for i = 1, math.min(n, 4000) do
@@ -169,18 +234,19 @@ local function commit(t, n)
     left = left - #chunk
   end
   plain = plain + n
-  len = len + n
   newest = t
   if plain > cap then
     -- The tokens past the N newest decide nothing while the debt stands: one run holds
     -- them, at the newest of their times.
     local over_t = tonumber(redis.call("LINDEX", key, cap))
-    local count = plain + run_c - cap
     redis.call("LTRIM", key, 0, cap - 1)
-    redis.call("RPUSH", key, int(over_t) .. "*" .. int(count))
-    plain, run_t, run_c, len = cap, over_t, count, cap + 1
+    run_t, run_c, plain = over_t, plain + run_c - cap, cap
   end
-  expire()
+  if run_t then
+    redis.call("LPUSH", key, int(run_t) .. "*" .. int(run_c))
+    off = 1
+  end
+  expire_after(t)
   return t
 end
 
@@ -203,11 +269,10 @@ elseif op == "F" then
     back = math.min(n, run_c)
     if back > 0 then
       if back == run_c then
-        redis.call("RPOP", key)
-        run_t, run_c, len = nil, 0, len - 1
+        drop_run()
       else
         run_c = run_c - back
-        redis.call("LSET", key, -1, int(run_t) .. "*" .. int(run_c))
+        write_run()
       end
     end
     local take = math.min(n - back, plain)
@@ -221,17 +286,16 @@ elseif op == "F" then
       back = back + take
     end
   else
-    back = redis.call("LREM", key, n, int(mark))
+    back = redis.call("LREM", key, n, int(mark)) -- never the run: it holds a "*"
     plain = plain - back
     if back < n and run_t and mark <= run_t then
       local extra = math.min(n - back, run_c)
       run_c = run_c - extra
       back = back + extra
       if run_c == 0 then
-        redis.call("RPOP", key)
-        run_t = nil
+        drop_run()
       else
-        redis.call("LSET", key, -1, int(run_t) .. "*" .. int(run_c))
+        write_run()
       end
     end
   end
@@ -248,4 +312,4 @@ elseif op == "S" then
 else
   return redis.error_reply("ERR ratekeeper: unknown op " .. tostring(op))
 end
-return int(now) .. " " .. reply
+return now_s .. " " .. reply
