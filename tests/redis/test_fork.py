@@ -12,11 +12,13 @@ import os
 import time
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
 
 from ratekeeper import Limit, SyncKeyedLimiter
 from ratekeeper.redis import RedisTokenBucket, SyncRedisKeyedBackend, SyncRedisTokenBucket
 
 from ..test_fork import FORKS, busy, fork_while_held, run_in_child
+from .conftest import Server
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
 
@@ -44,10 +46,11 @@ def test_the_dispatchers_lock_held_at_the_fork_is_renewed(redis_url: str, key: s
     backend.close()
 
 
-async def test_an_asyncio_bucket_in_a_child_has_its_own_connections_and_the_same_limit(
-    redis_url: str, key: str
+async def check_a_child_has_its_own_connections_and_the_same_limit(
+    limiter: RedisTokenBucket,
 ) -> None:
-    limiter = RedisTokenBucket(redis_url, key, "1/minute", 4, timeout=2)
+    """Fork while the parent's connection is open; the child takes the 3 tokens left of 4
+    while the parent keeps reading on its own connection."""
     assert await limiter.try_acquire()  # the parent's connection is open now
 
     def child() -> bool:
@@ -57,7 +60,6 @@ async def test_an_asyncio_bucket_in_a_child_has_its_own_connections_and_the_same
 
         return asyncio.run(main())
 
-    # While the child decides, the parent keeps calling on its own connection.
     pid = os.fork()
     if pid == 0:
         os._exit(0 if child() else 2)
@@ -71,4 +73,23 @@ async def test_an_asyncio_bucket_in_a_child_has_its_own_connections_and_the_same
     assert done[0] and os.waitstatus_to_exitcode(done[1]) == 0
     assert readings and all(0 <= r < 3.1 for r in readings)  # replies of its own
     assert not await limiter.try_acquire()  # the child took the rest: one limit at the server
+
+
+async def test_an_asyncio_bucket_in_a_child_has_its_own_connections_and_the_same_limit(
+    redis_url: str, key: str
+) -> None:
+    limiter = RedisTokenBucket(redis_url, key, "1/minute", 4, timeout=2)
+    await check_a_child_has_its_own_connections_and_the_same_limit(limiter)
     await limiter.aclose()
+
+
+async def test_an_asyncio_bucket_on_a_cluster_client_passed_in_works_in_a_child(
+    cluster_nodes: list[Server], key: str
+) -> None:
+    # Before, the child used the parent's cluster connections (bound to the parent's loop,
+    # their replies read by two processes): it failed or hung.
+    client = RedisCluster(host="127.0.0.1", port=cluster_nodes[0].port, socket_timeout=2)
+    limiter = RedisTokenBucket(client, key, "1/minute", 4, timeout=2)
+    await check_a_child_has_its_own_connections_and_the_same_limit(limiter)
+    await limiter.aclose()
+    await client.aclose()

@@ -22,6 +22,7 @@ have been consumed (never more than it asked for).
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import inspect
 import time
@@ -132,6 +133,8 @@ class _Dispatcher:
             pool.reset()  # drops the inherited connections without closing the parent's
             if isinstance(getattr(pool, "_lock", None), asyncio.Lock):
                 pool._lock = asyncio.Lock()  # it may be bound to the parent's loop
+        elif self.cluster:
+            _reset_cluster(self.client)
 
     async def call(self, request: Request) -> list[int]:
         """Return the script's reply to ``request``; raise ServerFailure if the call failed."""
@@ -363,6 +366,19 @@ async def _exchange(conn: Any, packed: bytes) -> Any:
     """Send one packed command on ``conn`` and return its reply (one try)."""
     await conn.send_packed_command(packed)
     return await conn.read_response()
+
+
+def _reset_cluster(client: RedisCluster) -> None:
+    """Drop an asyncio cluster client's inherited connections and its locks (bound to the
+    parent's loop), in a forked child; nothing is closed, as ``ConnectionPool.reset`` does.
+    The slot map is kept: the nodes are the same."""
+    client._lock = None  # made again when first needed
+    manager = client.nodes_manager
+    manager._initialize_lock = asyncio.Lock()
+    for node in {*manager.nodes_cache.values(), *manager.startup_nodes.values()}:
+        node._connections = []
+        node._free = collections.deque(maxlen=node.max_connections)
+        node._background_tasks = set()
 
 
 def _dispatcher_for(client: Any, timeout: float, retry_interval: float) -> _Dispatcher:
