@@ -10,6 +10,7 @@ is compared: granted, wait_ns, mark, tokens left, tokens refunded.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from typing import Any
@@ -395,23 +396,28 @@ def test_a_vanished_key_is_put_back_empty_at_the_latest_booked_slot(
 def test_random_traces_decide_as_gcra_with_the_short_script(
     script: Script, trace: tuple[Rate, int, list[tuple[Any, ...]]]
 ) -> None:
-    # Every take (a reserve with max_wait 0) goes to gcra_take.lua, the rest to gcra.lua,
-    # on the same key: the two read and write one state, and both decide as Gcra.
+    # Every reserve on one key goes to gcra_take.lua, the rest to gcra.lua, on the same
+    # key: the two read and write one state, and both decide as Gcra.
     _run_trace(script, *trace, batched=False, short=True)
 
 
 def test_the_short_script_writes_what_the_full_one_writes(
     script: Script, sync_client: redis.Redis, key: str
 ) -> None:
-    for rate, capacity in ((Rate(5), 3), (Rate(3, per=7), 2), (Rate(1e6), 8)):
-        specs = [make_spec(f"{key}-{rate}-{n}", "", rate, capacity) for n in ("full", "short")]
-        for step in range(6):  # from a missing key through grants, refusals and refill
+    cases = ((Rate(5), 3), (Rate(3, per=7), 2), (Rate(1e6), 8))
+    waits = (0, None, 300_000_000)  # take now or refuse; any wait; a wait up to 0.3 s
+    for (rate, capacity), max_wait in itertools.product(cases, waits):
+        specs = [
+            make_spec(f"{key}-{rate}-{max_wait}-{n}", "", rate, capacity) for n in ("full", "short")
+        ]
+        # From a missing key through grants, refusals (or slots booked ahead) and refill.
+        for step in range(6):
             now = T0 + step * 150_000
-            full = script.call([reserve(specs[0], 1, 0)], now)
-            short = script.call([reserve(specs[1], 1, 0)], now, short=True)
+            full = script.call([reserve(specs[0], 1 + step % 2, max_wait)], now)
+            short = script.call([reserve(specs[1], 1 + step % 2, max_wait)], now, short=True)
             assert short == full
             assert sync_client.get(specs[0].key) == sync_client.get(specs[1].key)
-    assert script.short_answered == 18
+    assert script.short_answered == 54
 
 
 def test_the_short_script_leaves_other_keys_to_the_full_one(

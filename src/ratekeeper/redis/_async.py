@@ -610,12 +610,15 @@ class RedisTokenBucket(BucketParts, _AsyncLimiter):
         spec = self._specs[0]
         self._one = ((spec, 1, NO_MARK, 0),)
         self._wire_try = single_wire(spec, RESERVE, 1, 0)
-        self._wire_take = single_take_wire(spec, 1)
+        self._wire_take = single_take_wire(spec, 1, 0)
         self._wire_wait = single_wire(spec, RESERVE, 1, -1)
+        self._wire_take_wait = single_take_wire(spec, 1, -1)
         dispatcher = self._dispatcher
+        take = dispatcher.take_script
         self._packed_try = dispatcher.pack(*self._wire_try)
-        self._packed_take = dispatcher.pack(*self._wire_take, dispatcher.take_script)
+        self._packed_take = dispatcher.pack(*self._wire_take, take)
         self._packed_wait = dispatcher.pack(*self._wire_wait)
+        self._packed_take_wait = dispatcher.pack(*self._wire_take_wait, take)
 
     def _request_one(self, max_wait: int) -> Request:
         return Request(RESERVE, self._one, max_wait, self)
@@ -650,9 +653,15 @@ class RedisTokenBucket(BucketParts, _AsyncLimiter):
             try:
                 floors = self._floors  # slots booked ahead: sent, so not prebuilt
                 if not dispatcher.in_flight and not dispatcher.pending and not floors:
+                    # Alone on the connection: the short script first, as in try_acquire.
+                    take = dispatcher.take_script
                     reply = await dispatcher.execute(
-                        *self._wire_wait, self, None, self._packed_wait
+                        *self._wire_take_wait, self, take, self._packed_take_wait
                     )
+                    if not reply:
+                        reply = await dispatcher.execute(
+                            *self._wire_wait, self, None, self._packed_wait
+                        )
                     if len(reply) > 6 or reply[2]:  # a limit of its own, or a slot booked
                         reply = take_replies(reply, [self.key], [self._request_one(-1)])[0]
                     else:

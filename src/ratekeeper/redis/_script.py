@@ -50,7 +50,7 @@ __all__ = [
 SCRIPT: str = resources.files(__package__).joinpath("gcra.lua").read_text("utf-8")
 """The Lua source; its opening comment is the KEYS/ARGV/return contract."""
 TAKE_SCRIPT: str = resources.files(__package__).joinpath("gcra_take.lua").read_text("utf-8")
-"""The common case of SCRIPT, short: one key, one limit, take now or refuse (``take_wire``)."""
+"""The common case of SCRIPT, short: one reserve on one key and one limit (``take_wire``)."""
 
 MAX_AHEAD = 2**52
 """The script never lets a bucket run further ahead of now than this many units."""
@@ -260,19 +260,21 @@ def single_wire(spec: Spec, op: bytes, tokens: int, max_wait: int) -> tuple[list
 def take_wire(request: Request) -> tuple[list[str], list[Any]] | None:
     """Return (KEYS, ARGV) for TAKE_SCRIPT if ``request`` is its case, else None.
 
-    Its case: a reserve on one key with a maximum wait of 0 (take now or refuse; nothing is
-    booked). TAKE_SCRIPT answers it as SCRIPT answers ``encode([request])``, or with an
-    empty reply, changing nothing, when the key is not a plain bucket: then ask SCRIPT.
+    Its case: a reserve on one key (taken now, or a slot booked within its maximum wait).
+    TAKE_SCRIPT answers it as SCRIPT answers ``encode([request])``, or with an empty reply,
+    changing nothing, when the key is not a plain bucket: then ask SCRIPT.
     """
-    if request.op != RESERVE or request.max_wait != 0 or len(request.items) != 1:
+    if request.op != RESERVE or len(request.items) != 1:
         return None
     spec, tokens, _, _ = request.items[0]
-    return single_take_wire(spec, tokens)
+    return single_take_wire(spec, tokens, request.max_wait)
 
 
-def single_take_wire(spec: Spec, tokens: int) -> tuple[list[str], list[Any]]:
-    """Return (KEYS, ARGV) for TAKE_SCRIPT taking ``tokens`` on ``spec``'s key."""
-    return [spec.key], ["", str(spec.cost), str(spec.scale), str(spec.capacity), str(tokens)]
+def single_take_wire(spec: Spec, tokens: int, max_wait: int = 0) -> tuple[list[str], list[Any]]:
+    """Return (KEYS, ARGV) for TAKE_SCRIPT reserving ``tokens`` on ``spec``'s key within
+    ``max_wait`` ns (-1: any wait; 0: now or never)."""
+    conf = [str(spec.cost), str(spec.scale), str(spec.capacity)]
+    return [spec.key], ["", *conf, str(tokens), str(max_wait)]
 
 
 def parse(reply: bytes | str) -> list[int]:

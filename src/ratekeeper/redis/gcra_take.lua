@@ -1,5 +1,5 @@
--- ratekeeper: the common case of gcra.lua as a short script: one key, one limit, take
--- `tokens` now or refuse (a reserve with max_wait 0, which never books a slot ahead).
+-- ratekeeper: the common case of gcra.lua as a short script: one key, one limit, one
+-- reserve (take `tokens` now, or book the slot they are due at, within max_wait).
 --
 -- The same key format, arithmetic and reply as gcra.lua for that one request (a
 -- differential test holds the two, and both to the Python core). Whatever is not that
@@ -13,8 +13,10 @@
 -- ARGV[1] "" to read the time with TIME, or a time in us (tests only: then no TTL is set)
 -- ARGV[2..4] the limit: cost, scale, capacity (as gcra.lua's ARGV[2] has them)
 -- ARGV[5] the tokens to take
--- Returns "now_us status wait_ns e g ahead" as gcra.lua does for "R 1 0 1 tokens"
--- (status 1 taken; 0 refused, nothing changed; 2 beyond 2^52 units, refused), or "".
+-- ARGV[6] max_wait_ns: the longest wait to book (-1: any; 0: take now or refuse)
+-- Returns "now_us status wait_ns e g ahead" as gcra.lua does for "R 1 max_wait 1 tokens"
+-- (status 1 granted, wait_ns from now; 0 refused, nothing changed: the wait exceeds
+-- max_wait; 2 beyond 2^52 units, refused), or "".
 
 if redis.replicate_commands then
   redis.replicate_commands() -- Redis 5/6: replicate effects, as TIME is not deterministic
@@ -33,6 +35,7 @@ end
 local cost, scale = tonumber(ARGV[2]), tonumber(ARGV[3])
 local burst = tonumber(ARGV[4]) * cost
 local tokens = tonumber(ARGV[5])
+local max_wait = tonumber(ARGV[6])
 
 local e, g, ahead, booked = now_us, 0, 0, 0
 local raw = redis.pcall("GET", KEYS[1])
@@ -88,14 +91,22 @@ local function reply(status, code, value, left)
 end
 
 local due = ahead + tokens * cost - burst
+local wait = 0
 if due > 0 then
-  return reply(0, cdiv(due, scale), g, ahead) -- the wait exceeds max_wait 0: refused
+  wait = cdiv(due, scale)
+  if max_wait >= 0 and wait > max_wait then
+    return reply(0, wait, g, ahead) -- refused, nothing changed
+  end
 end
 local new = ahead + tokens * cost
 if new > MAX_AHEAD then
   return reply(2, 1, g, ahead)
 end
 g = g + tokens
+-- A slot ahead is promised to a sleeper (Gcra._book): remember the latest.
+if wait > 0 and wait * scale > booked then
+  booked = wait * scale
+end
 local value = string.format("%.0f %.0f %.0f %.0f %.0f", e, now_us, new, g, booked)
 if test_now then
   redis.call("SET", KEYS[1], value)
@@ -103,4 +114,4 @@ else
   -- Expire when the bucket is full again (ms, rounded up, + 1 so it outlives this ms).
   redis.call("SET", KEYS[1], value, "PX", cdiv(new, 1000000 * scale) + 1)
 end
-return reply(1, 0, g, new)
+return reply(1, wait, g, new)
