@@ -324,7 +324,8 @@ class _AsyncLimiter(Queue, Generic[A]):
         for waiter in self.release_due(now):
             waiter.future.set_result(None)  # type: ignore[attr-defined]
         self._arm()
-        self._listener_changed()
+        if not self._waiting:  # while anyone waits, the fast path stays shut already
+            self._listener_changed()
 
     def _replan(self) -> None:
         """Re-plan after a change (refund, cancellation, new rate...): re-arm the timer for

@@ -70,7 +70,8 @@ class MonotonicClock:
         self, loop: asyncio.AbstractEventLoop, when_ns: int, callback: Callable[[], None]
     ) -> Timer:
         """Arm ``callback`` relative to now, so any loop's own time base works."""
-        return loop.call_later(max(0, when_ns - time.monotonic_ns()) / 1e9, callback)
+        # loop.call_later, written out: one frame less on every re-arm under saturation.
+        return loop.call_at(loop.time() + max(0, when_ns - time.monotonic_ns()) / 1e9, callback)
 
     def wait(self, lock: WakeLock, until_ns: int | None) -> bool:
         """Block on ``lock`` until it is released or ``until_ns`` passes."""

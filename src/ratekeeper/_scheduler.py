@@ -648,6 +648,20 @@ class Scheduler(SingleCost, Queue, Gcra):
     def _head_due_units(self, tokens: int) -> int:
         return self._tat + tokens * self._cost - self._burst
 
+    def head_due_ns(self) -> int | None:
+        """Return when (ns) the head may be granted, or None if nobody waits.
+
+        ``Queue.head_due_ns`` with a live head at the front written out: the timer is
+        re-armed through here after every release.
+        """
+        levels = self._levels
+        if levels:
+            queue: deque[Waiter] = self._queues[levels[0]][0]
+            if queue and queue[0].state == QUEUED:
+                tokens: int = queue[0].tokens
+                return -(-(self._tat + tokens * self._cost - self._burst) // self._scale)
+        return Queue.head_due_ns(self)
+
     def release_due(self, now_ns: int) -> list[Waiter]:
         """Grant every waiter, in order, whose tokens are due by ``now_ns``; return them.
 
@@ -673,20 +687,24 @@ class Scheduler(SingleCost, Queue, Gcra):
         floor = now - max(cost - self._scale, self._scale - 1)
         tat = self._tat
         total = self._granted
-        waited_sum = 0
-        longest = self._max_wait_ns
+        # Statistics from enqueue times (a wait is now_ns - enqueued_ns): their sum, the
+        # earliest (the longest wait), and the clamped waits (a grant a hair before its
+        # enqueue time waited 0) as a correction, so a grant costs one load and one add.
+        enqueued_sum = 0
+        earliest = now_ns - self._max_wait_ns
+        clamped = 0
         counts = self._wait_counts
-        # The histogram counts runs: waits in FIFO order fall, so most share a bucket.
-        bucket, low, high, run = 0, 0, -1, 0
+        # The histogram counts runs: waits in FIFO order fall, so most share a bucket. The
+        # run's bucket holds the enqueue times low <= t < high (none before the first grant).
+        bucket, low, high, run = 0, now_ns + 1, now_ns, 0
         while levels:
             level = levels[0]
             entry = queues[level]
             queue: deque[Waiter] = entry[0]
-            live = entry[1]
-            n = 0
-            taken = 0
+            before = len(granted)
+            total_before = total
             due = now
-            while n < live:
+            while queue:
                 waiter = queue[0]
                 if waiter.state != QUEUED:
                     queue.popleft()  # removed earlier, dropped lazily
@@ -700,8 +718,6 @@ class Scheduler(SingleCost, Queue, Gcra):
                     break
                 queue.popleft()
                 waiter.state = GRANTED
-                n += 1
-                taken += tokens
                 if due > floor:
                     floor = due
                 if tat < floor:
@@ -709,28 +725,34 @@ class Scheduler(SingleCost, Queue, Gcra):
                 tat += take
                 total += tokens
                 waiter.mark = total + shift
-                waited = now_ns - waiter.enqueued_ns
-                if low < waited <= high:
+                enqueued = waiter.enqueued_ns
+                if low <= enqueued < high:
                     run += 1
                 else:
                     if run:
                         counts[bucket] += run
+                    waited = now_ns - enqueued
                     if waited < 0:
-                        waited = 0  # granted at its due time, a hair before the clock got there
+                        clamped -= waited  # granted at its due time, a hair before it queued
+                        waited = 0
                     bucket = bisect_left(_WAIT_BUCKETS_NS, waited)
-                    low = _WAIT_BUCKETS_NS[bucket - 1] if bucket else -1
-                    high = _WAIT_BUCKETS_NS[bucket] if bucket < len(_WAIT_BUCKETS_NS) else waited
+                    high = now_ns - _WAIT_BUCKETS_NS[bucket - 1] if bucket else now_ns + 1
+                    low = now_ns - (
+                        _WAIT_BUCKETS_NS[bucket] if bucket < len(_WAIT_BUCKETS_NS) else waited
+                    )
                     run = 1
-                waited_sum += waited
-                if waited > longest:
-                    longest = waited
+                enqueued_sum += enqueued
+                if enqueued < earliest:
+                    earliest = enqueued
                 append(waiter)
             # Write back what this level gave, before anything else may look.
-            entry[1] = live - n
+            n = len(granted) - before
+            taken = total - total_before
+            entry[1] -= n
             entry[2] -= taken
             self._waiting -= n
             self._excess += taken - n
-            if n == live:
+            if not entry[1]:
                 del queues[levels.pop(0)]
                 continue
             if due > now:
@@ -742,8 +764,8 @@ class Scheduler(SingleCost, Queue, Gcra):
             counts[bucket] += run
         self._tat = tat
         self._granted = total
-        self._total_wait_ns += waited_sum
-        self._max_wait_ns = longest
+        self._total_wait_ns += len(granted) * now_ns - enqueued_sum + clamped
+        self._max_wait_ns = now_ns - earliest
         return granted
 
 
