@@ -237,14 +237,17 @@ async def sequential_ab(url: str, seconds: float) -> dict[str, float]:
 
     One connection; blocks of 100 calls of each, in rotating order, for ``seconds`` in all:
     load from elsewhere on the machine falls on all alike, so the ratios are steady even when
-    the absolute figures are not. Keys: "minimal" (ratekeeper / the minimal GCRA script's
-    bare loop: the target), "script" (ratekeeper / its own script's bare loop: the client's
-    share) and "script_vs_minimal" (our script's bare loop / the minimal one's).
+    the absolute figures are not. Keys: "minimal" (ratekeeper's ``try_acquire`` / the
+    minimal GCRA script's bare loop: the target), "acquire" (the same for ``acquire()``),
+    "script" (ratekeeper / its own script's bare loop: the client's share),
+    "script_vs_minimal" (our script's bare loop / the minimal one's), and the decisions/s
+    of ratekeeper and of that floor in these blocks ("ours_per_s", "minimal_per_s").
     """
     client = aioredis.Redis.from_url(url)
     run = uuid.uuid4().hex[:8]
     candidates = {
         "ours": await ratekeeper_factory(url, f"bench:ab:{run}:1", client),
+        "acquire": RedisTokenBucket(client, f"bench:ab:{run}:4", HUGE, HUGE // 1000).acquire,
         "script": await bare_evalsha_factory(url, f"bench:ab:{run}:2", client),
         "minimal": await minimal_gcra_factory(url, f"bench:ab:{run}:3", client),
     }
@@ -265,7 +268,10 @@ async def sequential_ab(url: str, seconds: float) -> dict[str, float]:
         turn += 1
     await client.aclose()
     return {
+        "ours_per_s": 100 * turn / spent["ours"],
+        "minimal_per_s": 100 * turn / spent["minimal"],
         "minimal": spent["minimal"] / spent["ours"],
+        "acquire": spent["minimal"] / spent["acquire"],
         "script": spent["script"] / spent["ours"],
         "script_vs_minimal": spent["minimal"] / spent["script"],
     }
@@ -473,9 +479,14 @@ def report(url: str, port: int, seconds: float, repeat: int) -> list[Check]:
     seq = statistics.median(p["minimal"] for p in pairs)
     own = statistics.median(p["script"] for p in pairs)
     script = statistics.median(p["script_vs_minimal"] for p in pairs)
+    ours_rate = statistics.median(p["ours_per_s"] for p in pairs)
+    floor_rate = statistics.median(p["minimal_per_s"] for p in pairs)
+    acquire = statistics.median(p["acquire"] for p in pairs)
     print(
         f"  1 caller: ratekeeper / floor (bare EVALSHA of the minimal GCRA script) = {seq:.2f} "
         "(target >= 0.95; blocks of 100 calls, rotating, on one connection)\n"
+        f"    (ratekeeper {ours_rate:,.0f}/s, the floor {floor_rate:,.0f}/s in those blocks; "
+        f"acquire() instead of try_acquire() / floor = {acquire:.2f})\n"
         f"    (ratekeeper / bare EVALSHA of its own script = {own:.2f}; that script's bare "
         f"loop / the minimal one's = {script:.2f})"
     )

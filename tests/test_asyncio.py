@@ -560,30 +560,40 @@ async def test_an_unawaited_reservation_that_times_out_logs_nothing(
     assert limiter.statistics().timed_out == 1
 
 
+@pytest.mark.parametrize("form", ["acquire", "async with"])
 @pytest.mark.parametrize("rate", [5, Rate(7, per=3)])  # whole ns per token, and not
-async def test_fast_path_stays_shut_after_a_long_idle(clock: ManualClock, rate: Rate) -> None:
+async def test_fast_path_stays_shut_after_a_long_idle(
+    clock: ManualClock, rate: Rate, form: str
+) -> None:
     # After a long idle the bucket's tat lies far behind now: ``tat - now`` is hugely
     # negative, and the shut fast path must still refuse to grant past a listener, a closed
     # limiter or a waiter.
     events: list[str] = []
     limiter = make(clock, rate, capacity=1, on_event=lambda e: events.append(e.kind))
+
+    async def one() -> bool:
+        if form == "acquire":
+            return await limiter.acquire()
+        async with limiter as entered:
+            return entered is limiter
+
     clock.advance(10**6)
-    assert await limiter.acquire()
+    assert await one()
     assert events == ["granted"]
     limiter.on_event = None
     clock.advance(10**6)
-    assert await limiter.acquire()
+    assert await one()
     rec = Recorder(clock, limiter)
     rec.spawn("waiter")  # waits for the next token
     await asyncio.sleep(0)
     clock._set(clock.now_ns() + 10**15)  # a jump past its timer, which has not run yet
-    late = await start(limiter.acquire())
+    late = await start(one())
     assert not late.done()  # the newcomer queues behind the waiter, due as it is
     await clock.sleep(0)
     assert rec.grants and not late.done()  # the waiter first, then one token an interval
     await clock.sleep(1)
-    await late
+    assert await late
     limiter.close()
     clock.advance(10**6)
     with pytest.raises(LimiterClosed):
-        await limiter.acquire()
+        await one()

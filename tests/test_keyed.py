@@ -876,6 +876,59 @@ async def test_an_awaited_backend_plugs_in() -> None:
         SyncKeyedLimiter(backend=backend)  # type: ignore[arg-type]
 
 
+class SyncStore:
+    """The memory store behind a plain sync backend: no ``take`` shortcut."""
+
+    def __init__(self, store: MemoryKeyedStore) -> None:
+        self.store = store
+
+    @property
+    def limits(self) -> Mapping[str, Limit]:
+        return self.store.limits
+
+    def reserve(self, key: str, costs: tuple[int, ...], max_wait_ns: int | None) -> Verdict:
+        return self.store.reserve(key, costs, max_wait_ns)
+
+    def refund(self, key: str, costs: tuple[int, ...], mark: object) -> tuple[float, ...]:
+        return self.store.refund(key, costs, mark)
+
+    def charge(self, key: str, costs: tuple[int, ...]) -> None:
+        self.store.charge(key, costs)
+
+    def peek(self, key: str) -> Verdict:
+        return self.store.peek(key)
+
+
+@pytest.mark.parametrize("wrap", [None, SyncStore])
+async def test_the_instant_answers_decide_without_awaiting(wrap: type[SyncStore] | None) -> None:
+    clock = ManualClock()
+    store = MemoryKeyedStore({"default": Limit("1/s", 2)}, clock=clock)
+    limiter = KeyedLimiter(backend=store if wrap is None else wrap(store), clock=clock)
+    assert limiter.try_acquire_now("k") is True
+    verdict = limiter.admit_now("k")
+    assert verdict is not None and verdict.granted
+    assert limiter.try_acquire_now("k") is False
+    with pytest.raises(ValueError, match="exceeds the capacity 2"):
+        limiter.try_acquire_now("k", 3)
+    clock.advance(1.0)
+    assert limiter.try_acquire_now("other") is True  # a refusal took nothing
+    assert limiter.try_acquire_now("k") is True
+    assert limiter.statistics().granted == 4
+    limiter.close()
+    with pytest.raises(LimiterClosed):
+        limiter.try_acquire_now("k")
+
+
+async def test_the_instant_answers_defer_to_an_awaited_backend() -> None:
+    clock = ManualClock()
+    backend = AwaitedStore(MemoryKeyedStore({"default": Limit("1/s", 1)}, clock=clock))
+    limiter = KeyedLimiter(backend=backend, clock=clock)
+    assert limiter.try_acquire_now("k") is None
+    assert limiter.admit_now("k") is None
+    assert backend.calls == 0
+    assert await limiter.try_acquire("k")
+
+
 # -- threads -------------------------------------------------------------------------------------
 
 

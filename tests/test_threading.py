@@ -281,3 +281,25 @@ def test_cancelling_a_queued_reservation_gives_its_place_to_the_next() -> None:
     with pytest.raises(LimiterClosed):
         queued.wait()
     assert limiter.statistics().cancelled == 1
+
+
+def test_acquire_fast_path_keeps_events_statistics_and_close() -> None:
+    # acquire() with its defaults takes a short path when nobody waits; a listener, the
+    # statistics and close() see it as they see the full path.
+    clock = ManualClock()
+    events: list[tuple[str, float]] = []
+    limiter = SyncTokenBucket(5, 2, clock=clock, on_event=lambda e: events.append((e.kind, e.wait)))
+    assert limiter.acquire() and limiter.acquire()
+    assert events == [("granted", 0.0), ("granted", 0.0)]
+    limiter.on_event = None
+    clock.advance(10)
+    assert limiter.acquire() and limiter.acquire()
+    with pytest.raises(AcquireTimeout):
+        limiter.acquire(timeout=0.1)  # the bucket is empty: the full path refuses
+    stats = limiter.statistics()
+    assert (stats.granted, stats.rejected, stats.waiting) == (4, 1, 0)
+    assert limiter.available() == 0
+    clock.advance(10)
+    limiter.close()
+    with pytest.raises(LimiterClosed):
+        limiter.acquire()

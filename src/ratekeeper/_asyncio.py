@@ -45,6 +45,7 @@ __all__ = ["CompositeLimiter", "Reservation", "TokenBucket", "TokenBucketRateLim
 P = ParamSpec("P")
 R = TypeVar("R")
 L = TypeVar("L", bound="_AsyncLimiter[Any]")
+B = TypeVar("B", bound="TokenBucket")
 A = TypeVar("A")  # tokens as refund() and available() report them: float, or per limit
 
 # The fast path recognises the default arguments by identity: cheaper than validating them.
@@ -636,6 +637,13 @@ class TokenBucket(_AsyncLimiter[float], Scheduler):
                 if queued.deadline is not None:
                     queued.deadline.cancel()
         return True
+
+    async def __aenter__(self: B) -> B:
+        # One token with nobody waiting, without a second coroutine for acquire().
+        if self._gate >= 0 and self.try_take(self._now_ns(), 1):
+            return self
+        await self.acquire()
+        return self
 
     async def try_acquire(self, tokens: int = 1, *, priority: int = 0) -> bool:
         """Take ``tokens`` if they can be granted now without overtaking a waiter.

@@ -1375,6 +1375,21 @@ class KeyedLimiter(_KeyedBase):
             self._count(verdict, costs)
         return verdict
 
+    def try_acquire_now(self, key: str, tokens: Tokens = 1) -> bool | None:
+        """Decide at once, without awaiting: ``try_acquire`` on a backend that needs no await.
+
+        Returns None when the backend must be awaited (Redis): use ``try_acquire`` then. The
+        fast path of the route limits when accepted responses get no headers (a bool, no
+        Verdict to build). Raises as ``try_acquire`` does.
+        """
+        take = self._take
+        if take is None:
+            verdict = self.admit_now(key, tokens)
+            return None if verdict is None else verdict.granted
+        if self._closed:
+            raise self._closed_error()
+        return take(key, self._one if tokens == 1 and type(tokens) is int else self._costs(tokens))
+
     async def _sleep(
         self,
         key: str,

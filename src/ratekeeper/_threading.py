@@ -411,24 +411,38 @@ class SyncTokenBucket(_SyncSingle, Scheduler):
         Scheduler.__init__(self, rate, capacity, clock.now_ns(), initial)
         self._init_adapter(clock, name, on_event)
 
+    def acquire(self, tokens: int = 1, *, timeout: float | None = None, priority: int = 0) -> bool:
+        """Block until ``tokens`` are granted, in arrival order; return True.
+
+        Raises AcquireTimeout (nothing consumed) if they cannot be granted within
+        ``timeout`` seconds (refused at once when the plan already says so), LimiterClosed
+        after close(), ValueError/TypeError for bad arguments.
+        """
+        if tokens is _ONE and timeout is None and priority is _ZERO and self._take_one():
+            return True
+        return _SyncLimiter.acquire(self, tokens, timeout=timeout, priority=priority)
+
     def try_acquire(self, tokens: int = 1, *, priority: int = 0) -> bool:
         """Take ``tokens`` if they can be granted now without overtaking a waiter.
 
         Never blocks (beyond the short internal lock). Shorthand for an acquire with a
         maximum wait of 0.
         """
-        if tokens is _ONE and priority is _ZERO:
-            # One token and nobody queued: straight to the arithmetic, so the lock is held
-            # for a few bytecodes only. Otherwise (or if refused) the full path decides.
-            with self._lock:
-                if (
-                    not self._waiting
-                    and not self._closed
-                    and self._listener is None
-                    and self.try_take(self._now_ns(), 1)
-                ):
-                    return True
+        if tokens is _ONE and priority is _ZERO and self._take_one():
+            return True
         return _SyncLimiter.try_acquire(self, tokens, priority=priority)
+
+    def _take_one(self) -> bool:
+        """The fast path of acquire() and try_acquire() with their defaults: take one token
+        if nobody is queued, the limiter is open and no listener is set, so the lock is held
+        for a few bytecodes only. False sends the call down the full path, which decides."""
+        with self._lock:
+            return (
+                not self._waiting
+                and not self._closed
+                and self._listener is None
+                and self.try_take(self._now_ns(), 1)
+            )
 
 
 class SyncCompositeLimiter(_SyncLimiter[dict[str, float]], CompositeScheduler):

@@ -99,9 +99,13 @@ async def test_cancel_after_the_reservation_was_used_does_nothing(driver: Driver
 
 async def test_a_queued_reservation_is_granted_at_its_delay(driver: Driver) -> None:
     limiter = driver.make("10/s", 1)
+    before = time.monotonic()
     await driver.call(limiter, "acquire")
     reservation = await driver.call(limiter, "reserve")
-    assert reservation.delay == pytest.approx(0.1, abs=0.03)
+    # The token refills between the two calls: a stall there (a worker thread's start on a
+    # loaded machine) shortens the delay by as much, so it is judged against what was read.
+    stalled = time.monotonic() - before
+    assert 0.1 - stalled - 0.03 <= reservation.delay <= 0.1 + 0.03
     start = time.monotonic()
     await driver.wait(reservation)
     assert reservation.granted

@@ -391,6 +391,45 @@ def test_a_vanished_key_is_put_back_empty_at_the_latest_booked_slot(
     assert lifted[1] > 0 and T0 * 1000 + lifted[1] > slot
 
 
+def test_after_state_loss_only_the_slots_booked_after_the_first_callers_last_reply_repeat(
+    script: Script, sync_client: redis.Redis, key: str
+) -> None:
+    """The bound, at fixed instants (10/s, capacity 3; times in ms): processes A and B
+    share the key; A's last reply before the loss showed B's first two slots, not the two
+    B booked after it. A calls first after the loss: the bucket comes back empty at the
+    slot A saw (200), so only B's later slots (300, 400) can be handed out again; B's next
+    request lifts the recreated key to its own floor, and nothing repeats after that."""
+    spec = make_spec(key, "", Rate(10), 3)
+    ms = 1000  # us
+    floors: dict[str, dict[str, tuple[int, int]]] = {"A": {}, "B": {}}
+
+    def call(who: str, at_ms: int, max_wait: int | None, n: int = 1) -> list[int]:
+        replies = script.call(
+            [reserve(spec, 1, max_wait) for _ in range(n)], T0 + at_ms * ms, floors[who]
+        )
+        for _status, _wait, epoch, _count, ahead in replies:  # as Core._saw
+            if ahead > spec.burst:
+                slot = (T0 + at_ms * ms) * 1000 + (ahead - spec.burst) // spec.scale
+                floors[who][key] = max(floors[who].get(key, (0, 0)), (slot, epoch))
+        return [(T0 + at_ms * ms) * 1000 + r[1] - T0 * 1000 for r in replies if r[0] == 1]
+
+    def slots_ms(slots: list[int]) -> list[int]:
+        return [slot // 1_000_000 for slot in slots]
+
+    assert slots_ms(call("A", 0, None, 3)) == [0, 0, 0]  # the burst
+    assert slots_ms(call("B", 0, None, 2)) == [100, 200]
+    assert call("A", 1, 0) == []  # refused; A's last reply shows slots up to 200
+    assert slots_ms(call("B", 2, None, 2)) == [300, 400]  # after A's last reply
+    sync_client.delete(key)  # the loss
+    # A first: empty at 200, so its next slot, 300, is B's too (B's 300 and 400 may be
+    # granted again: the bound's excess, 2 tokens).
+    assert slots_ms(call("A", 3, None)) == [300]
+    # B lifts the recreated key (another epoch) to its floor: empty at 400, 500 next (400
+    # without the lift).
+    assert slots_ms(call("B", 4, None)) == [500]
+    assert slots_ms(call("A", 5, None)) == [600]
+
+
 @SETTINGS
 @given(trace=traces())
 def test_random_traces_decide_as_gcra_with_the_short_script(

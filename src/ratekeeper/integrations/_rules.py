@@ -32,7 +32,6 @@ from ._web import (
     check_cost,
     check_header_mode,
     check_max_wait,
-    client_key,
 )
 
 R = TypeVar("R")
@@ -132,7 +131,8 @@ class Rule(Generic[R]):
         return f"<Rule {self.name} {self.limiter!r}>"
 
 
-Granted = list[tuple[Rule[Any], str, Cost, Verdict]]
+Granted = list[tuple[Rule[Any], str, Cost, "Verdict | None"]]
+"""What a request was granted: (rule, key, cost, its Verdict, or None when no headers need it)."""
 
 
 def check(
@@ -155,6 +155,11 @@ def check(
             return ticket, []
         key, cost = ticket
         try:
+            # With no headers on accepted responses, a grant needs no Verdict: the limiter's
+            # bool is enough (a refusal asks again, for the Verdict that says how long).
+            if not max_wait and not gate.headers_on_accept and rule.limiter.try_acquire(key, cost):
+                granted.append((rule, key, cost, None))
+                continue
             verdict = rule.limiter.admit(key, cost, max_wait=max_wait)
         except Exception as exc:
             refusal = gate.failed("the limiter", exc, method, path)
@@ -187,6 +192,8 @@ def accepted_headers(granted: Granted) -> list[tuple[str, str]]:
     joined: dict[str, list[str]] = {}
     tightest: tuple[int, list[tuple[str, str]]] | None = None
     for rule, _, _, verdict in granted:
+        if verdict is None:
+            continue
         headers = rule.gate.accepted_headers(verdict)
         x_headers = []
         for name, value in headers:
@@ -211,19 +218,23 @@ KEY_SPECS = "'ip', 'header:<name>', 'user', 'arg:<name>' or a function of the re
 class Reader(Generic[R]):
     """How a framework's request is read by the key specs: its environ, user and URL args.
 
-    ``view(request)``: the request as a ``RequestView``; ``user(request)``: the signed-in
-    user's id or None; ``arg(request, name)``: a URL parameter or None.
+    ``view(request)``: the request as a ``RequestView``; ``client(request)``: the peer's
+    address (``REMOTE_ADDR``) or None, read directly (the default key, on every request);
+    ``user(request)``: the signed-in user's id or None; ``arg(request, name)``: a URL
+    parameter or None.
     """
 
-    __slots__ = ("arg", "user", "view")
+    __slots__ = ("arg", "client", "user", "view")
 
     def __init__(
         self,
         view: Callable[[R], RequestView],
+        client: Callable[[R], object],
         user: Callable[[R], object],
         arg: Callable[[R, str], object],
     ) -> None:
         self.view = view
+        self.client = client
         self.user = user
         self.arg = arg
 
@@ -250,15 +261,16 @@ def key_function(
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"{what} must be {KEY_SPECS}, not {spec!r}")
-    view, user, arg = reader.view, reader.user, reader.arg
+    view, client, user, arg = reader.view, reader.client, reader.user, reader.arg
     proxies = TrustedProxies(trusted) if trusted else None
 
     def address(request: R) -> str:
-        seen = view(request)
-        peer = client_key(seen)
+        peer = client(request)
+        if not peer:
+            raise LookupError("the request has no client address (a Unix socket?)")
         if proxies is None:
-            return peer
-        return proxies.client(peer, seen.header("x-forwarded-for"))
+            return str(peer)
+        return proxies.client(str(peer), view(request).header("x-forwarded-for"))
 
     kind, _, name = spec.partition(":")
     if spec == "ip":

@@ -85,7 +85,10 @@ def _arg(request: HttpRequest, name: str) -> object:
 
 
 READER: Reader[HttpRequest] = Reader(
-    view=lambda request: EnvironView(request.META), user=_user, arg=_arg
+    view=lambda request: EnvironView(request.META),
+    client=lambda request: request.META.get("REMOTE_ADDR"),
+    user=_user,
+    arg=_arg,
 )
 
 
@@ -427,7 +430,8 @@ def _limit_view(view: Any, spec: LimitSpec, owner: Any, method: bool = False) ->
             refused = checked(request)
             if refused is not None:
                 return refused
-            return _add_headers(request, view(self, request, *args, **kwargs))
+            response = view(self, request, *args, **kwargs)
+            return _add_headers(request, response) if hasattr(request, _HEADERS_KEY) else response
 
         wrapper: Any = dispatch
     else:
@@ -437,7 +441,8 @@ def _limit_view(view: Any, spec: LimitSpec, owner: Any, method: bool = False) ->
             refused = checked(request)
             if refused is not None:
                 return refused
-            return _add_headers(request, view(request, *args, **kwargs))
+            response = view(request, *args, **kwargs)
+            return _add_headers(request, response) if hasattr(request, _HEADERS_KEY) else response
 
         wrapper = limited_view
     wrapper._ratekeeper_specs = specs

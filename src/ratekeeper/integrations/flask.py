@@ -50,7 +50,15 @@ from ._rules import (
     check,
     policy_name,
 )
-from ._web import Cost, Gate, Refusal, RefusalHook, Response, json_refusal
+from ._web import (
+    Cost,
+    Gate,
+    Refusal,
+    RefusalHook,
+    Response,
+    check_header_mode,
+    json_refusal,
+)
 from .wsgi import EnvironView
 
 __all__ = ["CONFIG", "RateLimiter"]
@@ -84,6 +92,7 @@ def _user(request: Request) -> object:
 
 READER: Reader[Request] = Reader(
     view=lambda request: EnvironView(request.environ),
+    client=lambda request: request.environ.get("REMOTE_ADDR"),
     user=_user,
     arg=lambda request, name: (request.view_args or {}).get(name),
 )
@@ -306,7 +315,8 @@ class RateLimiter:
             return response
 
         app.before_request(before)
-        app.after_request(after)
+        if check_header_mode(state.config.options["headers"])[1]:
+            app.after_request(after)  # no headers on accepted responses: no hook on each
 
     def route_limit(
         self,

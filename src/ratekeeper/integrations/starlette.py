@@ -235,6 +235,20 @@ class Refused(NamedTuple):
     response: StarletteResponse
 
 
+Decision = tuple["Verdict | None", "Refused | None"]
+"""A route limit's answer: (the granted verdict or None, the refusal or None). The verdict is
+None for a request that is not limited, or granted when no headers need it."""
+
+_GO_ON: Decision = (None, None)
+
+
+class _Pending(NamedTuple):
+    """A request whose limiter must be awaited (Redis, or a request that may wait)."""
+
+    key: str
+    cost: Cost
+
+
 class RouteLimit:
     """One route limit (made by ``RouteLimiter``): a decorator, and ``depends`` for FastAPI.
 
@@ -258,36 +272,74 @@ class RouteLimit:
         # A limiter that decides without awaiting (memory) is asked directly when requests
         # may not wait: no coroutine per request.
         self._admit_now = limiter.admit_now if not max_wait else None
+        # With no headers on accepted responses, a grant needs no Verdict: a bool will do.
+        self._try_now = (
+            limiter.try_acquire_now if not max_wait and not gate.headers_on_accept else None
+        )
+        # The route of the last request and the suffix of its buckets' keys: a limit serves
+        # one route, or a few, so the route's id is built once, not per request.
+        self._last_route: tuple[object, str] = (None, "")
         self.depends = self._dependency()
 
-    async def check(self, request: HTTPConnection) -> tuple[Verdict | None, Refused | None]:
+    async def check(self, request: HTTPConnection) -> Decision:
         """Decide on a request: (the granted verdict or None, the refusal or None).
 
         Never raises for a failing key function, cost function or limiter: those are logged
         and answered as configured (``on_key_error``, ``on_error``).
         """
+        decided = self._decide(request)
+        if isinstance(decided, _Pending):
+            return await self._admit(request, decided)
+        return decided
+
+    def _decide(self, request: HTTPConnection) -> Decision | _Pending:
+        """``check`` as far as it goes without awaiting: all of it for a memory limiter."""
         gate = self._gate
         scope = request.scope
-        method = scope.get("method", "GET")
-        path = scope.get("path", "")
-        ticket = gate.ticket(request, method, path)
+        ticket = gate.ticket(request, scope.get("method", "GET"), scope.get("path", ""))
         if ticket is None:
-            return None, None
+            return _GO_ON
         if isinstance(ticket, Refusal):
             return None, self._refused(request, ticket)
         key, cost = ticket
         if not self.shared:
-            key = bounded_key(f"{key}|{_route_id(scope)}", _MAX_BUCKET_KEY)
+            route = scope.get("route")
+            last, suffix = self._last_route
+            if route is None or route is not last:
+                suffix = "|" + _route_id(scope)
+                if route is not None:
+                    self._last_route = (route, suffix)
+            key += suffix
+            if len(key) > _MAX_BUCKET_KEY:
+                key = bounded_key(key, _MAX_BUCKET_KEY)
         try:
+            if self._try_now is not None and self._try_now(key, cost):
+                return _GO_ON
+            # Refused (then the Verdict says for how long), or the limiter must be awaited.
             verdict = self._admit_now(key, cost) if self._admit_now is not None else None
-            if verdict is None:
-                verdict = await self.limiter.admit(key, cost, max_wait=self._max_wait)
         except Exception as exc:
-            refusal = gate.failed("the limiter", exc, method, path)
-            return None, None if refusal is None else self._refused(request, refusal)
+            return self._failed(request, exc)
+        if verdict is None:
+            return _Pending(key, cost)
         if not verdict.granted:
             return None, self._refused(request, gate.refusal(verdict))
         return verdict, None
+
+    async def _admit(self, request: HTTPConnection, pending: _Pending) -> Decision:
+        """The rest of ``check`` for a limiter that must be awaited."""
+        try:
+            verdict = await self.limiter.admit(pending.key, pending.cost, max_wait=self._max_wait)
+        except Exception as exc:
+            return self._failed(request, exc)
+        if not verdict.granted:
+            return None, self._refused(request, self._gate.refusal(verdict))
+        return verdict, None
+
+    def _failed(self, request: HTTPConnection, exc: Exception) -> Decision:
+        scope = request.scope
+        method, path = scope.get("method", "GET"), scope.get("path", "")
+        refusal = self._gate.failed("the limiter", exc, method, path)
+        return None, None if refusal is None else self._refused(request, refusal)
 
     def _refused(self, request: HTTPConnection, refusal: Refusal) -> Refused:
         answer = self._gate.respond(request, refusal)
@@ -333,6 +385,8 @@ class RouteLimit:
         passes_request = request_name in params
         passes_response = response_name in params
         is_async = inspect.iscoroutinefunction(inspect.unwrap(endpoint))
+        headers_on_accept = self._gate.headers_on_accept
+        decide = self._decide
 
         @functools.wraps(endpoint)
         async def limited(*args: Any, **kwargs: Any) -> Any:
@@ -345,14 +399,17 @@ class RouteLimit:
                 )
             if request is None:
                 raise TypeError(f"{endpoint.__qualname__} was called without its request")
-            verdict, refused = await self.check(request)
+            decided = decide(request)
+            if isinstance(decided, _Pending):
+                decided = await self._admit(request, decided)
+            verdict, refused = decided
             if refused is not None:
                 return refused.response
             if is_async:
                 result = await endpoint(*args, **kwargs)
             else:
                 result = await run_in_threadpool(endpoint, *args, **kwargs)
-            if verdict is not None:
+            if verdict is not None and headers_on_accept:
                 if isinstance(result, StarletteResponse):
                     self.add_headers(result, verdict)
                 elif response is not None:
@@ -376,8 +433,15 @@ class RouteLimit:
         return limited  # type: ignore[return-value]
 
     def _dependency(self) -> Callable[..., Awaitable[None]]:
+        decide = self._decide
+
+        # An async function, so that FastAPI calls it in the event loop (not in a thread),
+        # and with the fewest parameters: FastAPI resolves each one on every request.
         async def rate_limit(request: Request, response: StarletteResponse | None = None) -> None:
-            verdict, refused = await self.check(request)
+            decided = decide(request)
+            if isinstance(decided, _Pending):
+                decided = await self._admit(request, decided)
+            verdict, refused = decided
             if refused is not None:
                 raise RateLimitExceeded(*refused)
             if response is not None:

@@ -163,7 +163,8 @@ if ARGV[4] then
   local f = words(ARGV[4])
   for k = 1, #f, 4 do
     local i = tonumber(f[k])
-    floor_us[i], floor_ns[i], floor_e[i] = tonumber(f[k + 1]), tonumber(f[k + 2]), tonumber(f[k + 3])
+    floor_us[i], floor_ns[i] = tonumber(f[k + 1]), tonumber(f[k + 2])
+    floor_e[i] = tonumber(f[k + 3])
   end
 end
 
