@@ -49,6 +49,9 @@ from .._redis_fixtures import redis_url
 __all__ = ["Driver", "redis_url"]
 
 SIDE = ("1000/s", 1000)  # the composite's second limit: never the one that decides
+# The server's answer may take long on a loaded machine; the suite is about what calls mean,
+# not about timeouts (tests/redis and tests/faults are).
+TIMEOUT = 5.0
 
 
 class StartClock(MonotonicClock):
@@ -118,16 +121,16 @@ class Impl:
             fixed = RedisFixedWindow if self.is_async else SyncRedisFixedWindow
             span_us = -(-window_ns(Rate.of(rate), capacity) // 1000)
             offset = -(time.time_ns() // 1000 % span_us) / 1e6
-            return fixed(url, key, rate, capacity, utc_offset=offset)
+            return fixed(url, key, rate, capacity, utc_offset=offset, timeout=TIMEOUT)
         if self.window:  # one window per key (no Redis composite holds a window)
             window = RedisSlidingWindow if self.is_async else SyncRedisSlidingWindow
-            return window(url, key, rate, capacity)
+            return window(url, key, rate, capacity, timeout=TIMEOUT)
 
         if self.composite:
             cls = RedisCompositeLimiter if self.is_async else SyncRedisCompositeLimiter
-            return cls(url, key, limits)
+            return cls(url, key, limits, timeout=TIMEOUT)
         cls = RedisTokenBucket if self.is_async else SyncRedisTokenBucket
-        return cls(url, key, rate, capacity)
+        return cls(url, key, rate, capacity, timeout=TIMEOUT)
 
     def _keyed(self, url: str | None, key: str, limits: dict[str, Limit]) -> Any:
         if not self.redis:
@@ -135,8 +138,12 @@ class Impl:
         from ratekeeper.redis import RedisKeyedBackend, SyncRedisKeyedBackend
 
         if self.is_async:
-            return KeyedLimiter(backend=RedisKeyedBackend(url, limits)).for_key(key)
-        return SyncKeyedLimiter(backend=SyncRedisKeyedBackend(url, limits)).for_key(key)
+            return KeyedLimiter(backend=RedisKeyedBackend(url, limits, timeout=TIMEOUT)).for_key(
+                key
+            )
+        return SyncKeyedLimiter(
+            backend=SyncRedisKeyedBackend(url, limits, timeout=TIMEOUT)
+        ).for_key(key)
 
 
 IMPLS = (
