@@ -233,7 +233,9 @@ def named_limits(limits: object, kinds: tuple[str, ...] = ("bucket",)) -> dict[s
         if named[name].kind not in kinds:
             raise ValueError(
                 f"limit {name!r}: kind={named[name].kind!r} is not supported here (this "
-                f"limiter takes kind {' or '.join(map(repr, kinds))})"
+                f"limiter takes kind {' or '.join(map(repr, kinds))}); windows work alone "
+                "(SlidingWindow, FixedWindow, RedisSlidingWindow, RedisFixedWindow) and in "
+                "CompositeLimiter / SyncCompositeLimiter"
             )
     return named
 

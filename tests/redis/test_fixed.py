@@ -55,8 +55,14 @@ def test_n_per_window_then_the_next_boundary_and_the_key_expires_there(
     w = Fixed(sync_client, key, 3, S_US)  # T0 is a whole second
     assert [w.call(T0 + i * 100_000, "R", 1, -1)[:2] for i in range(3)] == [[1, 0]] * 3
     window = T0 // S_US
-    assert sync_client.get(key) == f"{window} 3 {S_US} 3".encode()
-    assert 0 < sync_client.pttl(key) <= 1000  # the boundary, at T0 + 1 s
+    assert sync_client.hgetall(key) == {
+        b"k": str(window).encode(),
+        b"c": b"3",
+        b"l": f"{S_US} 3".encode(),
+    }
+    # The boundary, at T0 + 1 s: set by the first grant (at T0, rounded up to the next ms);
+    # the later grants in the window leave it.
+    assert 0 < sync_client.pttl(key) <= 1001
     assert w.call(T0 + 300_000, "R", 1, 0) == [0, 700_000, 0]  # refused: nothing changed
     assert w.call(T0 + 300_000, "R", 1, -1) == [1, 700_000, window + 1]  # booked ahead
     assert w.call(T0 + 300_000, "S") == [1, 1_700_000]  # the booked window's count
@@ -163,6 +169,7 @@ def run(
             count, left = w.call(now, "S")
             assert count == capacity - core.tokens_at(ns)
             assert left == core.full_in_ns(ns) // 1000
+        assert sync_client.pttl(key) != -1  # never a key without an expiry
     sync_client.delete(key)
     return [(t, n, bool(g)) for t, n, g, _ in grants if n > 0]
 

@@ -100,7 +100,7 @@ class WindowCore:
         # register_script keeps the source to load it again on NOSCRIPT (after a restart or a
         # SCRIPT FLUSH); the calls themselves go straight to EVALSHA (see _eval).
         self._script = self._client.register_script(self._source)
-        self._sha = self._script.sha
+        self._evalsha = ("EVALSHA", self._script.sha, 1, self._key)  # what each call starts with
         self._init_front()
 
     def _init_front(self) -> None:
@@ -299,7 +299,7 @@ class _AsyncWindow(WindowCore):
 
     async def _eval(self, args: list[bytes | int]) -> bytes | str:
         try:
-            reply: bytes | str = await self._client.evalsha(self._sha, 1, self._key, *args)
+            reply: bytes | str = await self._client.execute_command(*self._evalsha, *args)
         except NoScriptError:
             reply = await self._script(keys=[self._key], args=args)  # loads it again
         return reply
@@ -560,7 +560,7 @@ class _SyncWindow(WindowCore):
 
     def _eval(self, args: list[bytes | int]) -> bytes | str:
         try:
-            reply: bytes | str = self._client.evalsha(self._sha, 1, self._key, *args)
+            reply: bytes | str = self._client.execute_command(*self._evalsha, *args)
         except NoScriptError:
             reply = self._script(keys=[self._key], args=args)  # loads it again
         return reply
@@ -794,8 +794,9 @@ class RedisFixedWindow(_Fixed, _AsyncWindow):
     UTC by the server's clock (``utc_offset``, in seconds east of UTC, moves the boundaries
     to a time zone). The verbs and their meaning are FixedWindow's, served in the order calls
     reach the server; up to twice the capacity can go across a boundary. The key at
-    ``prefix + key`` holds the window's number and count, and expires when a window starts
-    that holds nothing (at the next boundary, unless in debt). ``set_rate`` changes the limit
+    ``prefix + key`` is a hash of the window's number, its count and the limit it was counted
+    under, and expires when a window starts that holds nothing (at the next boundary, unless
+    in debt). ``set_rate`` changes the limit
     this process sends. A server failure raises ``BackendUnavailable``. Raises
     ValueError/TypeError at once for a bad rate, capacity, offset, key or URL.
     """

@@ -5,8 +5,8 @@
 -- server (TIME: microseconds since the Unix epoch, UTC), so the windows are aligned by the
 -- server's clock: window k covers the times t with floor((t + offset) / T) == k.
 --
--- KEYS[1] the window: a string "k c T N", the number k of the window counted in, its count
---         c (above N: debt, carried into the next windows, N per window), and the limit it
+-- KEYS[1] the window: a hash of k, the number of the window counted in, c, its count (above
+--         N: debt, carried into the next windows, N per window), and l, "T N", the limit it
 --         was counted under. It expires when a window starts that holds nothing (at the next
 --         boundary unless in debt); a missing key is an empty window.
 -- ARGV[1] "" to read the time with TIME, or a time in us (tests only)
@@ -45,35 +45,41 @@ local span = tonumber(ARGV[3])
 local offset = tonumber(ARGV[4])
 local op = ARGV[5]
 
--- The common case first, inline (no closures, one GET and one SET): a reserve on a key
--- counted under this limit (or none), in now's window or an earlier one, that fits now
--- (granted at now) or is refused. A grant that would wait for a later window, a key counted
--- under another limit or booked ahead, and every other op, take the general code below.
+-- The state, read once: k, c and l (false: no window counted).
+local stored = redis.call("HMGET", key, "k", "c", "l")
+
+-- The common case first, inline (no closures, no formatting): a reserve on a window counted
+-- under this limit (or none), in now's window or an earlier one, that fits now (granted at
+-- now: in now's window one HINCRBY, its expiry already at the window's end) or is refused.
+-- A grant that would wait for a later window, a window counted under another limit or
+-- booked ahead, and every other op, take the general code below.
 if op == "R" then
   local n = tonumber(ARGV[6])
   local index, count = math.floor((now + offset) / span), 0
-  local stored = redis.call("GET", key)
-  local ours, index_s = true, nil
-  if stored then
-    local k_s, c, limit = string.match(stored, "^(%-?%d+) (%d+) (%d+ %d+)$")
+  local k_s = stored[1]
+  local ours = true
+  if k_s then
     local k = tonumber(k_s)
-    if limit ~= ARGV[3] .. " " .. ARGV[2] or not k or k > index then
+    if stored[3] ~= ARGV[3] .. " " .. ARGV[2] or k > index then
       ours = false
+    elseif k == index then
+      count = tonumber(stored[2])
     else
-      count = math.max(0, tonumber(c) - (index - k) * cap)
-      if k == index then
-        index_s = k_s
-      end
+      count = math.max(0, tonumber(stored[2]) - (index - k) * cap)
+      k_s = false -- an earlier window: now's starts here
     end
   end
   if ours then
     if count + n <= cap then
-      count = count + n
-      local ms = math.floor(((index + 1) * span - offset - now) / 1000) + 1
-      index_s = index_s or string.format("%.0f", index)
-      local count_s = count < 1e14 and tostring(count) or string.format("%.0f", count)
-      redis.call("SET", key, index_s .. " " .. count_s .. " " .. ARGV[3] .. " " .. ARGV[2], "PX", ms)
-      return now_s .. " 1 0 " .. index_s
+      if k_s then
+        redis.call("HINCRBY", key, "c", ARGV[6])
+      else
+        k_s = string.format("%.0f", index)
+        local c = string.format("%.0f", count + n)
+        redis.call("HSET", key, "k", k_s, "c", c, "l", ARGV[3] .. " " .. ARGV[2])
+        redis.call("PEXPIRE", key, math.floor(((index + 1) * span - offset - now) / 1000) + 1)
+      end
+      return now_s .. " 1 0 " .. k_s
     end
     local wait = (index + math.floor((count + n - 1) / cap)) * span - offset - now
     local max_wait = tonumber(ARGV[7])
@@ -99,10 +105,10 @@ end
 -- is a booking ahead, counted in its own window).
 local index, count = window_of(now), 0
 local converted = false
-local stored = redis.call("GET", key)
-if stored then
-  local k, c, was_span, was_cap = string.match(stored, "^(%-?%d+) (%d+) (%d+) (%d+)$")
-  k, c, was_span, was_cap = tonumber(k), tonumber(c), tonumber(was_span), tonumber(was_cap)
+if stored[1] then
+  local k, c = tonumber(stored[1]), tonumber(stored[2])
+  local was_span, was_cap = string.match(stored[3], "^(%d+) (%d+)$")
+  was_span, was_cap = tonumber(was_span), tonumber(was_cap)
   if was_span ~= span or was_cap ~= cap then
     -- Counted under another limit (set_rate): as the core's reconfigure, move on to now's
     -- window under that limit, then count what is left in now's window under this one.
@@ -132,9 +138,8 @@ local function save()
   if ends <= now then
     redis.call("DEL", key)
   else
-    local ms = math.floor((ends - now) / 1000) + 1
-    local state = int(index) .. " " .. int(count) .. " " .. int(span) .. " " .. int(cap)
-    redis.call("SET", key, state, "PX", ms)
+    redis.call("HSET", key, "k", int(index), "c", int(count), "l", int(span) .. " " .. int(cap))
+    redis.call("PEXPIRE", key, math.floor((ends - now) / 1000) + 1)
   end
 end
 
