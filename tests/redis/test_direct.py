@@ -95,3 +95,19 @@ async def test_race_a_call_cancelled_before_its_reply_leaves_no_reply_for_the_ne
     # A stale reply (first's refusal) read for second's call would give [False, True].
     assert [await second.try_acquire(), await second.try_acquire()] == [True, False]
     await client.aclose()
+
+
+async def test_a_pool_that_wants_a_command_name_is_given_one(redis_url: str, key: str) -> None:
+    """redis-py before 5.3 requires ``get_connection(command_name)``; later ones warn."""
+    names: list[str] = []
+
+    class OldPool(redis.asyncio.ConnectionPool):
+        async def get_connection(self, command_name, *keys, **options):  # type: ignore[no-untyped-def]
+            names.append(command_name)
+            return await super().get_connection()
+
+    client = redis.asyncio.Redis(connection_pool=OldPool.from_url(redis_url))
+    bucket = RedisTokenBucket(client, key, "5/s", 5)
+    assert await bucket.try_acquire() and await bucket.acquire()
+    assert names and set(names) == {"EVALSHA"}
+    await client.aclose()

@@ -761,8 +761,10 @@ class Direct:
         self.pool = pool
         self.encode = pool.get_encoder().encode
         # redis-py < 5.3 wants a command name (unused); later versions warn if given one.
-        first = next(iter(inspect.signature(pool.get_connection).parameters.values()))
-        self.name_args: tuple[str, ...] = ("EVALSHA",) if first.default is first.empty else ()
+        params = list(inspect.signature(pool.get_connection).parameters.values())
+        named = bool(params) and params[0].kind is params[0].POSITIONAL_OR_KEYWORD
+        wants = named and params[0].default is params[0].empty
+        self.name_args: tuple[str, ...] = ("EVALSHA",) if wants else ()
 
     def pack(self, script: Any, keys: list[str], args: list[Any]) -> bytes:
         """Return EVALSHA of ``script`` (a registered Script) on ``keys`` and ``args``."""
