@@ -54,7 +54,7 @@ async def test_acquire_waits_its_turn_at_the_rate(driver: Driver) -> None:
     for _ in range(3):
         assert await driver.call(limiter, "acquire") is True
     took = time.monotonic() - start
-    assert 0.09 <= took < 0.6  # two waits of 50 ms
+    assert 0.09 <= took < 2.0  # two waits of 50 ms (the upper bound only catches a hang)
 
 
 async def test_a_timeout_that_cannot_be_met_is_refused_at_once_consuming_nothing(
