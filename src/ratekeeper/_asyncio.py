@@ -35,6 +35,7 @@ from ._scheduler import (
     TakeBlock,
     Waiter,
 )
+from ._verbs import AsyncVerbs
 
 _running_loop = asyncio.get_running_loop
 # Waiter objects a TokenBucket keeps for reuse (see acquire): enough for one release's grants.
@@ -44,7 +45,6 @@ __all__ = ["CompositeLimiter", "Reservation", "TokenBucket", "TokenBucketRateLim
 
 P = ParamSpec("P")
 R = TypeVar("R")
-L = TypeVar("L", bound="_AsyncLimiter[Any]")
 B = TypeVar("B", bound="TokenBucket")
 A = TypeVar("A")  # tokens as refund() and available() report them: float, or per limit
 
@@ -103,7 +103,7 @@ class _AsyncWaiter(Waiter):
         return self.future.cancelled()
 
 
-class _AsyncLimiter(Queue, Generic[A]):
+class _AsyncLimiter(Queue, Generic[A], AsyncVerbs):
     """The asyncio adapter over a scheduler: futures for waiters, one timer for the head.
 
     Shared by TokenBucket (one bucket) and CompositeLimiter (several limits at once); each
@@ -467,22 +467,6 @@ class _AsyncLimiter(Queue, Generic[A]):
         if waiter is not None:
             await self._wait(waiter)
         return True
-
-    async def __aenter__(self: L) -> L:
-        await self.acquire()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
-    def __call__(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        """Decorate an async function so that each call first acquires one token."""
-        return self.limit()(func)
 
     def limit(
         self, tokens: Any = 1, *, timeout: float | None = None, priority: int = 0

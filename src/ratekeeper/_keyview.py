@@ -38,6 +38,7 @@ from ._keyed import (
     _wait_ns,
 )
 from ._scheduler import TakeBlock
+from ._verbs import AsyncVerbs, SyncVerbs
 
 __all__ = ["KeyedReservation", "KeyedView", "SyncKeyedReservation", "SyncKeyedView"]
 
@@ -253,7 +254,7 @@ class SyncKeyedReservation(_ReservationBase):
         self._resumed()
 
 
-class KeyedView(_ViewBase):
+class KeyedView(_ViewBase, AsyncVerbs):
     """One key of a ``KeyedLimiter`` as an asyncio limiter of the contract (``AsyncLimiter``).
 
     Costs are an int or a mapping of limit name to tokens; refund() and available() report
@@ -331,28 +332,12 @@ class KeyedView(_ViewBase):
 
         return decorate
 
-    def __call__(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        """Decorate an async function: each call acquires one token first."""
-        return self.limit()(func)
-
-    async def __aenter__(self) -> KeyedView:
-        await self.acquire()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
     async def aclose(self) -> None:
         """Close the view (see close())."""
         self.close()
 
 
-class SyncKeyedView(_ViewBase):
+class SyncKeyedView(_ViewBase, SyncVerbs):
     """One key of a ``SyncKeyedLimiter`` as a blocking limiter of the contract
     (``SyncLimiter``); see ``KeyedView``."""
 
@@ -419,22 +404,6 @@ class SyncKeyedView(_ViewBase):
             return limited
 
         return decorate
-
-    def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
-        """Decorate a function: each call acquires one token first."""
-        return self.limit()(func)
-
-    def __enter__(self) -> SyncKeyedView:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
 
 
 class _TakeBase(TakeBlock):

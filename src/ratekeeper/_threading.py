@@ -32,12 +32,12 @@ from ._scheduler import (
     TakeBlock,
     Waiter,
 )
+from ._verbs import SyncVerbs
 
 __all__ = ["SyncCompositeLimiter", "SyncReservation", "SyncTokenBucket"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-L = TypeVar("L", bound="_SyncLimiter[Any]")
 A = TypeVar("A")  # tokens as refund() reports them: float, or per limit
 
 # The fast path recognises the default arguments by identity, as TokenBucket.acquire does.
@@ -57,7 +57,7 @@ class _ThreadWaiter(Waiter):
         self.attached = attached
 
 
-class _SyncLimiter(Queue, Generic[A]):
+class _SyncLimiter(Queue, Generic[A], SyncVerbs):
     """The thread adapter over a scheduler: a wake-lock per waiter, the head sleeps.
 
     Shared by SyncTokenBucket and SyncCompositeLimiter; each declares the fields below as
@@ -309,18 +309,6 @@ class _SyncLimiter(Queue, Generic[A]):
 
     # -- sugar ---------------------------------------------------------------------------
 
-    def __enter__(self: L) -> L:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
     def take(
         self,
         tokens: Any = 1,
@@ -333,10 +321,6 @@ class _SyncLimiter(Queue, Generic[A]):
         if self._closed:
             raise LimiterClosed(f"{self!r} is closed")
         return _SyncTake(self, self._check(tokens), refund_on_error, timeout, priority)
-
-    def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
-        """Decorate a function so that each call first acquires one token."""
-        return self.limit()(func)
 
     def limit(
         self, tokens: Any = 1, *, timeout: float | None = None, priority: int = 0

@@ -41,6 +41,7 @@ from .._errors import AcquireTimeout, BackendUnavailable, LimiterClosed
 from .._fork import track
 from .._rate import RateLike
 from .._scheduler import TakeBlock
+from .._verbs import AsyncVerbs
 from ._common import (
     CANCELLED,
     IN_USE,
@@ -418,7 +419,7 @@ def _resolve_client(client: Any, timeout: float) -> tuple[Any, bool]:
     )
 
 
-class _AsyncLimiter(Core):
+class _AsyncLimiter(Core, AsyncVerbs):
     """The asyncio verbs over the server; subclasses say what ``tokens`` means."""
 
     def _connect(self, client: Any) -> None:
@@ -786,22 +787,6 @@ class RedisTokenBucket(BucketParts, _AsyncLimiter):
         """
         return _Take(self, self._call_amounts(tokens), refund_on_error, timeout, 0)
 
-    async def __aenter__(self) -> RedisTokenBucket:
-        await self.acquire()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
-    def __call__(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        """Decorate an async function so that each call first acquires one token."""
-        return self.limit()(func)
-
     def limit(
         self, tokens: int = 1, *, timeout: float | None = None
     ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]:
@@ -896,22 +881,6 @@ class RedisCompositeLimiter(CompositeParts, _AsyncLimiter):
     ) -> _Take:
         """Return an async context manager that acquires the call's tokens on entry."""
         return _Take(self, self._call_amounts(tokens), refund_on_error, timeout, 0)
-
-    async def __aenter__(self) -> RedisCompositeLimiter:
-        await self.acquire()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
-    def __call__(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        """Decorate an async function so that each call first acquires ``1``."""
-        return self.limit()(func)
 
     def limit(
         self, tokens: int | Mapping[str, int] = 1, *, timeout: float | None = None

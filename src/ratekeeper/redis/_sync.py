@@ -30,6 +30,7 @@ from .._errors import BackendUnavailable, LimiterClosed
 from .._fork import track
 from .._rate import RateLike
 from .._scheduler import TakeBlock
+from .._verbs import SyncVerbs
 from ._common import (
     CANCELLED,
     IN_USE,
@@ -326,7 +327,7 @@ class _Registry:
 _registry = _Registry()
 
 
-class _SyncLimiter(Core):
+class _SyncLimiter(Core, SyncVerbs):
     """The blocking verbs over the server; subclasses say what ``tokens`` means."""
 
     def _connect(self, client: Any) -> None:
@@ -492,18 +493,6 @@ class _SyncLimiter(Core):
     def __enter__(self) -> Any:
         self._acquire(self._call_amounts(1), None)
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
-    def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
-        """Decorate a function so that each call first acquires one token."""
-        return self.limit()(func)
 
     def limit(
         self, tokens: Any = 1, *, timeout: float | None = None

@@ -34,6 +34,7 @@ from .._asyncio import check_timeout
 from .._errors import AcquireTimeout, BackendUnavailable, LimiterClosed
 from .._gcra import check_capacity, check_tokens, signed_seconds_to_ns
 from .._rate import Rate, RateLike
+from .._verbs import AsyncVerbs, SyncVerbs
 from .._window import window_ns
 from ._async import _resolve_client as _async_client
 from ._common import RedisStatistics, check_key, check_seconds
@@ -52,8 +53,6 @@ __all__ = [
 
 P = ParamSpec("P")
 R = TypeVar("R")
-AW = TypeVar("AW", bound="_AsyncWindow")
-SW = TypeVar("SW", bound="_SyncWindow")
 
 WINDOW_SCRIPT: str = resources.files(__package__).joinpath("window.lua").read_text("utf-8")
 """The sliding window's Lua source; its opening comment is the KEYS/ARGV/return contract."""
@@ -285,7 +284,7 @@ class RedisWindowReservation(_ReservationState):
             self._limiter._give_back(self.tokens, self._mark)
 
 
-class _AsyncWindow(WindowCore):
+class _AsyncWindow(WindowCore, AsyncVerbs):
     """The asyncio front end of a window at a server (the script says which kind)."""
 
     _resolve = staticmethod(_async_client)
@@ -456,22 +455,6 @@ class _AsyncWindow(WindowCore):
 
         return decorate
 
-    def __call__(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        """Decorate an async function so that each call first acquires one token."""
-        return self.limit()(func)
-
-    async def __aenter__(self: AW) -> AW:
-        await self.acquire()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
     def close(self) -> None:
         """Refuse later calls and wake every sleeper with LimiterClosed. Idempotent."""
         self._closed = True
@@ -548,7 +531,7 @@ class SyncRedisWindowReservation(_ReservationState):
             self._limiter._give_back(self.tokens, self._mark)
 
 
-class _SyncWindow(WindowCore):
+class _SyncWindow(WindowCore, SyncVerbs):
     """The blocking front end of a window at a server, on ``redis.Redis``."""
 
     _resolve = staticmethod(_sync_client)
@@ -677,22 +660,6 @@ class _SyncWindow(WindowCore):
             return limited
 
         return decorate
-
-    def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
-        """Decorate a function so that each call first acquires one token."""
-        return self.limit()(func)
-
-    def __enter__(self: SW) -> SW:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
 
     def close(self) -> None:
         """Refuse later calls, wake sleepers with LimiterClosed, close an owned client."""
